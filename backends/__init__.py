@@ -1,0 +1,1 @@
+"""In-tree backends. Installed as `dcnbench.backends`; each module exposes `backend()`."""

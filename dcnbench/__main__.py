@@ -1,0 +1,3 @@
+from dcnbench.cli.app import main
+
+main()

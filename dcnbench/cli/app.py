@@ -1,0 +1,32 @@
+"""The `dcnbench` command: one small module per subcommand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dcnbench import __version__
+from dcnbench.cli import backends, speed, verify
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  help="Verify and benchmark deformable convolution implementations.")
+app.command("verify")(verify.command)
+app.command("speed")(speed.command)
+app.command("backends")(backends.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dcnbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+def main() -> None:
+    app()

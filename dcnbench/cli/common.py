@@ -1,0 +1,54 @@
+"""What every command shares: consoles, option aliases, error handling, device checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+
+from dcnbench.errors import DcnbenchError, UsageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+BackendOpt = Annotated[list[str] | None, typer.Option("--backend", "-b", help="Backend to run (repeatable). Default: every available one.")]
+ImplOpt = Annotated[list[str] | None, typer.Option("--impl", help="Add a kernel as a backend: [NAME=]PATH.py:FUNC (repeatable).")]
+DtypeOpt = Annotated[list[str] | None, typer.Option("--dtype", help="float64, float32, float16 or bfloat16 (repeatable).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed for every generated tensor.")]
+CsvOpt = Annotated[Path | None, typer.Option("--csv", help="CSV path (default: results/<command>-<time>.csv).")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="JSON path (default: results/<command>-<time>.json).")]
+
+
+def user_errors(func):
+    """Turn a DcnbenchError into `error:`/`hint:` lines on stderr and its exit code, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DcnbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            if exc.hint:
+                err_console.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def check_device(device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{device}'", hint="use --device cpu or --device cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but this machine has no usable GPU (torch.cuda.is_available() is False)",
+                         hint="run on a machine with a GPU, or use --device cpu")
+    return device
+
+
+def stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")

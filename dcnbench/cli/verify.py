@@ -1,0 +1,81 @@
+"""`dcnbench verify`: the default suite on every backend, against the oracle and the identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dcnbench import registry, render, results
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, check_device,
+                                 console, err_console, stamp, user_errors)
+from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
+from dcnbench.plugins import load_plugins
+from dcnbench.suite import default_suite, select_cases
+from dcnbench.verify import failed, run_verify
+from dcnbench.workloads import parse_dtype
+
+
+def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
+           device: str = "cpu", cases: list[str] | None = None, seed: int = 0, csv: Path | None = None,
+           json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False) -> int:
+    """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
+    device = check_device(device)
+    for d in dtypes or []:
+        parse_dtype(d)
+    chosen_cases = select_cases(default_suite(seed), cases, dtypes)
+    if not chosen_cases:
+        raise UsageError("no case matches the --case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
+    if list_cases:
+        for c in chosen_cases:
+            console.print(f"{c.case_id}  [dim]{c.check}, {'v2' if c.mask else 'v1'}, offsets {c.offsets}[/]", highlight=False)
+        return EXIT_OK
+    plugins = load_plugins(impls, device)
+    chosen = registry.select(backends, plugins, kinds=("deformable",))
+    if not chosen:
+        raise UsageError("no backend to verify", hint="run `dcnbench backends` to see why each is unavailable")
+
+    total = len(chosen_cases) * len(chosen)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task("verify", total=total)
+        found = run_verify(backends=chosen, cases=chosen_cases, device=device,
+                           on_result=lambda r: progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}"))
+
+    console.print(render.verify_table(found))
+    problems = render.problems_table(found)
+    if problems is not None:
+        console.print(problems)
+    console.print(render.verify_summary(found))
+    env = results.environment(device=device, seed=seed, backends=chosen)
+    when = stamp()
+    csv_path = csv or results.default_path("verify", "csv", when)
+    json_path = json or results.default_path("verify", "json", when)
+    results.write_csv(csv_path, results.verify_rows(found, env))
+    results.write_json(json_path, "verify", env, found)
+    console.print(f"wrote {csv_path} and {json_path}", highlight=False)
+    return EXIT_FAILED if failed(found, allow_nondeterministic) else EXIT_OK
+
+
+@user_errors
+def command(
+    backend: BackendOpt = None,
+    impl: ImplOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "cpu",
+    case: Annotated[list[str] | None, typer.Option("--case", help="Run only cases whose id contains this text (repeatable).")] = None,
+    seed: SeedOpt = 0,
+    csv: CsvOpt = None,
+    json: JsonOpt = None,
+    allow_nondeterministic: Annotated[bool, typer.Option("--allow-nondeterministic", help="Do not fail the run on a nondeterministic backward.")] = False,
+    list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
+) -> None:
+    """Check output and every gradient against the float64 oracle and exact identities.
+
+    Exit status: 0 nothing failed, 1 a case failed, errored or was nondeterministic, 2 usage error.
+    With --impl and no --backend, only the plugins run.
+    """
+    raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, seed=seed, csv=csv,
+                            json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases))

@@ -1,0 +1,37 @@
+"""User-facing errors: each carries one line saying what is wrong and one saying how to fix it.
+
+Only the CLI layer catches these; it prints `error: ...` and `hint: ...` to stderr and exits with
+the error's code. Anything else that escapes is our bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+# Documented exit codes (README "Exit codes").
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class DcnbenchError(Exception):
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(DcnbenchError):
+    """Bad command-line input: a malformed shape, an unknown name, an impossible device."""
+
+
+class BackendUnavailable(DcnbenchError):
+    """A backend the user asked for by name cannot run here."""
+
+
+class PluginError(DcnbenchError):
+    """A --impl plugin is missing, does not import, or fails its probe call."""
+
+
+class ResultsFileError(DcnbenchError):
+    """A results file is unreadable or has a schema this version does not know."""

@@ -1,0 +1,122 @@
+"""The backend interface and the registry that finds backends.
+
+A backend is one module exposing `backend() -> Backend`. The registry knows the in-tree modules
+by name, adds installed packages' entry points (group `dcnbench.backends`), and takes `--impl`
+plugins from the caller; the CLI never names a backend itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from dcnbench.errors import BackendUnavailable, UsageError
+
+ENTRY_POINT_GROUP = "dcnbench.backends"
+ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+# In-tree backend modules under dcnbench.backends, in display order.
+BUILTIN_MODULES = ("pytorch", "torchvision", "conv2d")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    ops: Mapping[str, Callable]
+    # dtypes the backend runs, per device; a device missing here is unsupported.
+    dtypes: Mapping[str, tuple[str, ...]]
+    # Why a dtype is missing, e.g. {"bfloat16": "torchvision has no bfloat16 kernel"}.
+    unsupported_reasons: Mapping[str, str] = field(default_factory=dict)
+    version: str | None = None
+    # "deformable": verified and timed. "reference": timed only (plain conv2d ignores offsets).
+    kind: str = "deformable"
+    origin: str = "builtin"
+    unavailable: str | None = None  # the reason it cannot run here; None when it can
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.dtypes)
+
+    def support(self, op: str, device: str, dtype: str) -> str | None:
+        """None when the backend runs this combination, else the reason it does not."""
+        if self.unavailable:
+            return self.unavailable
+        if op not in self.ops:
+            return f"{self.name} has no {op}"
+        if device not in self.dtypes:
+            return f"{self.name} does not run on {device}"
+        if dtype not in self.dtypes[device]:
+            return self.unsupported_reasons.get(dtype, f"{self.name} has no {dtype} kernel on {device}")
+        return None
+
+
+def unavailable_backend(name: str, reason: str, origin: str = "builtin") -> Backend:
+    return Backend(name=name, description="", ops={}, dtypes={}, origin=origin, unavailable=reason)
+
+
+def _load_builtin(module: str) -> Backend:
+    try:
+        mod = importlib.import_module(f"dcnbench.backends.{module}")
+        return mod.backend()
+    except ImportError as exc:  # an optional dependency is missing: say so, do not crash
+        return unavailable_backend(module, f"cannot import: {exc}")
+
+
+def _load_entry_points() -> list[Backend]:
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            backend = obj() if callable(obj) and not isinstance(obj, Backend) else obj
+            if not isinstance(backend, Backend):
+                raise TypeError(f"{ep.value} gave {type(backend).__name__}, expected dcnbench.registry.Backend")
+            found.append(backend)
+        except Exception as exc:  # a broken third-party package must not take the tool down
+            found.append(unavailable_backend(ep.name, f"entry point {ep.value} failed: {exc}", origin="entry-point"))
+    return found
+
+
+def all_backends() -> list[Backend]:
+    """Every backend this installation knows, available or not."""
+    backends = [_load_builtin(m) for m in BUILTIN_MODULES]
+    names = {b.name for b in backends}
+    backends += [b for b in _load_entry_points() if b.name not in names]
+    return backends
+
+
+def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ...]) -> list[Backend]:
+    """The backends a command runs.
+
+    Named backends must exist and be available (exit 2 otherwise). With no names, every
+    available backend of the given kinds runs, unless plugins were given: then only they run.
+    """
+    known = {b.name: b for b in all_backends()}
+    for p in plugins:
+        if p.name in known:
+            raise UsageError(f"plugin name '{p.name}' clashes with a registered backend",
+                             hint=f"name it: --impl myname={p.description}")
+        known[p.name] = p
+    if names:
+        chosen = []
+        for name in names:
+            if name not in known:
+                raise UsageError(f"unknown backend '{name}'", hint=f"choose from: {', '.join(sorted(known))}")
+            backend = known[name]
+            if backend.unavailable:
+                raise BackendUnavailable(f"backend '{name}' is unavailable: {backend.unavailable}",
+                                         hint="run `dcnbench backends` to see what is installed")
+            chosen.append(backend)
+        return chosen + [p for p in plugins if p.name not in names]
+    if plugins:
+        return list(plugins)
+    return [b for b in known.values() if b.kind in kinds and not b.unavailable]
+
+
+def get(name: str) -> Backend:
+    for b in all_backends():
+        if b.name == name:
+            return b
+    raise UsageError(f"unknown backend '{name}'")

@@ -1,0 +1,129 @@
+"""Rich tables over result records. Nothing here measures or decides; it only shows."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from dcnbench.registry import Backend
+from dcnbench.speed import SpeedResult
+from dcnbench.verify import VerifyResult
+
+STATUS_STYLE = {"pass": "green", "fail": "bold red", "nondeterministic": "magenta", "unsupported": "dim",
+                "error": "bold yellow", "ok": "green"}
+
+
+def _fmt_err(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def verify_table(results: list[VerifyResult]) -> Table:
+    """Cases as rows, backends as columns: the status and the worst relative error."""
+    backends = list(dict.fromkeys(r.backend for r in results))
+    table = Table(title="dcnbench verify", title_justify="left")
+    table.add_column("case")
+    for b in backends:
+        table.add_column(b)
+    by_case: dict[str, dict[str, VerifyResult]] = {}
+    for r in results:
+        by_case.setdefault(r.case.case_id, {})[r.backend] = r
+    for case_id, row in by_case.items():
+        cells = []
+        for b in backends:
+            r = row.get(b)
+            if r is None:
+                cells.append(Text("-"))
+                continue
+            errs = [q.rel_err for q in r.quantities if q.rel_err is not None]
+            detail = ""
+            if r.status == "fail":
+                detail = " " + ",".join(q.quantity for q in r.failing)
+            elif errs:
+                detail = f" {max(errs):.0e}"
+            cells.append(Text(r.status + detail, style=STATUS_STYLE[r.status]))
+        table.add_row(case_id, *cells)
+    return table
+
+
+def problems_table(results: list[VerifyResult]) -> Table | None:
+    """One row per failing quantity or non-passing result, with the numbers that decided it."""
+    rows = []
+    for r in results:
+        if r.status == "fail":
+            rows += [(r.case.case_id, r.backend, r.status, q.quantity, _fmt_err(q.rel_err), _fmt_err(q.max_abs_err),
+                      f"{q.tolerance:.0e}", q.note) for q in r.failing]
+        elif r.status in ("error", "nondeterministic"):
+            rows.append((r.case.case_id, r.backend, r.status, "", "", "", "", r.message))
+    if not rows:
+        return None
+    table = Table(title="problems", title_justify="left")
+    for name, justify in (("case", "left"), ("backend", "left"), ("status", "left"), ("quantity", "left"),
+                          ("rel err", "right"), ("max abs", "right"), ("tol", "right"), ("note", "left")):
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(*row[:2], Text(row[2], style=STATUS_STYLE[row[2]]), *row[3:])
+    return table
+
+
+def verify_summary(results: list[VerifyResult]) -> Table:
+    backends = list(dict.fromkeys(r.backend for r in results))
+    table = Table(title="summary", title_justify="left")
+    table.add_column("backend")
+    for s in ("pass", "fail", "nondeterministic", "unsupported", "error"):
+        table.add_column(s, justify="right")
+    for b in backends:
+        mine = [r for r in results if r.backend == b]
+        table.add_row(b, *[str(sum(r.status == s for r in mine)) for s in ("pass", "fail", "nondeterministic", "unsupported", "error")])
+    return table
+
+
+def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Table]:
+    """One table per workload, backends as rows, coloured by ratio to the fastest."""
+    tables = []
+    by_case: dict[str, list[SpeedResult]] = {}
+    for r in results:
+        by_case.setdefault(r.case.case_id, []).append(r)
+    for case_id, rows in by_case.items():
+        ok = [r for r in rows if r.measurement]
+        best = min((r.measurement.median_ms for r in ok), default=None)
+        table = Table(title=case_id, title_justify="left")
+        table.add_column("backend")
+        for name in ("median ms", "IQR ms", f"x {baseline}" if baseline else "ratio", "x best", "GFLOP/s", "peak mem"):
+            table.add_column(name, justify="right")
+        table.add_column("notes")
+        for r in rows:
+            if not r.measurement:
+                table.add_row(r.backend, "-", "-", "-", "-", "-", "-", Text(f"{r.status}: {r.message}", style=STATUS_STYLE[r.status]))
+                continue
+            m = r.measurement
+            vs_best = m.median_ms / best if best else None
+            style = "green" if vs_best is not None and vs_best < 1.05 else "yellow" if vs_best and vs_best < 3 else "red"
+            table.add_row(
+                Text(r.backend, style=style), f"{m.median_ms:.2f}", f"{m.iqr_ms:.2f}",
+                "-" if r.ratio_to_baseline is None else f"{r.ratio_to_baseline:.2f}",
+                Text(f"{vs_best:.2f}", style=style), "-" if r.gflops is None else f"{r.gflops:.1f}",
+                _fmt_bytes(r.peak_bytes), "; ".join(r.warnings()) or r.message,
+            )
+        tables.append(table)
+    return tables
+
+
+def backends_table(backends: list[Backend]) -> Table:
+    table = Table(title="backends", title_justify="left")
+    for name in ("name", "kind", "origin", "version", "devices", "dtypes", "status"):
+        table.add_column(name)
+    for b in backends:
+        dtypes = "; ".join(f"{dev}: {','.join(d)}" for dev, d in b.dtypes.items())
+        status = Text(f"unavailable: {b.unavailable}", style="yellow") if b.unavailable else Text("available", style="green")
+        table.add_row(b.name, b.kind, b.origin, b.version or "-", ",".join(b.devices) or "-", dtypes or "-", status)
+    return table

@@ -1,0 +1,163 @@
+"""Speed: time every backend on the same workloads, interleaved round-robin, with memory and FLOPs.
+
+Backends take turns sample by sample, so a slow drift of the machine (another job, thermal
+throttling) spreads over all of them instead of biasing whichever ran last. Ratios to a baseline
+measured in the same run are the figures to quote; absolute times are for context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dcnbench import memory
+from dcnbench.ops import OP_DEFORM_CONV2D, ConvGeometry
+from dcnbench.registry import Backend
+from dcnbench.timing import Measurement, Timer
+from dcnbench.verify import _call, _one_line
+from dcnbench.workloads import DTYPES, ConvCase, format_shape, make_inputs
+
+DIRECTIONS = ("fwd", "bwd", "fwdbwd")
+# FLOPs per direction in units of the forward convolution: the backward computes the input and
+# weight gradients, each as costly as the forward.
+_FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwdbwd": 3}
+
+
+@dataclass(frozen=True)
+class SpeedCase:
+    geometry: ConvGeometry
+    dtype: str = "float32"
+    device: str = "cpu"
+    direction: str = "fwdbwd"
+    mask: bool = True
+    offset_scale: float = 2.0
+    seed: int = 0
+
+    @property
+    def case_id(self) -> str:
+        return f"{format_shape(self.geometry)}/{'v2' if self.mask else 'v1'}/{self.dtype}/{self.device}/{self.direction}"
+
+    def conv_case(self) -> ConvCase:
+        return ConvCase(name="speed", geometry=self.geometry, mask=self.mask, dtype=self.dtype,
+                        offset_scale=self.offset_scale, seed=self.seed, kink_margin=None)
+
+    def flops(self) -> int:
+        return self.geometry.conv_flops() * _FLOP_FACTOR[self.direction]
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    case: SpeedCase
+    backend: str
+    status: str  # ok | unsupported | error
+    measurement: Measurement | None = None
+    ratio_to_baseline: float | None = None
+    peak_bytes: int | None = None
+    memory_method: str | None = None
+    message: str = ""
+
+    @property
+    def gflops(self) -> float | None:
+        if self.measurement is None or self.measurement.median_ms <= 0:
+            return None
+        return self.case.flops() / (self.measurement.median_ms * 1e6)
+
+    def warnings(self) -> list[str]:
+        return self.measurement.warnings() if self.measurement else []
+
+
+def make_call(backend: Backend, case: ConvCase, direction: str, device: str) -> tuple[Callable, Callable]:
+    """(setup, timed) closures for one sample: setup is untimed (a fresh forward for `bwd`)."""
+    fn = backend.ops[OP_DEFORM_CONV2D]
+    inputs = make_inputs(case, device)
+    cot = torch.randn(case.geometry.output_shape, generator=torch.Generator().manual_seed(case.seed + 1),
+                      dtype=torch.float64).to(DTYPES[case.dtype]).to(device)
+    if direction == "fwd":
+        def fwd():
+            with torch.no_grad():
+                _call(fn, case, inputs)
+        return (lambda: None), fwd
+
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    state = {}
+
+    def forward():
+        for t in leaves.values():
+            t.grad = None
+        state["out"] = _call(fn, case, leaves)
+
+    def backward():
+        state.pop("out").backward(cot)
+
+    if direction == "bwd":
+        return forward, backward
+
+    def both():
+        forward()
+        backward()
+
+    return (lambda: None), both
+
+
+def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 10, warmup_s: float = 0.5,
+              baseline: str | None = "conv2d", measure_memory: bool = True, threads: int | None = None,
+              plugin_specs: dict[str, str] | None = None, timer: Timer | None = None,
+              on_progress: Callable[[str], None] | None = None) -> list[SpeedResult]:
+    """Time each backend on each case; returns one result per case x backend."""
+    results = []
+    for case in cases:
+        tm = timer or Timer(case.device)
+        conv = case.conv_case()
+        calls, done = {}, {}
+        for b in backends:
+            reason = b.support(OP_DEFORM_CONV2D, case.device, case.dtype)
+            if reason:
+                done[b.name] = SpeedResult(case, b.name, "unsupported", message=reason)
+                continue
+            try:
+                setup, call = make_call(b, conv, case.direction, case.device)
+                warm = tm.warmup(call, warmup_s, setup)
+                calls[b.name] = (setup, call, warm)
+            except Exception as exc:  # a backend that fails becomes an error row
+                done[b.name] = SpeedResult(case, b.name, "error", message=_one_line(exc))
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for i in range(repeat):
+            for name in list(calls):
+                setup, call, _ = calls[name]
+                try:
+                    samples[name].append(tm.once(call, setup))
+                except Exception as exc:
+                    done[name] = SpeedResult(case, name, "error", message=_one_line(exc))
+                    del calls[name]
+            if on_progress:
+                on_progress(f"{case.case_id} round {i + 1}/{repeat}")
+        measured = {name: Measurement(tuple(samples[name]), calls[name][2]) for name in calls}
+        base = measured.get(baseline) if baseline else None
+        for b in backends:
+            if b.name in done:
+                results.append(done[b.name])
+                continue
+            m = measured[b.name]
+            peak, method, note = None, None, ""
+            if measure_memory:
+                if on_progress:
+                    on_progress(f"{case.case_id} memory {b.name}")
+                peak, method, note = _memory(b, conv, case, calls[b.name], threads, plugin_specs or {})
+            ratio = m.median_ms / base.median_ms if base and base.median_ms > 0 else None
+            results.append(SpeedResult(case, b.name, "ok", m, ratio, peak, method, note))
+        del calls
+    return results
+
+
+def _memory(backend: Backend, conv: ConvCase, case: SpeedCase, call, threads, plugin_specs) -> tuple:
+    if case.device == "cuda":
+        setup, fn, _ = call
+        setup()
+        return memory.measure_cuda(fn), memory.CUDA_METHOD, ""
+    spec = memory.worker_spec(backend=None if backend.origin == "plugin" else backend.name,
+                              impl=plugin_specs.get(backend.name), case=conv, direction=case.direction,
+                              threads=threads or torch.get_num_threads())
+    peak, note = memory.measure_cpu(spec)
+    return peak, memory.CPU_METHOD if peak is not None else None, note
