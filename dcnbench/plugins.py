@@ -81,7 +81,7 @@ def _probe(backend: Backend, spec: str, device: str) -> None:
     from dcnbench.workloads import ConvCase, make_inputs
 
     dtype = "float32" if "float32" in backend.dtypes[device] else backend.dtypes[device][0]
-    geo = ConvGeometry(n=1, c=2, h=5, w=5, o=2, kh=3, kw=3, padding=(1, 1))
+    geo = ConvGeometry(n=1, c=2, h=5, w=6, o=3, kh=3, kw=3, padding=(1, 1))  # output shape != input shape
     problem = None
     for mask in (True, False):
         case = ConvCase(name="probe", geometry=geo, mask=mask, dtype=dtype)

@@ -112,10 +112,15 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Table
                 Text(r.backend, style=style), f"{m.median_ms:.2f}", f"{m.iqr_ms:.2f}",
                 "-" if r.ratio_to_baseline is None else f"{r.ratio_to_baseline:.2f}",
                 Text(f"{vs_best:.2f}", style=style), "-" if r.gflops is None else f"{r.gflops:.1f}",
-                _fmt_bytes(r.peak_bytes), "; ".join(r.warnings()) or r.message,
+                _fmt_bytes(r.peak_bytes), r.message,
             )
         tables.append(table)
     return tables
+
+
+def speed_warnings(results: list[SpeedResult]) -> list[str]:
+    """Measurement warnings as lines to print under the tables (one per backend and workload)."""
+    return [f"warning: {r.backend} on {r.case.case_id}: {w}" for r in results for w in r.warnings()]
 
 
 def backends_table(backends: list[Backend]) -> Table:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.gradcheck import GradcheckError
 
 from dcnbench.backends.pytorch import deform_conv2d as oracle_deform_conv2d
 from dcnbench.ops import OP_DEFORM_CONV2D
@@ -231,7 +232,7 @@ def _gradcheck(fn: Callable, case: ConvCase, device: str) -> list[QuantityError]
     try:
         torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-4)
         return [QuantityError("gradcheck", None, None, 1e-4, True)]
-    except torch.autograd.gradcheck.GradcheckError as exc:
+    except GradcheckError as exc:
         return [QuantityError("gradcheck", None, None, 1e-4, False, str(exc).strip().splitlines()[0])]
 
 

@@ -60,6 +60,8 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
 
     for table in render.speed_tables(found, baseline):
         console.print(table)
+    for line in render.speed_warnings(found):
+        err_console.print(line, style="yellow", highlight=False, soft_wrap=True)
     method = next((r.memory_method for r in found if r.memory_method), None)
     console.print(f"threads: {torch.get_num_threads()}; times are medians of {repeat} interleaved samples; "
                   f"GFLOP/s counts the plain convolution's FLOPs; peak mem: {method or 'not measured'}", highlight=False)

@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANTED = ROOT / "tests" / "plugins" / "planted_bugs.py"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_console(monkeypatch):
+    # Wide, colourless output so assertions see whole words.
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed entry point in a subprocess: real exit codes, real stderr."""
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
+    exe = Path(sys.executable).parent / "dcnbench"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+class Invoked:
+    def __init__(self, result):
+        self.returncode = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.exception = result.exception
+
+
+def invoke(*args: str) -> Invoked:
+    """The Typer app in-process (fast); exit codes and stderr as a subprocess would see them."""
+    from typer.testing import CliRunner
+
+    from dcnbench.cli.app import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Invoked(result)

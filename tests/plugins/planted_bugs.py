@@ -1,0 +1,147 @@
+"""Planted-bug kernels: torchvision's deform_conv2d with one classic mistake each.
+
+`dcnbench verify --impl tests/plugins/planted_bugs.py:NAME` must fail on every one of them and
+name the quantity that gives it away. BUGS maps each kernel to the quantities that must fail.
+"""
+
+import torch
+from torchvision.ops import deform_conv2d as tv
+
+from dcnbench.ops import geometry_of, pair
+
+
+def _taps(geo, offset):
+    """Offset as (N, G, kh, kw, 2, Ho, Wo)."""
+    return offset.reshape(geo.n, geo.offset_groups, geo.kh, geo.kw, 2, geo.ho, geo.wo)
+
+
+def _base(geo, dtype, device):
+    """Integer sampling grid before offsets: (kh, kw, 2, Ho, Wo)."""
+    i = torch.arange(geo.kh, dtype=dtype, device=device)[:, None, None, None]
+    j = torch.arange(geo.kw, dtype=dtype, device=device)[None, :, None, None]
+    y = torch.arange(geo.ho, dtype=dtype, device=device)[None, None, :, None]
+    x = torch.arange(geo.wo, dtype=dtype, device=device)[None, None, None, :]
+    by = (y * geo.stride[0] - geo.padding[0] + i * geo.dilation[0]).expand(geo.kh, geo.kw, geo.ho, geo.wo)
+    bx = (x * geo.stride[1] - geo.padding[1] + j * geo.dilation[1]).expand(geo.kh, geo.kw, geo.ho, geo.wo)
+    return torch.stack([by, bx], dim=2)
+
+
+def swapped_offsets(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Reads (dx, dy) where the layout holds (dy, dx)."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    swapped = _taps(geo, offset).flip(4).reshape(offset.shape)
+    return tv(input, swapped, weight, bias, stride, padding, dilation, mask)
+
+
+def missing_offset_grad(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Forgets the offset gradient (treats offsets as constants)."""
+    return tv(input, offset.detach(), weight, bias, stride, padding, dilation, mask)
+
+
+def missing_mask_grad(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    return tv(input, offset, weight, bias, stride, padding, dilation, None if mask is None else mask.detach())
+
+
+def _scaled_grad(t, factor):
+    t = t * 1
+    if t.requires_grad:
+        t.register_hook(lambda g: g * factor)
+    return t
+
+
+def weight_grad_off_by_0_1_percent(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    return tv(input, offset, _scaled_grad(weight, 1.001), bias, stride, padding, dilation, mask)
+
+
+def mask_grad_doubled(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    return tv(input, offset, weight, bias, stride, padding, dilation, None if mask is None else _scaled_grad(mask, 2.0))
+
+
+def half_pixel_shift(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Samples pixel centres at +0.5 (an align_corners-style mix-up)."""
+    return tv(input, offset + 0.5, weight, bias, stride, padding, dilation, mask)
+
+
+def taps_column_major(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Walks the taps' offsets and masks column-major while the layout is row-major."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    n, g, kh, kw, ho, wo = geo.n, geo.offset_groups, geo.kh, geo.kw, geo.ho, geo.wo
+    off = offset.reshape(n, g, kw, kh, 2, ho, wo).transpose(2, 3).reshape(offset.shape)
+    m = None if mask is None else mask.reshape(n, g, kw, kh, ho, wo).transpose(2, 3).reshape(mask.shape)
+    return tv(input, off, weight, bias, stride, padding, dilation, m)
+
+
+def offset_groups_interleaved(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Puts channel c in offset group c % G instead of c // (C/G) (when groups == 1)."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    if geo.groups != 1 or geo.offset_groups == 1:
+        return tv(input, offset, weight, bias, stride, padding, dilation, mask)
+    c = torch.arange(geo.c)
+    perm = torch.argsort((c % geo.offset_groups) * geo.c + c)
+    return tv(input[:, perm], offset, weight[:, perm], bias, stride, padding, dilation, mask)
+
+
+def dilation_ignored(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Keeps the dilated output size but samples the undilated grid."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    dil = pair(dilation)
+    i = torch.arange(geo.kh, dtype=offset.dtype, device=offset.device)[:, None] * (dil[0] - 1)
+    j = torch.arange(geo.kw, dtype=offset.dtype, device=offset.device)[None, :] * (dil[1] - 1)
+    corr = torch.stack([i.expand(geo.kh, geo.kw), j.expand(geo.kh, geo.kw)], dim=2)[None, None, :, :, :, None, None]
+    off = (_taps(geo, offset) - corr).reshape(offset.shape)
+    return tv(input, off, weight, bias, stride, padding, dilation, mask)
+
+
+def border_clamped(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Clamps sampling points into the map (replicate padding) instead of fading to zero."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    base = _base(geo, offset.dtype, offset.device)[None, None]
+    p = base + _taps(geo, offset)
+    hi = torch.tensor([geo.h - 1, geo.w - 1], dtype=offset.dtype, device=offset.device)[:, None, None]
+    p = torch.minimum(torch.clamp(p, min=0), hi)
+    return tv(input, (p - base).reshape(offset.shape), weight, bias, stride, padding, dilation, mask)
+
+
+def half_precision_accumulation(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Computes in float16 whatever it was given."""
+    h = torch.float16
+    out = tv(input.to(h), offset.to(h), weight.to(h), None if bias is None else bias.to(h), stride, padding, dilation,
+             None if mask is None else mask.to(h))
+    return out.to(input.dtype)
+
+
+def nondeterministic_backward(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Perturbs the input gradient by a few ulps at random, as unordered atomic adds do."""
+    x = input * 1
+    if x.requires_grad:
+        x.register_hook(lambda g: g * (1 + 4 * torch.finfo(g.dtype).eps * torch.randn_like(g)))
+    return tv(x, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def mutates_offset(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Sanitises the caller's offsets in place (behind autograd's back)."""
+    offset.data.clamp_(-1.0, 1.0)
+    return tv(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+# kernel -> quantities of which at least one must fail (any of them is acceptable proof).
+BUGS = {
+    "swapped_offsets": {"output"},
+    "missing_offset_grad": {"grad_offset"},
+    "missing_mask_grad": {"grad_mask"},
+    "weight_grad_off_by_0_1_percent": {"grad_weight"},
+    "mask_grad_doubled": {"grad_mask"},
+    "half_pixel_shift": {"output"},
+    "taps_column_major": {"output"},
+    "offset_groups_interleaved": {"output"},
+    "dilation_ignored": {"output"},
+    "border_clamped": {"output"},
+    "half_precision_accumulation": {"output"},
+    "nondeterministic_backward": set(),  # caught as its own status, not a quantity
+    "mutates_offset": {"unchanged:offset"},
+}
+
+# torchvision has no bfloat16 kernel: declare what the wrapped kernels run, so bfloat16 cases are
+# `unsupported` rather than errors.
+for _name in BUGS:
+    globals()[_name].dcnbench_dtypes = ("float64", "float32", "float16")

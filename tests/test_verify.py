@@ -1,0 +1,158 @@
+"""Verification against the oracle: the built-ins pass, planted bugs are caught, statuses are right."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dcnbench.ops import OP_DEFORM_CONV2D
+from dcnbench.plugins import load_plugin
+from dcnbench.registry import Backend, get
+from dcnbench.suite import default_suite, select_cases
+from dcnbench.verify import QUANTITIES, compare, failed, run_verify, tolerance
+from tests.conftest import PLANTED
+from tests.plugins.planted_bugs import BUGS
+
+SUITE = default_suite()
+
+
+def cases(*case_ids):
+    by_id = {c.case_id: c for c in SUITE}
+    return [by_id[i] for i in case_ids]
+
+
+@pytest.fixture(scope="module")
+def builtin_results():
+    return run_verify(backends=[get("pytorch"), get("torchvision")], cases=SUITE)
+
+
+def test_builtins_pass_the_default_suite(builtin_results):
+    bad = [(r.case.case_id, r.backend, r.status, r.message, [q.quantity for q in r.failing])
+           for r in builtin_results if r.status not in ("pass", "unsupported")]
+    assert not bad
+    assert not failed(builtin_results)
+
+
+def test_torchvision_bfloat16_is_unsupported_with_reason(builtin_results):
+    rows = [r for r in builtin_results if r.backend == "torchvision" and r.case.dtype == "bfloat16"]
+    assert rows and all(r.status == "unsupported" and "bfloat16" in r.message for r in rows)
+
+
+def test_every_gradient_is_compared(builtin_results):
+    v2_bias = next(r for r in builtin_results if r.case.case_id == "v2/float64" and r.backend == "torchvision")
+    assert {q.quantity for q in v2_bias.quantities} == set(QUANTITIES)
+    v1_nobias = next(r for r in builtin_results if r.case.case_id == "v1-nobias/float64" and r.backend == "torchvision")
+    assert {q.quantity for q in v1_nobias.quantities} == {"output", "grad_input", "grad_offset", "grad_weight"}
+
+
+def test_suite_covers_what_the_issue_lists():
+    names = {c.name for c in SUITE}
+    dtypes = {c.dtype for c in SUITE}
+    assert dtypes == {"float64", "float32", "float16", "bfloat16"}
+    assert {c.geometry.n for c in SUITE} >= {0, 1, 37}
+    assert any(c.geometry.groups > 1 for c in SUITE) and any(c.geometry.offset_groups > 1 for c in SUITE)
+    assert any(c.geometry.stride == (2, 2) for c in SUITE) and any(c.geometry.dilation == (2, 2) for c in SUITE)
+    assert any(c.geometry.stride[0] != c.geometry.stride[1] and c.geometry.kh != c.geometry.kw for c in SUITE)
+    assert any(not c.contiguous for c in SUITE) and any(not c.mask for c in SUITE) and any(not c.bias for c in SUITE)
+    assert {"zero_offset", "integer_offset", "zero_mask", "gradcheck"} <= {c.check for c in SUITE}
+    assert {"border", "interior", "anisotropic"} <= {c.offsets for c in SUITE}
+    assert len(names) == len({(c.name) for c in SUITE})
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_planted_bug_is_caught(bug):
+    plugin = load_plugin(f"{PLANTED}:{bug}")
+    results = run_verify(backends=[plugin], cases=SUITE)
+    assert failed(results)
+    assert not [r for r in results if r.status == "error"], [r.message for r in results if r.status == "error"]
+    failing = {q.quantity for r in results for q in r.failing}
+    if BUGS[bug]:
+        assert BUGS[bug] & failing, f"{bug}: expected one of {BUGS[bug]} to fail, got {failing}"
+    else:
+        assert any(r.status == "nondeterministic" for r in results)
+
+
+def test_half_accumulation_fails_float32_rows():
+    plugin = load_plugin(f"{PLANTED}:half_precision_accumulation")
+    results = run_verify(backends=[plugin], cases=cases("v2/float32"))
+    assert [r.status for r in results] == ["fail"]
+    assert any(q.quantity == "output" and q.rel_err > 100 * q.tolerance for q in results[0].failing)
+
+
+def _backend(fn, name="fake") -> Backend:
+    dtypes = ("float64", "float32")
+    return Backend(name=name, description="", ops={OP_DEFORM_CONV2D: fn}, dtypes={"cpu": dtypes})
+
+
+def test_a_raising_backend_is_an_error_row_and_the_run_goes_on():
+    def boom(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    results = run_verify(backends=[_backend(boom), get("pytorch")], cases=cases("v2/float64", "v1/float64"))
+    assert [r.status for r in results] == ["error", "pass", "error", "pass"]
+    assert "kernel exploded" in results[0].message
+
+
+def test_wrong_dtype_output_fails():
+    from dcnbench.backends.pytorch import deform_conv2d
+
+    def upcasts(*args, **kwargs):
+        return deform_conv2d(*args, **kwargs).double()
+
+    [r] = run_verify(backends=[_backend(upcasts)], cases=cases("v2/float32"))
+    assert r.status == "fail" and "dtype" in r.failing[0].note
+
+
+def test_unsupported_dtype_is_reported_not_run():
+    [r] = run_verify(backends=[_backend(lambda *a, **k: None)], cases=cases("v2/float16"))
+    assert r.status == "unsupported" and "float16" in r.message
+
+
+def test_compare_rules():
+    ref = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    assert compare("grad_input", None, ref, "float64").note.startswith("missing")
+    zero = compare("grad_input", torch.zeros(3), ref, "float64")
+    assert not zero.ok and "zero" in zero.note
+    assert not compare("output", torch.tensor([1.0, float("nan"), 3.0]), ref, "float64").ok
+    assert not compare("output", torch.ones(4), ref, "float64").ok
+    assert compare("output", ref.clone(), ref, "float64").rel_err == 0
+    off = compare("output", ref * (1 + 1e-6), ref, "float32")
+    assert off.ok and math.isclose(off.rel_err, 1e-6, rel_tol=1e-3)
+    assert not compare("output", ref * (1 + 1e-6), ref, "float64").ok
+    # Exact zeros in the reference allow nothing else.
+    assert not compare("grad_weight", torch.tensor([0.0, 1e-30]), torch.zeros(2, dtype=torch.float64), "float32").ok
+    assert compare("grad_weight", torch.zeros(0), torch.zeros(0, dtype=torch.float64), "float32").ok
+
+
+def test_offset_gradient_has_its_own_tolerance_only_in_half_types():
+    assert tolerance("float32", "grad_offset") == tolerance("float32", "output")
+    assert tolerance("float16", "grad_offset") > tolerance("float16", "output")
+
+
+def test_kink_margin_holds_in_every_dtype():
+    from dcnbench.backends.pytorch import sampling_points
+    from dcnbench.workloads import make_inputs
+
+    for case in SUITE:
+        if case.kink_margin is None or case.geometry.n == 0:
+            continue
+        t = make_inputs(case)
+        py, px = sampling_points(t["offset"].double(), case.geometry)
+        for p in (py, px):
+            assert float((p - p.round()).abs().min()) >= case.kink_margin * 0.999, case.case_id
+
+
+def test_identity_cases_have_integer_sampling_points():
+    from dcnbench.workloads import make_inputs
+
+    case = next(c for c in SUITE if c.check == "integer_offset")
+    off = make_inputs(case)["offset"]
+    assert torch.equal(off, off.round()) and off.abs().max() > 0
+    assert replace(case, dtype="float32") in SUITE
+
+
+def test_select_cases_filters_by_text_and_dtype():
+    chosen = select_cases(SUITE, ["border"], ["float32"])
+    assert chosen and all("border" in c.case_id and c.dtype == "float32" for c in chosen)
+    assert select_cases(SUITE, None, None) == SUITE
