@@ -1,9 +1,12 @@
 """Pure-PyTorch deform_conv2d: the float64 oracle and a usable backend.
 
 Vectorised over batch, channels and positions; the only Python loop is over the four bilinear
-corners. Autograd provides every gradient. Sampling follows the paper's Eq. 3-4 (rule Z): a
-corner outside the map contributes zero, so the sample fades linearly to zero over the band
--1 < p < 0 (and H-1 < p < H) and is zero beyond it.
+corners. Autograd provides every gradient. Two boundary rules (DCN.md):
+
+- rule Z, the paper's Eq. 3-4 and the default: a corner outside the map contributes zero, so the
+  sample fades linearly to zero over the band -1 < p < 0 (and H-1 < p < H) and is zero beyond;
+- rule C, MXNet's DCNv1 (the authors' first operator): the sample is zero unless 0 <= p < H, and a
+  point with floor(p) >= H-1 reads row H-1 at full weight (so its offset gradient is zero there).
 """
 
 from __future__ import annotations
@@ -18,8 +21,19 @@ from dcnbench.registry import ALL_DTYPES, Backend
 _COMPUTE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
-def bilinear_sample(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Sample x (B, Cg, H, W) at points (B, P) with rule-Z bilinear interpolation -> (B, Cg, P).
+RULES = ("Z", "C")
+
+
+def _clamp_high(p: torch.Tensor, p0: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rule C: a point with floor(p) >= size-1 becomes exactly size-1 (a constant: no gradient)."""
+    high = p0 >= size - 1
+    last = torch.full_like(p, size - 1)
+    return torch.where(high, last, p), torch.where(high, last, p0)
+
+
+def bilinear_sample(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor, scale: torch.Tensor | None = None,
+                    rule: str = "Z") -> torch.Tensor:
+    """Sample x (B, Cg, H, W) at points (B, P) by bilinear interpolation under `rule` -> (B, Cg, P).
 
     `scale` (B, P) multiplies each sample (the DCNv2 mask); folding it into the four corner
     weights costs O(B*P) instead of a pass over all channels.
@@ -27,6 +41,13 @@ def bilinear_sample(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor, scale: 
     b, cg, h, w = x.shape
     flat = x.reshape(b, cg, h * w)
     y0, x0 = torch.floor(py), torch.floor(px)
+    if rule == "C":
+        inside_map = ((py >= 0) & (py < h) & (px >= 0) & (px < w)).to(py.dtype)
+        scale = inside_map if scale is None else scale * inside_map
+        py, y0 = _clamp_high(py, y0, h)
+        px, x0 = _clamp_high(px, x0, w)
+    elif rule != "Z":
+        raise ValueError(f"unknown boundary rule {rule!r}, expected one of {RULES}")
     ly, lx = py - y0, px - x0
     out = None
     for dy, wy in ((0, 1 - ly), (1, ly)):
@@ -59,7 +80,8 @@ def sampling_points(offset: torch.Tensor, geo) -> tuple[torch.Tensor, torch.Tens
     return py, px
 
 
-def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None,
+                  *, rule: str = "Z"):
     geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
     out_dtype = input.dtype
     compute = _COMPUTE_DTYPE.get(out_dtype, out_dtype)
@@ -69,7 +91,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     py, px = sampling_points(offset, geo)
     scale = None if mask is None else mask.to(compute).reshape(n * g, k * l)
     # Each offset group samples its own C/G channels at its own points: (N*G, C/G, K*L).
-    cols = bilinear_sample(x.reshape(n * g, c // g, geo.h, geo.w), py.reshape(n * g, k * l), px.reshape(n * g, k * l), scale)
+    cols = bilinear_sample(x.reshape(n * g, c // g, geo.h, geo.w), py.reshape(n * g, k * l), px.reshape(n * g, k * l), scale, rule)
     # Column c*K + k matches weight (O, C/groups, kh, kw) flattened, so each group is one matmul.
     cols = cols.reshape(n, geo.groups, (c // geo.groups) * k, l)
     wmat = weight.reshape(geo.groups, geo.o // geo.groups, (c // geo.groups) * k)
