@@ -9,14 +9,18 @@ UV := .tools/bin/uv
 endif
 VENV := .venv
 SYNCED := $(VENV)/.synced
+# MXNet 1.9.1 needs numpy < 1.24: its own environment, driven through a worker process.
+MXNET_VENV := .venv-mxnet
+MXNET_SYNCED := $(MXNET_VENV)/.synced
 DCNBENCH := $(VENV)/bin/dcnbench
 
-.PHONY: help env demo test verify speed clean
+.PHONY: help env mxnet-env demo test clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   create the environment, run dcnbench verify and a short dcnbench speed"
 	@echo "make test   create the environment and run the tests"
+	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -26,15 +30,22 @@ $(SYNCED): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
+$(MXNET_SYNCED): backends/mxnet/requirements.txt | $(UV)
+	$(UV) venv --allow-existing --quiet --python 3.11 $(MXNET_VENV)
+	$(UV) pip install --quiet --python $(MXNET_VENV)/bin/python --require-hashes -r backends/mxnet/requirements.txt
+	@touch $@
+
 env: $(SYNCED)
 
-demo: $(SYNCED)
+mxnet-env: $(MXNET_SYNCED)
+
+demo: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) backends
 	$(DCNBENCH) verify
 	$(DCNBENCH) speed --preset dcn-56 --repeat 5 --warmup 0.3
 
-test: $(SYNCED)
+test: $(SYNCED) $(MXNET_SYNCED)
 	$(VENV)/bin/pytest
 
 clean:
-	rm -rf $(VENV) .tools results
+	rm -rf $(VENV) $(MXNET_VENV) .tools results

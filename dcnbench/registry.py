@@ -18,7 +18,7 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "conv2d")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,39 @@ class Backend:
     kind: str = "deformable"
     origin: str = "builtin"
     unavailable: str | None = None  # the reason it cannot run here; None when it can
+    # Boundary rule per variant ("v1"/"v2") where it is not the paper's rule Z (DCN.md), e.g. {"v1": "C"}.
+    dialects: Mapping[str, str] = field(default_factory=dict)
+    # (mask, device) -> why the backward is not implemented there, or None.
+    backward_unsupported: Callable[[bool, str], str | None] | None = None
+    # (geometry, device) -> why this whole workload cannot run (a known crash, a size limit), or None.
+    workload_unsupported: Callable[[object, str], str | None] | None = None
+    # A deeper availability check (e.g. starting a worker), run only for backends a command uses.
+    check: Callable[[], str | None] | None = None
+    # For out-of-process backends that time themselves: (case, direction, device) -> object with
+    # sample() -> ms and peak_bytes() -> (bytes | None, note).
+    self_timed: Callable | None = None
+    # One line on the environment the backend runs in (shown by `dcnbench backends`).
+    environment: Callable[[], str] | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.dtypes)
 
-    def support(self, op: str, device: str, dtype: str) -> str | None:
+    def dialect(self, mask: bool) -> str:
+        return self.dialects.get("v2" if mask else "v1", "Z")
+
+    def support(self, op: str, device: str, dtype: str, geometry=None) -> str | None:
         """None when the backend runs this combination, else the reason it does not."""
+        if self.workload_unsupported and geometry is not None:
+            reason = self.workload_unsupported(geometry, device)
+            if reason:
+                return reason
         if self.unavailable:
             return self.unavailable
         if op not in self.ops:
             return f"{self.name} has no {op}"
         if device not in self.dtypes:
-            return f"{self.name} does not run on {device}"
+            return self.unsupported_reasons.get(device, f"{self.name} does not run on {device}")
         if dtype not in self.dtypes[device]:
             return self.unsupported_reasons.get(dtype, f"{self.name} has no {dtype} kernel on {device}")
         return None
@@ -87,8 +107,8 @@ def all_backends() -> list[Backend]:
     return backends
 
 
-def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ...]) -> list[Backend]:
-    """The backends a command runs.
+def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ...]) -> tuple[list[Backend], list[str]]:
+    """The backends a command runs, and a note for each default backend skipped.
 
     Named backends must exist and be available (exit 2 otherwise). With no names, every
     available backend of the given kinds runs, unless plugins were given: then only they run.
@@ -105,14 +125,24 @@ def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ..
             if name not in known:
                 raise UsageError(f"unknown backend '{name}'", hint=f"choose from: {', '.join(sorted(known))}")
             backend = known[name]
-            if backend.unavailable:
-                raise BackendUnavailable(f"backend '{name}' is unavailable: {backend.unavailable}",
-                                         hint="run `dcnbench backends` to see what is installed")
+            reason = backend.unavailable or (backend.check() if backend.check else None)
+            if reason:
+                raise BackendUnavailable(f"backend '{name}' is unavailable: {reason}",
+                                         hint="run `dcnbench backends` to see what is installed and how to fix it")
             chosen.append(backend)
-        return chosen + [p for p in plugins if p.name not in names]
+        return chosen + [p for p in plugins if p.name not in names], []
     if plugins:
-        return list(plugins)
-    return [b for b in known.values() if b.kind in kinds and not b.unavailable]
+        return list(plugins), []
+    chosen, skipped = [], []
+    for b in known.values():
+        if b.kind not in kinds:
+            continue
+        reason = b.unavailable or (b.check() if b.check else None)
+        if reason:
+            skipped.append(f"skipping {b.name}: {reason}")
+        else:
+            chosen.append(b)
+    return chosen, skipped
 
 
 def get(name: str) -> Backend:

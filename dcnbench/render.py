@@ -9,7 +9,7 @@ from dcnbench.registry import Backend
 from dcnbench.speed import SpeedResult
 from dcnbench.verify import VerifyResult
 
-STATUS_STYLE = {"pass": "green", "fail": "bold red", "nondeterministic": "magenta", "unsupported": "dim",
+STATUS_STYLE = {"pass": "green", "dialect": "cyan", "fail": "bold red", "nondeterministic": "magenta", "unsupported": "dim",
                 "error": "bold yellow", "ok": "green"}
 
 
@@ -44,12 +44,16 @@ def verify_table(results: list[VerifyResult]) -> Table:
             if r is None:
                 cells.append(Text("-"))
                 continue
-            errs = [q.rel_err for q in r.quantities if q.rel_err is not None]
+            errs = [q.rel_err for q in r.quantities if q.rel_err is not None and q.reference != "C"]
             detail = ""
             if r.status == "fail":
                 detail = " " + ",".join(q.quantity for q in r.failing)
+            elif r.status == "dialect":
+                detail = f" rule {r.dialect.rule}"
             elif errs:
                 detail = f" {max(errs):.0e}"
+            if any(q.unsupported for q in r.quantities):
+                detail += " (grads unsupported)"
             cells.append(Text(r.status + detail, style=STATUS_STYLE[r.status]))
         table.add_row(case_id, *cells)
     return table
@@ -75,15 +79,37 @@ def problems_table(results: list[VerifyResult]) -> Table | None:
     return table
 
 
+def dialect_table(results: list[VerifyResult]) -> Table | None:
+    """For backends that declare another boundary rule: where they part from the paper, and by how much."""
+    rows = [r for r in results if r.dialect is not None and r.status in ("pass", "dialect", "fail", "nondeterministic")]
+    if not rows:
+        return None
+    table = Table(title="dialects: each backend against the paper's rule Z and against the rule it declares",
+                  title_justify="left")
+    for name, justify in (("case", "left"), ("backend", "left"), ("rule", "left"), ("vs its rule", "left"),
+                          ("interior outputs", "right"), ("max |Δ| vs Z", "right"), ("band outputs", "right"),
+                          ("max |Δ| vs Z", "right"), ("verdict", "left")):
+        table.add_column(name, justify=justify)
+    for r in rows:
+        d = r.dialect
+        worst = max((q.rel_err for q in r.quantities if q.reference == d.rule and q.rel_err is not None), default=None)
+        verdict = {"pass": "agrees with the paper everywhere", "dialect": "diverges from the paper only in the border bands"}
+        table.add_row(r.case.case_id, r.backend, d.rule, ("agrees" if d.matches_rule else "differs") + f" ({_fmt_err(worst)})",
+                      str(d.interior_outputs), _fmt_err(d.interior_max_abs_vs_z), str(d.band_outputs),
+                      _fmt_err(d.band_max_abs_vs_z), Text(verdict.get(r.status, r.status), style=STATUS_STYLE[r.status]))
+    return table
+
+
 def verify_summary(results: list[VerifyResult]) -> Table:
     backends = list(dict.fromkeys(r.backend for r in results))
+    statuses = ("pass", "dialect", "fail", "nondeterministic", "unsupported", "error")
     table = Table(title="summary", title_justify="left")
     table.add_column("backend")
-    for s in ("pass", "fail", "nondeterministic", "unsupported", "error"):
+    for s in statuses:
         table.add_column(s, justify="right")
     for b in backends:
         mine = [r for r in results if r.backend == b]
-        table.add_row(b, *[str(sum(r.status == s for r in mine)) for s in ("pass", "fail", "nondeterministic", "unsupported", "error")])
+        table.add_row(b, *[str(sum(r.status == s for r in mine)) for s in statuses])
     return table
 
 
@@ -129,6 +155,9 @@ def backends_table(backends: list[Backend]) -> Table:
         table.add_column(name)
     for b in backends:
         dtypes = "; ".join(f"{dev}: {','.join(d)}" for dev, d in b.dtypes.items())
-        status = Text(f"unavailable: {b.unavailable}", style="yellow") if b.unavailable else Text("available", style="green")
+        problem = b.unavailable or (b.check() if b.check else None)
+        status = Text(f"unavailable: {problem}", style="yellow") if problem else Text("available", style="green")
+        if not problem and b.environment:
+            status.append(f" ({b.environment()})", style="dim")
         table.add_row(b.name, b.kind, b.origin, b.version or "-", ",".join(b.devices) or "-", dtypes or "-", status)
     return table

@@ -101,6 +101,54 @@ def make_call(backend: Backend, case: ConvCase, direction: str, device: str) -> 
     return (lambda: None), both
 
 
+class _InProcess:
+    """A backend called here, timed by the Timer (events on CUDA, the clock on the CPU)."""
+
+    def __init__(self, backend: Backend, conv: ConvCase, case: SpeedCase, timer: Timer, threads, plugin_specs):
+        self.backend, self.conv, self.case, self.timer = backend, conv, case, timer
+        self.threads, self.plugin_specs = threads, plugin_specs
+        self.setup, self.call = make_call(backend, conv, case.direction, case.device)
+
+    def warmup(self, seconds: float) -> int:
+        return self.timer.warmup(self.call, seconds, self.setup)
+
+    def sample(self) -> float:
+        return self.timer.once(self.call, self.setup)
+
+    def memory(self) -> tuple[int | None, str | None, str]:
+        if self.case.device == "cuda":
+            self.setup()
+            return memory.measure_cuda(self.call), memory.CUDA_METHOD, ""
+        spec = memory.worker_spec(backend=None if self.backend.origin == "plugin" else self.backend.name,
+                                  impl=self.plugin_specs.get(self.backend.name), case=self.conv,
+                                  direction=self.case.direction, threads=self.threads or torch.get_num_threads())
+        peak, note = memory.measure_cpu(spec)
+        return peak, memory.CPU_METHOD if peak is not None else None, note
+
+
+class _SelfTimed:
+    """An out-of-process backend that times each sample itself, so transport is not in the figure."""
+
+    def __init__(self, backend: Backend, conv: ConvCase, case: SpeedCase, clock):
+        self.inner = backend.self_timed(conv, case.direction, case.device)
+        self.clock = clock
+
+    def warmup(self, seconds: float) -> int:
+        runs, t0 = 0, self.clock()
+        while True:
+            self.inner.sample()
+            runs += 1
+            if self.clock() - t0 >= seconds:
+                return runs
+
+    def sample(self) -> float:
+        return self.inner.sample()
+
+    def memory(self) -> tuple[int | None, str | None, str]:
+        peak, note = self.inner.peak_bytes()
+        return peak, memory.CPU_METHOD if peak is not None else None, note
+
+
 def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 10, warmup_s: float = 0.5,
               baseline: str | None = "conv2d", measure_memory: bool = True, threads: int | None = None,
               plugin_specs: dict[str, str] | None = None, timer: Timer | None = None,
@@ -110,30 +158,32 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
     for case in cases:
         tm = timer or Timer(case.device)
         conv = case.conv_case()
-        calls, done = {}, {}
+        runners, warm, done = {}, {}, {}
         for b in backends:
-            reason = b.support(OP_DEFORM_CONV2D, case.device, case.dtype)
+            reason = b.support(OP_DEFORM_CONV2D, case.device, case.dtype, case.geometry)
+            if not reason and case.direction != "fwd" and b.backward_unsupported:
+                reason = b.backward_unsupported(case.mask, case.device)
             if reason:
                 done[b.name] = SpeedResult(case, b.name, "unsupported", message=reason)
                 continue
             try:
-                setup, call = make_call(b, conv, case.direction, case.device)
-                warm = tm.warmup(call, warmup_s, setup)
-                calls[b.name] = (setup, call, warm)
+                runner = _SelfTimed(b, conv, case, tm.clock) if b.self_timed else \
+                    _InProcess(b, conv, case, tm, threads, plugin_specs or {})
+                warm[b.name] = runner.warmup(warmup_s)
+                runners[b.name] = runner
             except Exception as exc:  # a backend that fails becomes an error row
                 done[b.name] = SpeedResult(case, b.name, "error", message=_one_line(exc))
-        samples: dict[str, list[float]] = {name: [] for name in calls}
+        samples: dict[str, list[float]] = {name: [] for name in runners}
         for i in range(repeat):
-            for name in list(calls):
-                setup, call, _ = calls[name]
+            for name in list(runners):
                 try:
-                    samples[name].append(tm.once(call, setup))
+                    samples[name].append(runners[name].sample())
                 except Exception as exc:
                     done[name] = SpeedResult(case, name, "error", message=_one_line(exc))
-                    del calls[name]
+                    del runners[name]
             if on_progress:
                 on_progress(f"{case.case_id} round {i + 1}/{repeat}")
-        measured = {name: Measurement(tuple(samples[name]), calls[name][2]) for name in calls}
+        measured = {name: Measurement(tuple(samples[name]), warm[name]) for name in runners}
         base = measured.get(baseline) if baseline else None
         for b in backends:
             if b.name in done:
@@ -144,20 +194,8 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
             if measure_memory:
                 if on_progress:
                     on_progress(f"{case.case_id} memory {b.name}")
-                peak, method, note = _memory(b, conv, case, calls[b.name], threads, plugin_specs or {})
+                peak, method, note = runners[b.name].memory()
             ratio = m.median_ms / base.median_ms if base and base.median_ms > 0 else None
             results.append(SpeedResult(case, b.name, "ok", m, ratio, peak, method, note))
-        del calls
+        del runners
     return results
-
-
-def _memory(backend: Backend, conv: ConvCase, case: SpeedCase, call, threads, plugin_specs) -> tuple:
-    if case.device == "cuda":
-        setup, fn, _ = call
-        setup()
-        return memory.measure_cuda(fn), memory.CUDA_METHOD, ""
-    spec = memory.worker_spec(backend=None if backend.origin == "plugin" else backend.name,
-                              impl=plugin_specs.get(backend.name), case=conv, direction=case.direction,
-                              threads=threads or torch.get_num_threads())
-    peak, note = memory.measure_cpu(spec)
-    return peak, memory.CPU_METHOD if peak is not None else None, note

@@ -43,6 +43,12 @@ _GEOMETRIES: dict[str, tuple[ConvGeometry, dict]] = {
     "anisotropic": (_geo(), {"offsets": "anisotropic", "offset_scale": 3.0}),
     "border-heavy": (_geo(c=4, og=2), {"offsets": "border"}),
     "interior-only": (_geo(), {"offsets": "interior"}),
+    # One border band at a time (DCN.md's rules Z and C differ only there), DCNv1 and DCNv2.
+    "band-low-v1": (_geo(), {"offsets": "band-low", "mask": False}),
+    "band-high-v1": (_geo(), {"offsets": "band-high", "mask": False}),
+    "band-low-v2": (_geo(), {"offsets": "band-low"}),
+    "band-high-v2": (_geo(), {"offsets": "band-high"}),
+    "interior-only-v1": (_geo(), {"offsets": "interior", "mask": False}),
 }
 
 _HALF_TYPES_FOR = ("v2", "v1", "groups2-offset-groups4", "border-heavy")

@@ -11,13 +11,16 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.gradcheck import GradcheckError
 
+from functools import partial
+
 from dcnbench.backends.pytorch import deform_conv2d as oracle_deform_conv2d
+from dcnbench.backends.pytorch import sampling_points
 from dcnbench.ops import OP_DEFORM_CONV2D
 from dcnbench.registry import Backend
 from dcnbench.workloads import DTYPES, ConvCase, make_inputs
@@ -40,7 +43,9 @@ def tolerance(dtype: str, quantity: str) -> float:
     values, offset = TOLERANCES[dtype]
     return offset if quantity == "grad_offset" else values
 
-STATUSES = ("pass", "fail", "nondeterministic", "unsupported", "error")
+# `dialect`: agrees with the oracle in the boundary rule the backend declares and with the paper's
+# rule Z at every output whose samples avoid the border bands; differs from rule Z only there.
+STATUSES = ("pass", "dialect", "fail", "nondeterministic", "unsupported", "error")
 QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask", "grad_weight", "grad_bias")
 ARG_OF = {"grad_input": "input", "grad_offset": "offset", "grad_mask": "mask", "grad_weight": "weight", "grad_bias": "bias"}
 
@@ -53,6 +58,21 @@ class QuantityError:
     tolerance: float
     ok: bool
     note: str = ""  # why it failed when not by size: missing, zero, shape, dtype, mutated, ...
+    reference: str = "Z"  # what it was compared with: the oracle's rule (Z, C) or an identity
+    unsupported: str = ""  # why it was not checked (e.g. a backward the backend lacks); ok stays True
+
+
+@dataclass(frozen=True)
+class DialectReport:
+    """How a backend that declares a non-paper boundary rule relates to the paper's rule Z."""
+
+    rule: str
+    matches_rule: bool  # every quantity within tolerance of the oracle in `rule`
+    interior_outputs: int  # outputs whose samples all avoid the border bands
+    band_outputs: int
+    interior_max_abs_vs_z: float | None  # divergence from rule Z there (~0 when the dialect holds)
+    band_max_abs_vs_z: float | None
+    interior_ok: bool
 
 
 @dataclass(frozen=True)
@@ -63,9 +83,15 @@ class VerifyResult:
     quantities: tuple[QuantityError, ...] = ()
     message: str = ""
     elapsed_s: float = 0.0
+    dialect: DialectReport | None = None
 
     @property
     def failing(self) -> tuple[QuantityError, ...]:
+        """Quantities that decide a failure (for a dialect result: those against its own rule)."""
+        if self.dialect is not None and self.status == "dialect":
+            return ()
+        if self.dialect is not None and self.dialect.matches_rule is False:
+            return tuple(q for q in self.quantities if not q.ok and q.reference == self.dialect.rule)
         return tuple(q for q in self.quantities if not q.ok)
 
 
@@ -82,15 +108,16 @@ def _call(fn: Callable, case: ConvCase, t: dict[str, torch.Tensor]):
               padding=geo.padding, dilation=geo.dilation, mask=t.get("mask"))
 
 
-def _run(fn: Callable, case: ConvCase, inputs: dict[str, torch.Tensor], cotangent: torch.Tensor) -> _Run:
-    """One forward+backward on fresh leaves holding the inputs' values, with mutation checks."""
+def _run(fn: Callable, case: ConvCase, inputs: dict[str, torch.Tensor], cotangent: torch.Tensor,
+         backward: bool = True) -> _Run:
+    """One forward (+backward) on fresh leaves holding the inputs' values, with mutation checks."""
     leaves = {k: v.detach().clone().requires_grad_(True) if v.is_contiguous() else _same_strides(v) for k, v in inputs.items()}
     cot = cotangent.clone()
     snapshots = {k: v.detach().clone() for k, v in leaves.items()} | {"cotangent": cot.clone()}
     out = _call(fn, case, leaves)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"returned {type(out).__name__}, expected a torch.Tensor")
-    if out.requires_grad and out.shape == cot.shape:
+    if backward and out.requires_grad and out.shape == cot.shape:
         out.backward(cot.to(out.dtype))
     current = {k: v.detach() for k, v in leaves.items()} | {"cotangent": cot}
     mutated = [k for k, v in snapshots.items() if not torch.equal(v, current[k])]
@@ -155,17 +182,21 @@ def _bias_only(input, offset, weight, bias=None, stride=1, padding=0, dilation=1
 # Which reference each check uses and which quantities it defines.
 _REFERENCES: dict[str, tuple[Callable[[ConvCase], Callable], tuple[str, ...]]] = {
     "oracle": (lambda case: oracle_deform_conv2d, QUANTITIES),
+    "oracle_rule_c": (lambda case: partial(oracle_deform_conv2d, rule="C"), QUANTITIES),
     "zero_offset": (_conv_identity, ("output", "grad_input", "grad_weight", "grad_bias")),
     "integer_offset": (_conv_identity, ("output", "grad_input", "grad_weight", "grad_bias")),
     "zero_mask": (lambda case: _bias_only, ("output", "grad_input", "grad_offset", "grad_weight", "grad_bias")),
 }
 
 
-def reference(case: ConvCase) -> tuple[_Run, tuple[str, ...]]:
-    """The expected output and gradients, in float64 on the CPU, at the exact values a backend sees."""
+def reference(case: ConvCase, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
+    """The expected output and gradients, in float64 on the CPU, at the exact values a backend sees.
+
+    `rule` picks the oracle's boundary rule for the "oracle" check (identities have no rule).
+    """
     inputs = {k: v.double().cpu() for k, v in make_inputs(case, "cpu").items()}
     cot = _cotangent(case, inputs).double()
-    make, quantities = _REFERENCES[case.check]
+    make, quantities = _REFERENCES["oracle_rule_c" if case.check == "oracle" and rule == "C" else case.check]
     return _run(make(case), case, inputs, cot), quantities
 
 
@@ -195,7 +226,8 @@ def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str) 
     return QuantityError(name, rel, max_abs, tol, ok, note)
 
 
-def _compare_runs(case: ConvCase, run: _Run, ref: _Run, quantities: Iterable[str]) -> list[QuantityError]:
+def _compare_runs(case: ConvCase, run: _Run, ref: _Run, quantities: Iterable[str], label: str,
+                  no_backward: str | None = None) -> list[QuantityError]:
     tol = tolerance(case.dtype, "output")
     found = []
     for q in quantities:
@@ -203,12 +235,42 @@ def _compare_runs(case: ConvCase, run: _Run, ref: _Run, quantities: Iterable[str
             err = compare(q, run.output, ref.output, case.dtype)
             if err.ok and run.output.dtype != DTYPES[case.dtype]:
                 err = QuantityError(q, err.rel_err, err.max_abs_err, tol, False, f"dtype {run.output.dtype}, expected {case.dtype}")
-            found.append(err)
+            found.append(replace(err, reference=label))
         elif q in ref.grads and ref.grads[q] is not None:
-            found.append(compare(q, run.grads.get(q), ref.grads[q], case.dtype))
+            if no_backward:
+                found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))
+            else:
+                found.append(replace(compare(q, run.grads.get(q), ref.grads[q], case.dtype), reference=label))
     for name in run.mutated:
-        found.append(QuantityError(f"unchanged:{name}", None, None, tol, False, f"the backend modified the caller's {name}"))
+        found.append(QuantityError(f"unchanged:{name}", None, None, tol, False, f"the backend modified the caller's {name}", label))
     return found
+
+
+def _band_outputs(case: ConvCase, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, 1, Ho, Wo) bool: outputs with a sample in a border band, -1 < p < 0 or size-1 < p < size.
+
+    The two rules agree everywhere else: at p <= -1 or p >= size both give 0.
+    """
+    geo = case.geometry
+    py, px = sampling_points(inputs["offset"].double().cpu(), geo)
+    band = ((py > -1) & (py < 0)) | ((py > geo.h - 1) & (py < geo.h)) | ((px > -1) & (px < 0)) | ((px > geo.w - 1) & (px < geo.w))
+    return band.flatten(1, 2).any(dim=1, keepdim=True)
+
+
+def _dialect_report(case: ConvCase, rule: str, run: _Run, ref_z: _Run, vs_rule: list[QuantityError]) -> DialectReport:
+    band = _band_outputs(case, make_inputs(case, "cpu")).expand_as(ref_z.output)
+    diff = (run.output.double().cpu() - ref_z.output).abs()
+    interior, in_band = diff[~band], diff[band]
+    inner = compare("output", run.output.double().cpu()[~band], ref_z.output[~band], case.dtype)
+    return DialectReport(
+        rule=rule,
+        matches_rule=all(q.ok for q in vs_rule),
+        interior_outputs=int((~band).sum()) // max(1, case.geometry.o),
+        band_outputs=int(band.sum()) // max(1, case.geometry.o),
+        interior_max_abs_vs_z=float(interior.max()) if interior.numel() else None,
+        band_max_abs_vs_z=float(in_band.max()) if in_band.numel() else None,
+        interior_ok=inner.ok,
+    )
 
 
 def _bitwise_equal(a: _Run, b: _Run) -> bool:
@@ -241,33 +303,51 @@ def _gradcheck(fn: Callable, case: ConvCase, device: str) -> list[QuantityError]
 
 def verify_case(backend: Backend, case: ConvCase, device: str, ref_cache: dict) -> VerifyResult:
     start = time.perf_counter()
-    reason = backend.support(OP_DEFORM_CONV2D, device, case.dtype)
+    reason = backend.support(OP_DEFORM_CONV2D, device, case.dtype, case.geometry)
     if reason:
         return VerifyResult(case, backend.name, "unsupported", message=reason)
+    no_backward = backend.backward_unsupported(case.mask, device) if backend.backward_unsupported else None
     fn = backend.ops[OP_DEFORM_CONV2D]
+    rule = backend.dialect(case.mask) if case.check == "oracle" else "Z"
     try:
         if case.check == "gradcheck":
+            if no_backward:
+                return VerifyResult(case, backend.name, "unsupported", message=no_backward)
             quantities = _gradcheck(fn, case, device)
             status = "pass" if all(q.ok for q in quantities) else "fail"
             return VerifyResult(case, backend.name, status, tuple(quantities), elapsed_s=time.perf_counter() - start)
-        if case not in ref_cache:
-            ref_cache[case] = reference(case)
-        ref, covered = ref_cache[case]
+        for r in {"Z", rule}:
+            if (case, r) not in ref_cache:
+                ref_cache[(case, r)] = reference(case, r)
         inputs = make_inputs(case, device)
         cot = _cotangent(case, inputs)
-        first = _run(fn, case, inputs, cot)
-        second = _run(fn, case, inputs, cot)
+        first = _run(fn, case, inputs, cot, backward=not no_backward)
+        second = _run(fn, case, inputs, cot, backward=not no_backward)
     except Exception as exc:  # a backend that raises becomes an error row; the run goes on
         return VerifyResult(case, backend.name, "error", message=_one_line(exc), elapsed_s=time.perf_counter() - start)
-    quantities = _compare_runs(case, first, ref, covered)
-    if any(not q.ok for q in quantities):
-        status = "fail"
-    elif not _bitwise_equal(first, second):
-        status = "nondeterministic"
-    else:
+    ref_z, covered = ref_cache[(case, "Z")]
+    label = "Z" if case.check == "oracle" else case.check
+    vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward)
+    vs_rule, report = [], None
+    if rule != "Z":
+        vs_rule = _compare_runs(case, first, ref_cache[(case, rule)][0], covered, rule, no_backward)
+        report = _dialect_report(case, rule, first, ref_z, vs_rule)
+    quantities = vs_paper + vs_rule
+    if all(q.ok for q in vs_paper):
         status = "pass"
-    message = "backward differs bitwise between two runs on identical inputs" if status == "nondeterministic" else ""
-    return VerifyResult(case, backend.name, status, tuple(quantities), message, time.perf_counter() - start)
+    elif report and report.matches_rule and report.interior_ok:
+        status = "dialect"
+    else:
+        status = "fail"
+    if status in ("pass", "dialect") and not _bitwise_equal(first, second):
+        status = "nondeterministic"
+    message = {
+        "nondeterministic": "results differ bitwise between two runs on identical inputs",
+        "dialect": f"matches rule {rule}; differs from the paper's rule Z only at outputs with a sample in a border band",
+    }.get(status, "")
+    if no_backward and status != "fail":
+        message = "; ".join(filter(None, [message, f"gradients unsupported: {no_backward}"]))
+    return VerifyResult(case, backend.name, status, tuple(quantities), message, time.perf_counter() - start, report)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -292,5 +372,6 @@ def run_verify(*, backends: list[Backend], cases: list[ConvCase], device: str = 
 
 
 def failed(results: Iterable[VerifyResult], allow_nondeterministic: bool = False) -> bool:
+    """Whether the run failed: `pass`, `dialect` and `unsupported` do not fail it."""
     bad = {"fail", "error"} | (set() if allow_nondeterministic else {"nondeterministic"})
     return any(r.status in bad for r in results)

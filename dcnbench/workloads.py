@@ -25,7 +25,9 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.f
 #   zero:        all zero
 #   border:      p drawn in the two border bands of each axis, [-1.5, 1] and [size-2, size+0.5]
 #   interior:    p drawn inside [0.5, size-1.5], never near an edge
-OFFSET_KINDS = ("uniform", "anisotropic", "integer", "zero", "border", "interior")
+#   band-low:    py in the low band (-1, 0), px interior: where rules Z and C differ, one band at a time
+#   band-high:   py in the high band (H-1, H), px interior
+OFFSET_KINDS = ("uniform", "anisotropic", "integer", "zero", "border", "interior", "band-low", "band-high")
 
 # Checks a case can ask for. "oracle" compares with the float64 oracle; the identities compare
 # with a plain convolution; "gradcheck" runs torch.autograd.gradcheck.
@@ -108,6 +110,10 @@ def _offsets(case: ConvCase, gen: torch.Generator) -> torch.Tensor:
         dy, dx = in_bands(geo.h) - by, in_bands(geo.w) - bx
     elif kind == "interior":
         dy = uniform(0.5, max(geo.h - 1.5, 0.5)) - by
+        dx = uniform(0.5, max(geo.w - 1.5, 0.5)) - bx
+    elif kind in ("band-low", "band-high"):
+        lo = -0.95 if kind == "band-low" else geo.h - 0.95
+        dy = uniform(lo, lo + 0.9) - by
         dx = uniform(0.5, max(geo.w - 1.5, 0.5)) - bx
     else:
         raise UsageError(f"unknown offset distribution '{kind}'", hint=f"choose from: {', '.join(OFFSET_KINDS)}")

@@ -13,7 +13,7 @@ def test_builtins_pass_and_exit_0(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
     assert "pytorch" in out.stdout and "torchvision" in out.stdout and "summary" in out.stdout
     rows = list(csv.DictReader((tmp_path / "v.csv").open()))
-    assert {r["backend"] for r in rows} == {"pytorch", "torchvision"}
+    assert {r["backend"] for r in rows} == {"pytorch", "torchvision", "mxnet"}
     assert json.loads((tmp_path / "v.json").read_text())["kind"] == "verify"
 
 

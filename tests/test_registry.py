@@ -13,11 +13,12 @@ from tests.conftest import ROOT
 
 def test_builtins_are_listed():
     names = [b.name for b in registry.all_backends()]
-    assert names[:3] == ["pytorch", "torchvision", "conv2d"]
+    assert names[:4] == ["pytorch", "torchvision", "mxnet", "conv2d"]
 
 
 def test_default_selection_excludes_reference_for_verify():
-    assert [b.name for b in select(None, [], kinds=("deformable",))] == ["pytorch", "torchvision"]
+    chosen, _ = select(None, [], kinds=("deformable",))
+    assert [b.name for b in chosen][:2] == ["pytorch", "torchvision"] and "conv2d" not in [b.name for b in chosen]
 
 
 def test_unknown_backend_lists_the_valid_ones():

@@ -41,9 +41,11 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
         geometries += preset_shapes(p)
     dtype_list = [parse_dtype(d) for d in dtypes or ["float32"]]
     plugins = load_plugins(impls, device)
-    chosen = registry.select(backends, plugins, kinds=("deformable", "reference"))
+    chosen, skipped = registry.select(backends, plugins, kinds=("deformable", "reference"))
+    for note in skipped:
+        err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
     if plugins and not backends:
-        chosen += [b for b in registry.select(["conv2d"], [], kinds=("reference",))]  # keep the reference row
+        chosen += registry.select(["conv2d"], [], kinds=("reference",))[0]  # keep the reference row
     names = [b.name for b in chosen]
     if baseline and baseline not in names:
         raise UsageError(f"--baseline '{baseline}' is not among the backends run ({', '.join(names)})",

@@ -33,7 +33,9 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
             console.print(f"{c.case_id}  [dim]{c.check}, {'v2' if c.mask else 'v1'}, offsets {c.offsets}[/]", highlight=False)
         return EXIT_OK
     plugins = load_plugins(impls, device)
-    chosen = registry.select(backends, plugins, kinds=("deformable",))
+    chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
+    for note in skipped:
+        err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
     if not chosen:
         raise UsageError("no backend to verify", hint="run `dcnbench backends` to see why each is unavailable")
 
@@ -45,9 +47,9 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
                            on_result=lambda r: progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}"))
 
     console.print(render.verify_table(found))
-    problems = render.problems_table(found)
-    if problems is not None:
-        console.print(problems)
+    for extra in (render.dialect_table(found), render.problems_table(found)):
+        if extra is not None:
+            console.print(extra)
     console.print(render.verify_summary(found))
     env = results.environment(device=device, seed=seed, backends=chosen)
     when = stamp()

@@ -1,0 +1,200 @@
+"""MXNet's contrib operators, the authors' lineage, in their own environment behind a worker.
+
+MXNet 1.9.1 needs numpy < 1.24, so it lives in `.venv-mxnet` (`make mxnet-env`) and runs in a
+worker process (worker.py) that this module drives through client.py. DCNv1 maps to
+DeformableConvolution, which samples the border by rule C; DCNv2 maps to
+ModulatedDeformableConvolution (rule Z), whose backward MXNet implements on the GPU only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import weakref
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
+from dcnbench.ops import OP_DEFORM_CONV2D, check_call
+from dcnbench.registry import Backend
+
+NAME = "mxnet"
+DTYPES = ("float64", "float32")
+FIX = "create it with `make mxnet-env` (mxnet==1.9.1, numpy==1.23.5 in .venv-mxnet)"
+EMPTY_BATCH = "MXNet 1.9.1 dies with SIGFPE on an empty batch (N=0); dcnbench does not send it one"
+DCNV2_CPU_BACKWARD = "MXNet implements the DCNv2 (ModulatedDeformableConvolution) backward on the GPU only"
+# Seconds one request may take before the worker counts as hung (DCNBENCH_MXNET_TIMEOUT overrides).
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def env_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / ".venv-mxnet"
+
+
+def python() -> Path:
+    """The worker's interpreter: $DCNBENCH_MXNET_PYTHON, else the project's .venv-mxnet."""
+    override = os.environ.get("DCNBENCH_MXNET_PYTHON")
+    return Path(override) if override else env_dir() / "bin" / "python"
+
+
+def installed_version() -> str | None:
+    """mxnet's version from the worker environment's metadata, without starting it."""
+    for site in python().parent.parent.glob("lib/python*/site-packages"):
+        for dist in site.glob("mxnet-*.dist-info"):
+            return dist.name.split("-")[1]
+    return None
+
+
+def _timeout() -> float:
+    return float(os.environ.get("DCNBENCH_MXNET_TIMEOUT", DEFAULT_TIMEOUT_S))
+
+
+_client: WorkerClient | None = None
+
+
+def client() -> WorkerClient:
+    """The worker shared by this run (started on first use, restarted after a failure)."""
+    global _client
+    if _client is None:
+        _client = WorkerClient(python(), _timeout(), torch.get_num_threads())
+        atexit.register(_client.close)
+    return _client
+
+
+@lru_cache(maxsize=1)
+def check() -> str | None:
+    """Start the worker once; None when it says hello, else why the environment is broken."""
+    try:
+        client().request({"cmd": "release", "call": -1})
+    except WorkerError as exc:
+        return f"the MXNet environment is broken: {exc}"
+    return None
+
+
+def environment() -> str:
+    hello = client().hello or {}
+    return (f"worker {python()}: mxnet {hello.get('mxnet')}, numpy {hello.get('numpy')}, "
+            f"{hello.get('gpus')} GPUs, protocol {hello.get('protocol')}")
+
+
+def params_of(geo) -> dict:
+    return {"kernel": [geo.kh, geo.kw], "stride": list(geo.stride), "padding": list(geo.padding),
+            "dilation": list(geo.dilation), "out_channels": geo.o, "groups": geo.groups,
+            "offset_groups": geo.offset_groups}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().contiguous().numpy()
+
+
+_calls = itertools.count()
+
+
+class _MXNetDeformConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, params, device, grad_enabled, input, offset, weight, mask, bias):
+        named = {"input": input, "offset": offset, "weight": weight, "mask": mask, "bias": bias}
+        arrays = {k: _numpy(v) for k, v in named.items() if v is not None}
+        ctx.backward_refused = DCNV2_CPU_BACKWARD if mask is not None and device == "cpu" else None
+        # needs_input_grad ignores no_grad(), so the caller's grad mode comes in as an argument.
+        record = grad_enabled and any(ctx.needs_input_grad[3:]) and ctx.backward_refused is None
+        ctx.call = next(_calls)
+        ctx.present = [k for k in named if named[k] is not None]
+        c = client()
+        _, out = c.request({"cmd": "forward", "params": params, "device": device, "record": record,
+                            "call": ctx.call}, arrays)
+        if record:
+            # When torch frees this graph node, the worker may free its graph (told on the next request).
+            weakref.finalize(ctx, c.to_release.append, ctx.call)
+        return torch.from_numpy(out["output"]).to(input.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.backward_refused:
+            raise RuntimeError(ctx.backward_refused)
+        _, grads = client().request({"cmd": "backward", "call": ctx.call}, {"cotangent": _numpy(grad)})
+        dev = grad.device
+
+        def g(name):
+            return torch.from_numpy(grads[f"grad_{name}"]).to(dev) if name in ctx.present else None
+
+        return None, None, None, g("input"), g("offset"), g("weight"), g("mask"), g("bias")
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
+    return _MXNetDeformConv2d.apply(params_of(geo), input.device.type, torch.is_grad_enabled(), input, offset, weight,
+                                    mask, bias)
+
+
+def backward_unsupported(mask: bool, device: str) -> str | None:
+    return DCNV2_CPU_BACKWARD if mask and device == "cpu" else None
+
+
+def workload_unsupported(geometry, device: str) -> str | None:
+    return EMPTY_BATCH if geometry.n == 0 else None
+
+
+class SelfTimed:
+    """Samples timed inside the worker (mx.nd.waitall() around the call), so the pipe costs nothing."""
+
+    def __init__(self, case, direction: str, device: str):
+        from dcnbench.workloads import make_inputs
+
+        geo = case.geometry
+        arrays = {k: _numpy(v) for k, v in make_inputs(case, "cpu").items()}
+        gen = torch.Generator().manual_seed(case.seed + 1)
+        arrays["cotangent"] = torch.randn(geo.output_shape, generator=gen, dtype=torch.float64).numpy().astype(arrays["input"].dtype)
+        self.header = {"cmd": "time", "case": case.digest(), "params": params_of(geo), "device": device,
+                       "direction": direction}
+        self.arrays = arrays
+        self._sent_to = None  # the worker process that holds the arrays
+        if direction != "fwd" and backward_unsupported(case.mask, device):
+            raise RuntimeError(DCNV2_CPU_BACKWARD)
+
+    def sample(self) -> float:
+        # The arrays travel once per worker process; later samples reuse the worker's copy.
+        c = client()
+        if c.proc is None:
+            c.start()
+        reply, _ = c.request(self.header, self.arrays if self._sent_to is not c.proc else None)
+        self._sent_to = c.proc
+        return float(reply["ms"])
+
+    def peak_bytes(self) -> tuple[int | None, str]:
+        """Peak-RSS growth over one call in a fresh worker, like the other CPU backends."""
+        fresh = WorkerClient(python(), _timeout(), torch.get_num_threads())
+        try:
+            reply, _ = fresh.request(dict(self.header, memory=True), self.arrays)
+            return reply.get("peak_bytes"), ""
+        except WorkerError as exc:
+            return None, str(exc)
+        finally:
+            fresh.close()
+
+
+def backend() -> Backend:
+    version = installed_version()
+    if not python().exists() or version is None:
+        return Backend(name=NAME, description="", ops={}, dtypes={},
+                       unavailable=f"the MXNet environment {python().parent.parent} is missing or has no mxnet: {FIX}")
+    return Backend(
+        name=NAME,
+        description="mxnet.nd.contrib Deformable/ModulatedDeformableConvolution in a worker process",
+        ops={OP_DEFORM_CONV2D: deform_conv2d},
+        dtypes={"cpu": DTYPES},
+        unsupported_reasons={"cuda": "this MXNet build (PyPI mxnet 1.9.1) has no GPU support",
+                             "float16": "dcnbench runs MXNet in float64 and float32",
+                             "bfloat16": "MXNet 1.9.1 has no bfloat16 deformable convolution"},
+        version=version,
+        dialects={"v1": "C"},
+        backward_unsupported=backward_unsupported,
+        workload_unsupported=workload_unsupported,
+        check=check,
+        self_timed=SelfTimed,
+        environment=environment,
+    )
