@@ -21,7 +21,7 @@ from dcnbench import __version__
 from dcnbench.errors import ResultsFileError
 from dcnbench.registry import Backend
 from dcnbench.speed import SpeedResult
-from dcnbench.verify import VerifyResult
+from dcnbench.verify import TOLERANCES, VerifyResult
 from dcnbench.workloads import format_shape
 
 SCHEMA = "dcnbench-results"
@@ -84,7 +84,7 @@ def verify_rows(results: list[VerifyResult], env: dict) -> list[dict]:
     rows = []
     for r in results:
         common = {"schema_version": SCHEMA_VERSION, "kind": "verify", "case_id": r.case.case_id,
-                  "case_digest": r.case.digest(), "check": r.case.check, "shape": format_shape(r.case.geometry),
+                  "case_digest": verify_digest(r), "check": r.case.check, "shape": format_shape(r.case.geometry),
                   "dcn": "v2" if r.case.mask else "v1", "dtype": r.case.dtype, "backend": r.backend,
                   "status": r.status, "message": r.message}
         for q in r.quantities or (None,):
@@ -123,33 +123,62 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def verify_digest(r: VerifyResult) -> str:
+    """A verify workload: the case and the tolerances it is judged by."""
+    return r.case.digest(tolerances=TOLERANCES[r.case.dtype])
+
+
 def _verify_record(r: VerifyResult) -> dict:
-    return {"case_id": r.case.case_id, "case": r.case.definition(), "case_digest": r.case.digest(),
+    return {"case_id": r.case.case_id, "case": r.case.definition(), "case_digest": verify_digest(r),
             "backend": r.backend, "status": r.status, "message": r.message, "elapsed_s": r.elapsed_s,
-            "quantities": [asdict(q) for q in r.quantities]}
+            "quantities": [asdict(q) for q in r.quantities], "dialect": asdict(r.dialect) if r.dialect else None}
 
 
-def _speed_record(r: SpeedResult) -> dict:
+def _speed_record(r: SpeedResult, threads: int) -> dict:
     m = r.measurement
-    return {"case_id": r.case.case_id, "case": asdict(r.case), "backend": r.backend, "status": r.status,
+    return {"case_id": r.case.case_id, "case": asdict(r.case), "case_digest": r.case.digest(threads),
+            "backend": r.backend, "status": r.status,
             "message": r.message, "samples_ms": list(m.samples_ms) if m else [], "warmup_runs": m.warmup_runs if m else 0,
             "median_ms": m.median_ms if m else None, "iqr_ms": m.iqr_ms if m else None,
             "ratio_to_baseline": r.ratio_to_baseline, "gflops": r.gflops, "flops": r.case.flops(),
             "peak_bytes": r.peak_bytes, "memory_method": r.memory_method, "warnings": r.warnings()}
 
 
-def write_json(path: Path, kind: str, env: dict, results: list, extra: dict | None = None) -> None:
-    record = _verify_record if kind == "verify" else _speed_record
-    doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": kind, "environment": env,
-           **(extra or {}), "records": [record(r) for r in results]}
+def document(kind: str, env: dict, results: list, extra: dict | None = None) -> dict:
+    """A results document: verify or speed records with the schema and the environment."""
+    if kind == "verify":
+        records = [_verify_record(r) for r in results]
+    else:
+        records = [_speed_record(r, env["threads"]) for r in results]
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": kind, "environment": env,
+            **(extra or {}), "records": records}
+
+
+def bundle(kind: str, env: dict, parts: list[dict]) -> dict:
+    """Several documents in one file (a gate baseline, a gate candidate)."""
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": kind, "environment": env, "parts": parts}
+
+
+def save(path: Path, doc: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, default=_jsonable) + os.linesep)
+
+
+def write_json(path: Path, kind: str, env: dict, results: list, extra: dict | None = None) -> None:
+    save(path, document(kind, env, results, extra))
 
 
 def _jsonable(value):
     if isinstance(value, float) and value != value:
         return None
     return str(value)
+
+
+def load_many(paths: list[Path]) -> list[dict]:
+    """Several results files (e.g. the shards of one CI matrix), each validated."""
+    if not paths:
+        raise ResultsFileError("no results files given", hint="pass the .json files that verify/speed wrote")
+    return [load_json(p) for p in paths]
 
 
 def load_json(path: Path) -> dict:

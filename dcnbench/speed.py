@@ -8,7 +8,7 @@ measured in the same run are the figures to quote; absolute times are for contex
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -17,7 +17,7 @@ from dcnbench.ops import OP_DEFORM_CONV2D, ConvGeometry
 from dcnbench.registry import Backend
 from dcnbench.timing import Measurement, Timer
 from dcnbench.verify import _call, _one_line
-from dcnbench.workloads import DTYPES, ConvCase, format_shape, make_inputs
+from dcnbench.workloads import DTYPES, ConvCase, digest_of, format_shape, make_inputs
 
 DIRECTIONS = ("fwd", "bwd", "fwdbwd")
 # FLOPs per direction in units of the forward convolution: the backward computes the input and
@@ -45,6 +45,16 @@ class SpeedCase:
 
     def flops(self) -> int:
         return self.geometry.conv_flops() * _FLOP_FACTOR[self.direction]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpeedCase":
+        """The case a results record describes (its `case` field)."""
+        geo = {k: tuple(v) if isinstance(v, list) else v for k, v in d["geometry"].items()}
+        return cls(**{**d, "geometry": ConvGeometry(**geo)})
+
+    def digest(self, threads: int) -> str:
+        """The workload's identity for comparing runs: shape, dtype, seed, offsets and timing mode."""
+        return digest_of(asdict(self) | {"threads": threads})
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,13 @@ class ConvCase:
     def definition(self) -> dict:
         return asdict(self)
 
-    def digest(self) -> str:
-        """Hash of everything that defines the workload (for comparing runs)."""
-        return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:16]
+    def digest(self, **extra) -> str:
+        """Hash of everything that defines the workload (for comparing runs), plus `extra`."""
+        return digest_of(self.definition() | extra)
+
+
+def digest_of(definition: dict) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _base_coords(size: int, out: int, k: int, stride: int, pad: int, dil: int) -> torch.Tensor:

@@ -41,6 +41,9 @@ class WorkerClient:
             env = dict(os.environ)
             if self.threads:
                 env["OMP_NUM_THREADS"] = str(self.threads)  # the same thread count as torch's backends
+            # Idle OpenMP threads must sleep, not spin: spinning steals the cores from whichever
+            # backend the round-robin times next.
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
             self.proc = subprocess.Popen([str(self.python), "-I", str(WORKER)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         except OSError as exc:

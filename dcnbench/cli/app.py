@@ -7,12 +7,14 @@ from typing import Annotated
 import typer
 
 from dcnbench import __version__
-from dcnbench.cli import backends, speed, verify
+from dcnbench.cli import backends, gate, report, speed, verify
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Verify and benchmark deformable convolution implementations.")
 app.command("verify")(verify.command)
 app.command("speed")(speed.command)
+app.command("gate")(gate.command)
+app.command("report")(report.command)
 app.command("backends")(backends.command)
 
 

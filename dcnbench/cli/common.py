@@ -22,6 +22,7 @@ DtypeOpt = Annotated[list[str] | None, typer.Option("--dtype", help="float64, fl
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed for every generated tensor.")]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="CSV path (default: results/<command>-<time>.csv).")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run only shard K of N of the cases, e.g. 2/4 (deterministic).")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="JSON path (default: results/<command>-<time>.json).")]
 
 

@@ -10,10 +10,11 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from dcnbench import registry, render, results
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, check_device,
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt, check_device,
                                  console, err_console, stamp, user_errors)
 from dcnbench.errors import EXIT_OK, UsageError
 from dcnbench.plugins import load_plugins
+from dcnbench.shard import parse_shard, take_shard
 from dcnbench.speed import DIRECTIONS, SpeedCase, run_speed
 from dcnbench.workloads import PRESETS, SHAPE_GRAMMAR, parse_dtype, parse_shape, preset_shapes
 
@@ -24,7 +25,7 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
           impls: list[str] | None = None, dtypes: list[str] | None = None, device: str = "cpu",
           direction: str = "fwdbwd", baseline: str | None = "conv2d", repeat: int = 10, warmup_s: float = 0.5,
           threads: int | None = None, memory: bool = True, dcn: str = "v2", seed: int = 0,
-          csv: Path | None = None, json: Path | None = None) -> int:
+          csv: Path | None = None, json: Path | None = None, shard: str | None = None) -> int:
     device = check_device(device)
     if direction not in DIRECTIONS:
         raise UsageError(f"unknown --direction '{direction}'", hint=f"choose from: {', '.join(DIRECTIONS)}")
@@ -50,8 +51,10 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     if baseline and baseline not in names:
         raise UsageError(f"--baseline '{baseline}' is not among the backends run ({', '.join(names)})",
                          hint="add it with --backend, or pick one of those")
-    cases = [SpeedCase(geometry=g, dtype=d, device=device, direction=direction, mask=dcn == "v2", seed=seed)
-             for g in geometries for d in dtype_list]
+    cases = take_shard([SpeedCase(geometry=g, dtype=d, device=device, direction=direction, mask=dcn == "v2", seed=seed)
+                        for g in geometries for d in dtype_list], parse_shard(shard))
+    if not cases:
+        raise UsageError(f"shard {shard} has no workload: there are fewer workloads than shards", hint="use fewer shards")
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
                   transient=True) as progress:
@@ -95,6 +98,7 @@ def command(
     seed: SeedOpt = 0,
     csv: CsvOpt = None,
     json: JsonOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Time backends side by side (interleaved), with the conv2d reference row, GFLOP/s and peak memory.
 
@@ -102,4 +106,4 @@ def command(
     """
     raise typer.Exit(speed(shapes=shape, presets=preset, backends=backend, impls=impl, dtypes=dtype, device=device,
                            direction=direction, baseline=baseline or None, repeat=repeat, warmup_s=warmup,
-                           threads=threads, memory=memory, dcn=dcn, seed=seed, csv=csv, json=json))
+                           threads=threads, memory=memory, dcn=dcn, seed=seed, csv=csv, json=json, shard=shard))

@@ -9,10 +9,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dcnbench import registry, render, results
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, check_device,
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt, check_device,
                                  console, err_console, stamp, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.plugins import load_plugins
+from dcnbench.shard import parse_shard, take_shard
 from dcnbench.suite import default_suite, select_cases
 from dcnbench.verify import failed, run_verify
 from dcnbench.workloads import parse_dtype
@@ -20,12 +21,13 @@ from dcnbench.workloads import parse_dtype
 
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, seed: int = 0, csv: Path | None = None,
-           json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False) -> int:
+           json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
+           shard: str | None = None) -> int:
     """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
     for d in dtypes or []:
         parse_dtype(d)
-    chosen_cases = select_cases(default_suite(seed), cases, dtypes)
+    chosen_cases = take_shard(select_cases(default_suite(seed), cases, dtypes), parse_shard(shard))
     if not chosen_cases:
         raise UsageError("no case matches the --case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
@@ -73,6 +75,7 @@ def command(
     json: JsonOpt = None,
     allow_nondeterministic: Annotated[bool, typer.Option("--allow-nondeterministic", help="Do not fail the run on a nondeterministic backward.")] = False,
     list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
+    shard: ShardOpt = None,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
@@ -80,4 +83,5 @@ def command(
     With --impl and no --backend, only the plugins run.
     """
     raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, seed=seed, csv=csv,
-                            json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases))
+                            json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
+                            shard=shard))

@@ -1,0 +1,233 @@
+"""The regression gate: a candidate run against a baseline, decided the way a CI job needs.
+
+Correctness is a hard gate: a case that passed in the baseline and does not now is a regression.
+Performance is statistical: each backend's time is divided by a reference backend timed in the
+same round of the same run (so the machine's speed cancels), and a workload is `worse` only when
+that ratio moved beyond a factor AND a one-sided Mann-Whitney U test on the per-round ratios says
+the move is significant. Figures from another environment, or from a workload whose definition
+changed, are `not comparable`: never a pass and never a regression.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from scipy.stats import mannwhitneyu
+
+EXIT_PASS, EXIT_CORRECTNESS, EXIT_USAGE, EXIT_PERFORMANCE, EXIT_NOISY = 0, 1, 2, 3, 4
+PASSING = ("pass", "dialect")
+# What must match for times to be comparable across runs.
+ENV_KEYS = ("device", "device_name", "cpu_model", "torch_version", "torchvision_version", "threads")
+BASELINE_KIND = "baseline"
+
+
+@dataclass(frozen=True)
+class Settings:
+    reference: str = "conv2d"
+    factor: float = 1.10
+    overrides: tuple[tuple[str, float], ...] = ()  # (text in the workload id, factor)
+    alpha: float = 0.01
+    # Largest relative uncertainty of a median ratio (boxplot notch: 1.57*IQR/sqrt(n)/median) at which
+    # a run can still resolve the factor; above it the gate says `noisy` instead of guessing.
+    noise: float = 0.10
+
+    def factor_for(self, case_id: str) -> float:
+        for text, factor in self.overrides:
+            if text in case_id:
+                return factor
+        return self.factor
+
+
+@dataclass(frozen=True)
+class CorrectnessChange:
+    case_id: str
+    backend: str
+    was: str
+    now: str
+    detail: str = ""  # failing quantities or the message
+
+
+@dataclass(frozen=True)
+class PerfComparison:
+    case_id: str
+    backend: str
+    verdict: str  # improved | same | worse | noisy | not comparable
+    base_ratio: float | None = None
+    now_ratio: float | None = None
+    p_value: float | None = None
+    factor: float | None = None
+    reason: str = ""
+
+    @property
+    def change(self) -> float | None:
+        return self.now_ratio / self.base_ratio if self.base_ratio and self.now_ratio else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    regressions: tuple[CorrectnessChange, ...] = ()
+    correctness_not_comparable: tuple[CorrectnessChange, ...] = ()
+    correctness_checked: int = 0
+    performance: tuple[PerfComparison, ...] = ()
+    performance_mode: str = "gate"  # gate | report-only | off
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def exit_code(self) -> int:
+        if self.regressions:
+            return EXIT_CORRECTNESS
+        if self.performance_mode == "gate":
+            verdicts = {p.verdict for p in self.performance}
+            if "worse" in verdicts:
+                return EXIT_PERFORMANCE
+            if "noisy" in verdicts:
+                return EXIT_NOISY
+        return EXIT_PASS
+
+    @property
+    def headline(self) -> str:
+        return {EXIT_PASS: "PASS", EXIT_CORRECTNESS: "FAIL: correctness regression",
+                EXIT_PERFORMANCE: "FAIL: performance regression",
+                EXIT_NOISY: "UNDECIDED: measurements too noisy"}[self.exit_code]
+
+
+# ---- reading result documents ------------------------------------------------------------------
+
+
+def expand(docs: list[dict]) -> list[dict]:
+    """Result documents with any baseline bundle unpacked into its parts."""
+    out = []
+    for doc in docs:
+        out += doc["parts"] if doc.get("kind") == BASELINE_KIND else [doc]
+    return out
+
+
+def _records(docs: list[dict], kind: str) -> list[tuple[dict, dict]]:
+    """(record, environment) pairs of one kind across documents (shards merge here)."""
+    return [(r, d["environment"]) for d in expand(docs) if d["kind"] == kind for r in d["records"]]
+
+
+# ---- correctness ---------------------------------------------------------------------------------
+
+
+def compare_correctness(baseline: list[dict], candidate: list[dict]) -> tuple[list[CorrectnessChange], list[CorrectnessChange], int]:
+    """(regressions, not comparable, cases checked) over every case that passed in the baseline."""
+    now = {(r["case_id"], r["backend"]): r for r, _ in _records(candidate, "verify")}
+    regressions, not_comparable, checked = [], [], 0
+    for r, _ in _records(baseline, "verify"):
+        if r["status"] not in PASSING:
+            continue
+        key = (r["case_id"], r["backend"])
+        c = now.get(key)
+        if c is None:
+            not_comparable.append(CorrectnessChange(*key, r["status"], "not run", "the candidate did not run this case"))
+        elif c["case_digest"] != r["case_digest"]:
+            not_comparable.append(CorrectnessChange(*key, r["status"], c["status"], "the case's definition changed"))
+        else:
+            checked += 1
+            if c["status"] not in PASSING:
+                failing = [q["quantity"] for q in c.get("quantities", []) if not q["ok"]]
+                regressions.append(CorrectnessChange(*key, r["status"], c["status"], ", ".join(failing) or c.get("message", "")))
+    return regressions, not_comparable, checked
+
+
+# ---- performance ---------------------------------------------------------------------------------
+
+
+def _ratio_samples(backend: dict, reference: dict) -> list[float]:
+    """Per-round ratios: sample i of each was taken in round i of the same interleaved run."""
+    return [b / r for b, r in zip(backend["samples_ms"], reference["samples_ms"]) if r > 0]
+
+
+def median_uncertainty(values: list[float]) -> float:
+    """Relative half-width of the median's ~95% interval (McGill, Tukey and Larsen's notch)."""
+    if len(values) < 4:
+        return float("inf")
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return 1.57 * (q3 - q1) / (q2 * len(values) ** 0.5) if q2 > 0 else float("inf")
+
+
+def _env_difference(a: dict, b: dict, backends: tuple[str, ...]) -> str:
+    for key in ENV_KEYS:
+        if a.get(key) != b.get(key):
+            return f"environment differs: {key} {a.get(key)!r} vs {b.get(key)!r}"
+    for name in backends:
+        va, vb = a.get("backend_versions", {}).get(name), b.get("backend_versions", {}).get(name)
+        if va != vb:
+            return f"environment differs: {name} {va!r} vs {vb!r}"
+    return ""
+
+
+def classify(base: list[float], now: list[float], factor: float, settings: Settings) -> tuple[str, float | None]:
+    """Verdict for one workload from per-round ratio samples of the baseline and the candidate."""
+    change = statistics.median(now) / statistics.median(base)
+    if change > factor:
+        p = float(mannwhitneyu(now, base, alternative="greater").pvalue)
+        if p < settings.alpha:
+            return "worse", p
+    elif change < 1 / factor:
+        p = float(mannwhitneyu(now, base, alternative="less").pvalue)
+        if p < settings.alpha:
+            return "improved", p
+    else:
+        p = float(mannwhitneyu(now, base, alternative="two-sided").pvalue)
+    noisy = max(median_uncertainty(base), median_uncertainty(now)) > settings.noise
+    if noisy or change > factor or change < 1 / factor:
+        # A move beyond the factor that the test cannot confirm, or a spread too wide to resolve
+        # the factor at all: not enough evidence either way.
+        return "noisy", p
+    return "same", p
+
+
+def compare_performance(baseline: list[dict], candidate: list[dict], settings: Settings) -> list[PerfComparison]:
+    def index(docs):
+        return {(r["case_digest"], r["backend"]): (r, env) for r, env in _records(docs, "speed")}
+
+    base, now = index(baseline), index(candidate)
+    ref = settings.reference
+    found = []
+    for (digest, backend), (b, b_env) in base.items():
+        if backend == ref or b["status"] != "ok":
+            continue
+        case_id = b["case_id"]
+        factor = settings.factor_for(case_id)
+        c = now.get((digest, backend))
+        b_ref, c_ref = base.get((digest, ref)), now.get((digest, ref))
+        reason = ""
+        if c is None:
+            reason = "not measured in the candidate (or its definition changed)"
+        elif b_ref is None or c_ref is None or b_ref[0]["status"] != "ok" or c_ref[0]["status"] != "ok":
+            reason = f"no {ref} reference measured in the same run"
+        elif c[0]["status"] != "ok":
+            reason = f"the candidate's run of {backend} is {c[0]['status']}: {c[0].get('message', '')}"
+        else:
+            reason = _env_difference(b_env, c[1], (backend, ref))
+        if reason:
+            found.append(PerfComparison(case_id, backend, "not comparable", factor=factor, reason=reason))
+            continue
+        base_r, now_r = _ratio_samples(b, b_ref[0]), _ratio_samples(c[0], c_ref[0])
+        verdict, p = classify(base_r, now_r, factor, settings)
+        found.append(PerfComparison(case_id, backend, verdict, statistics.median(base_r), statistics.median(now_r), p, factor))
+    return found
+
+
+def decide(baseline: list[dict], candidate: list[dict], settings: Settings, performance_mode: str = "gate",
+           correctness: bool = True) -> Decision:
+    regressions, not_comparable, checked = compare_correctness(baseline, candidate) if correctness else ([], [], 0)
+    perf = compare_performance(baseline, candidate, settings) if performance_mode != "off" else []
+    return Decision(tuple(regressions), tuple(not_comparable), checked, tuple(perf), performance_mode)
+
+
+def suspects(decision: Decision) -> set[str]:
+    """Workloads to measure once more before deciding."""
+    return {p.case_id for p in decision.performance if p.verdict in ("worse", "noisy")}
+
+
+def with_remeasured(decision: Decision, remeasured: list[PerfComparison]) -> Decision:
+    """The decision with the suspects' comparisons replaced by those from the second measurement."""
+    again = {(p.case_id, p.backend): p for p in remeasured}
+    merged = tuple(again.get((p.case_id, p.backend), p) for p in decision.performance)
+    notes = decision.notes + (f"re-measured {len({p.case_id for p in remeasured})} suspect workload(s) once before deciding",)
+    return Decision(decision.regressions, decision.correctness_not_comparable, decision.correctness_checked, merged,
+                    decision.performance_mode, notes)

@@ -1,0 +1,197 @@
+"""`dcnbench report`: from results files, a Markdown report and a self-contained HTML page.
+
+One builder turns records into neutral sections (text, tables, figures); two small writers render
+them as Markdown (figures as PNG files beside it) and as HTML (figures embedded as data URIs).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dcnbench import plots
+from dcnbench.gate import expand
+from dcnbench.verify import QUANTITIES
+
+
+@dataclass
+class Section:
+    """A titled list of blocks, in order: ("text", str), ("table", header, rows), ("figure", name, png)."""
+
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+
+    def text(self, value: str) -> None:
+        self.blocks.append(("text", value))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", header, rows))
+
+    def figure(self, name: str, png: bytes) -> None:
+        self.blocks.append(("figure", name, png))
+
+    @property
+    def figures(self) -> list[tuple[str, bytes]]:
+        return [(b[1], b[2]) for b in self.blocks if b[0] == "figure"]
+
+
+def _fmt(x, spec=".2f"):
+    return "–" if x is None or x == "" else format(x, spec)
+
+
+def _mib(n):
+    return "–" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def build(docs: list[dict]) -> list[Section]:
+    docs = expand(docs)
+    verify = [(r, d) for d in docs if d["kind"] == "verify" for r in d["records"]]
+    speed = [(r, d) for d in docs if d["kind"] == "speed" for r in d["records"]]
+    sections = [_at_a_glance(verify, speed)]
+    if verify:
+        sections.append(_correctness(verify))
+    if speed:
+        sections.append(_speed(speed))
+    sections.append(_environment(docs))
+    return sections
+
+
+def _at_a_glance(verify, speed) -> Section:
+    s = Section("At a glance")
+    backends = list(dict.fromkeys([r["backend"] for r, _ in verify] + [r["backend"] for r, _ in speed]))
+    rows = []
+    for b in backends:
+        mine = [r for r, _ in verify if r["backend"] == b]
+        counts = {st: sum(r["status"] == st for r in mine) for st in ("pass", "dialect", "fail", "nondeterministic", "unsupported", "error")}
+        verdict = "correct" if mine and not (counts["fail"] or counts["error"] or counts["nondeterministic"]) else \
+            ("not verified" if not mine else "problems")
+        ratios = [r["ratio_to_baseline"] for r, _ in speed if r["backend"] == b and r.get("ratio_to_baseline")]
+        rows.append([b, verdict] + [str(counts[k]) for k in counts] + [_fmt(min(ratios)) if ratios else "–"])
+    s.table(["backend", "verdict", "pass", "dialect", "fail", "nondet.", "unsupported", "error", "best × baseline"], rows)
+    return s
+
+
+def _correctness(verify) -> Section:
+    s = Section("Correctness")
+    s.text("Worst normwise relative error per backend and quantity over every case, and that error divided by its "
+           "tolerance (≤ 1 passes). A `dialect` result counts against the boundary rule its backend declares.")
+    backends = list(dict.fromkeys(r["backend"] for r, _ in verify))
+    worst, worst_ratio = {}, {}
+    for r, _ in verify:
+        judged_by = r["dialect"]["rule"] if r["status"] == "dialect" and r.get("dialect") else None
+        for q in r.get("quantities", []):
+            ref = q.get("reference", "Z")
+            if q["rel_err"] is None or (ref != judged_by if judged_by else ref == "C"):
+                continue
+            key = (r["backend"], q["quantity"])
+            worst[key] = max(worst.get(key, 0.0), q["rel_err"])
+            worst_ratio[key] = max(worst_ratio.get(key, 0.0), q["rel_err"] / q["tolerance"])
+    quantities = [q for q in QUANTITIES if any((b, q) in worst for b in backends)]
+    s.table(["backend"] + quantities,
+            [[b] + [f"{_fmt(worst.get((b, q)), '.1e')} ({_fmt(worst_ratio.get((b, q)), '.1e')}×tol)"
+                    if (b, q) in worst else "–" for q in quantities] for b in backends])
+    s.figure("error-matrix.png", plots.error_matrix(backends, quantities, worst_ratio))
+    problems = [[r["case_id"], r["backend"], r["status"], r.get("message", "") or ", ".join(
+        q["quantity"] for q in r.get("quantities", []) if not q["ok"])] for r, _ in verify
+        if r["status"] in ("fail", "error", "nondeterministic", "dialect")]
+    if problems:
+        s.text("Cases that did not simply pass (dialect: agrees with the backend's declared boundary rule, "
+               "differs from the paper's only in the border bands):")
+        s.table(["case", "backend", "status", "detail"], problems)
+    return s
+
+
+def _speed(speed) -> Section:
+    baseline = next((d.get("baseline") for _, d in speed if d.get("baseline")), "baseline")
+    s = Section("Speed")
+    s.text(f"Medians of interleaved samples; `× {baseline}` divides by {baseline}'s median measured in the same run, "
+           "so it is comparable across machines where absolute times are not.")
+    workloads = list(dict.fromkeys(r["case_id"] for r, _ in speed))
+    backends = list(dict.fromkeys(r["backend"] for r, _ in speed))
+    ratios, peaks = {}, {}
+    rows = []
+    for r, _ in speed:
+        if r["status"] == "ok":
+            if r.get("ratio_to_baseline"):
+                ratios[(r["case_id"], r["backend"])] = r["ratio_to_baseline"]
+            if r.get("peak_bytes") is not None:
+                peaks[(r["case_id"], r["backend"])] = r["peak_bytes"]
+        rows.append([r["case_id"], r["backend"], r["status"], _fmt(r.get("median_ms")), _fmt(r.get("iqr_ms")),
+                     _fmt(r.get("ratio_to_baseline")), _fmt(r.get("gflops"), ".1f"), _mib(r.get("peak_bytes")),
+                     r.get("message", "") if r["status"] != "ok" else ""])
+    s.table(["workload", "backend", "status", "median ms", "IQR ms", f"× {baseline}", "GFLOP/s", "peak mem", "note"], rows)
+    if ratios:
+        s.figure("speed-ratios.png", plots.speed_ratios(workloads, backends, ratios, baseline))
+    methods = sorted({r.get("memory_method") for r, _ in speed if r.get("memory_method")})
+    if peaks:
+        s.text("Peak memory: " + "; ".join(methods) + ".")
+        s.figure("peak-memory.png", plots.peak_memory(workloads, backends, peaks))
+    return s
+
+
+def _environment(docs) -> Section:
+    keys = ("kind", "dcnbench_version", "git_commit", "timestamp", "device", "device_name", "cpu_model", "threads",
+            "torch_version", "torchvision_version", "backend_versions")
+    rows = [[str(d["kind"])] + [str(d["environment"].get(k, "–")) for k in keys[1:]] for d in docs]
+    s = Section("Environment")
+    s.table(list(keys), rows)
+    return s
+
+
+# ---- writers -------------------------------------------------------------------------------------
+
+
+def to_markdown(sections: list[Section], title: str, figure_dir: str = "plots") -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for block in s.blocks:
+            if block[0] == "text":
+                out += [block[1], ""]
+            elif block[0] == "table":
+                _, header, rows = block
+                out.append("| " + " | ".join(header) + " |")
+                out.append("|" + "---|" * len(header))
+                out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+                out.append("")
+            else:
+                out += [f"![{block[1]}]({figure_dir}/{block[1]})", ""]
+    return "\n".join(out)
+
+
+def to_html(sections: list[Section], title: str) -> str:
+    e = html.escape
+    body = [f"<h1>{e(title)}</h1>"]
+    for s in sections:
+        body.append(f"<h2>{e(s.title)}</h2>")
+        for block in s.blocks:
+            if block[0] == "text":
+                body.append(f"<p>{e(block[1])}</p>")
+            elif block[0] == "table":
+                _, header, rows = block
+                body.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+                body += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+                body.append("</table>")
+            else:
+                png = base64.b64encode(block[2]).decode()
+                body.append(f'<figure><img alt="{e(block[1])}" src="data:image/png;base64,{png}"></figure>')
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+             "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             "th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(docs: list[dict], out_dir: Path, title: str = "dcnbench report") -> tuple[Path, Path]:
+    sections = build(docs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(exist_ok=True)
+    for s in sections:
+        for name, png in s.figures:
+            (out_dir / "plots" / name).write_bytes(png)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(to_markdown(sections, title))
+    page.write_text(to_html(sections, title))
+    return md, page

@@ -1,0 +1,58 @@
+"""The gate's decision as a GitHub-flavoured Markdown summary (for a CI job summary or a PR comment)."""
+
+from __future__ import annotations
+
+from dcnbench.gate import Decision, Settings
+
+VERDICTS = ("improved", "same", "worse", "noisy", "not comparable")
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _describe(env: dict) -> str:
+    commit = (env.get("git_commit") or "no commit")[:10]
+    return f"commit {commit}, {env.get('timestamp', '?')}, {env.get('device_name', '?')}, torch {env.get('torch_version', '?')}"
+
+
+def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, baseline_env: dict,
+                  candidate_name: str, candidate_env: dict) -> str:
+    lines = [f"## dcnbench gate: {decision.headline}", "",
+             f"Baseline: `{baseline_name}` ({_describe(baseline_env)})  ",
+             f"Candidate: {candidate_name} ({_describe(candidate_env)})", ""]
+    perf = decision.performance
+    lines += ["| | " + " | ".join(VERDICTS) + " |", "|---|" + "---:|" * len(VERDICTS),
+              "| performance | " + " | ".join(str(sum(p.verdict == v for p in perf)) for v in VERDICTS) + " |", ""]
+
+    lines.append("### Correctness (hard gate)")
+    if decision.regressions:
+        lines += [f"{len(decision.regressions)} case(s) passed in the baseline and do not now:", "",
+                  "| case | backend | was | now | what fails |", "|---|---|---|---|---|"]
+        lines += [f"| {c.case_id} | {c.backend} | {c.was} | **{c.now}** | {c.detail} |" for c in decision.regressions]
+    else:
+        lines.append(f"All {decision.correctness_checked} case×backend results that passed in the baseline still pass.")
+    if decision.correctness_not_comparable:
+        lines.append(f"{len(decision.correctness_not_comparable)} not comparable (not run, or the case changed).")
+    lines.append("")
+
+    mode = {"gate": "gate", "report-only": "report only, never fails", "off": "off"}[decision.performance_mode]
+    lines += [f"### Performance ({mode})",
+              f"Each backend's time divided by `{settings.reference}`'s in the same round of the same run. "
+              f"`worse`: the ratio grew by more than the factor (default {settings.factor}) and a one-sided "
+              f"Mann-Whitney U test on the per-round ratios gives p < {settings.alpha}; `noisy`: a move the test cannot "
+              f"confirm, or a median known only to ±{settings.noise:.0%} (1.57·IQR/√n), too coarse to resolve the factor.", ""]
+    comparable = [p for p in perf if p.verdict != "not comparable"]
+    if comparable:
+        lines += [f"| workload | backend | baseline ×{settings.reference} | now ×{settings.reference} | change | p | verdict |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for p in comparable:
+            verdict = f"**{p.verdict}**" if p.verdict in ("worse", "noisy") else p.verdict
+            lines.append(f"| {p.case_id} | {p.backend} | {_fmt(p.base_ratio)} | {_fmt(p.now_ratio)} | "
+                         f"{_fmt(p.change, '.3f')} | {_fmt(p.p_value, '.2g')} | {verdict} (factor {p.factor}) |")
+    not_comparable = [p for p in perf if p.verdict == "not comparable"]
+    if not_comparable:
+        lines += ["", "Not comparable:", ""] + [f"- {p.case_id} · {p.backend}: {p.reason}" for p in not_comparable]
+    for note in decision.notes:
+        lines += ["", f"_{note}_"]
+    return "\n".join(lines) + "\n"
