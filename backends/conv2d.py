@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dcnbench.ops import OP_DEFORM_CONV2D
-from dcnbench.registry import ALL_DTYPES, Backend
+from dcnbench.registry import ALL_DTYPES, Backend, local_devices
 
 
 def conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
@@ -18,14 +18,11 @@ def conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dila
 
 
 def backend() -> Backend:
-    dtypes = {"cpu": ALL_DTYPES}
-    if torch.cuda.is_available():
-        dtypes["cuda"] = ALL_DTYPES
     return Backend(
         name="conv2d",
         description="torch.nn.functional.conv2d, same shape, no deformation (reference row)",
         ops={OP_DEFORM_CONV2D: conv2d},
-        dtypes=dtypes,
+        dtypes=local_devices(ALL_DTYPES),
         version=torch.__version__,
         kind="reference",
     )

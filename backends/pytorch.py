@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from dcnbench.ops import OP_DEFORM_CONV2D, check_call, pair
-from dcnbench.registry import ALL_DTYPES, Backend
+from dcnbench.registry import ALL_DTYPES, Backend, local_devices
 
 # Half types are computed in float32 and rounded once at the end, so the backend is as accurate
 # as its inputs allow rather than accumulating in half precision.
@@ -102,13 +102,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
 
 
 def backend() -> Backend:
-    dtypes = {"cpu": ALL_DTYPES}
-    if torch.cuda.is_available():
-        dtypes["cuda"] = ALL_DTYPES
     return Backend(
         name="pytorch",
         description="pure PyTorch, vectorised, autograd backward; float64 on the CPU is the oracle",
         ops={OP_DEFORM_CONV2D: deform_conv2d},
-        dtypes=dtypes,
+        dtypes=local_devices(ALL_DTYPES),
         version=torch.__version__,
     )

@@ -96,10 +96,10 @@ class Decision:
 
 
 def expand(docs: list[dict]) -> list[dict]:
-    """Result documents with any baseline bundle unpacked into its parts."""
+    """Result documents with any bundle (a baseline, a gate candidate) unpacked into its parts."""
     out = []
     for doc in docs:
-        out += doc["parts"] if doc.get("kind") == BASELINE_KIND else [doc]
+        out += doc["parts"] if "parts" in doc else [doc]
     return out
 
 

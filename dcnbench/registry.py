@@ -73,6 +73,13 @@ class Backend:
         return None
 
 
+def local_devices(dtypes: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The dtype table of an in-process backend: the CPU, and CUDA where torch sees a GPU."""
+    import torch
+
+    return {"cpu": dtypes, "cuda": dtypes} if torch.cuda.is_available() else {"cpu": dtypes}
+
+
 def unavailable_backend(name: str, reason: str, origin: str = "builtin") -> Backend:
     return Backend(name=name, description="", ops={}, dtypes={}, origin=origin, unavailable=reason)
 

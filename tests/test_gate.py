@@ -125,6 +125,7 @@ def test_cli_exit_codes_and_markdown(tmp_path, cand, code, text):
     assert out.returncode == code, out.stdout + out.stderr
     md = (tmp_path / "summary.md").read_text()
     assert text in md.splitlines()[0] and "| improved | same | worse | noisy | not comparable |" in md
+    assert "not comparable:" not in md.lower()  # every row was really compared
 
 
 def test_report_only_never_fails_on_performance(tmp_path):
