@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dcnbench.ops import OP_DEFORM_CONV2D, check_call, pair
+from dcnbench.ops import OP_DEFORM_CONV2D, check_call
 from dcnbench.registry import ALL_DTYPES, Backend, local_devices
 
 # Half types are computed in float32 and rounded once at the end, so the backend is as accurate

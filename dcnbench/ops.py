@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 OP_DEFORM_CONV2D = "deform_conv2d"
 
