@@ -85,9 +85,7 @@ def _worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     raw = dict(spec["case"])
-    geo = raw.pop("geometry")
-    geo = ConvGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in geo.items()})
-    case = ConvCase(geometry=geo, **raw)
+    case = ConvCase(**{**raw, "geometry": ConvGeometry.from_dict(raw["geometry"])})
     backend = load_plugin(spec["impl"], probe=False) if spec["impl"] else get(spec["backend"])
     setup, call = make_call(backend, case, spec["direction"], "cpu")
     setup()

@@ -44,6 +44,11 @@ class ConvGeometry:
     groups: int = 1
     offset_groups: int = 1
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConvGeometry":
+        """The geometry a results record or worker spec describes (JSON turns tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
     @property
     def ho(self) -> int:
         return out_size(self.h, self.kh, self.stride[0], self.padding[0], self.dilation[0])

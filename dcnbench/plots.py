@@ -26,11 +26,10 @@ def speed_ratios(workloads: list[str], backends: list[str], ratios: dict[tuple[s
     for i, b in enumerate(backends):
         xs = [w + i * width for w in range(len(workloads))]
         ys = [ratios.get((wl, b), np.nan) for wl in workloads]
-        bars = ax.bar(xs, ys, width, label=b)
+        ax.bar(xs, ys, width, label=b)
         for x, y in zip(xs, ys):
             if not math.isnan(y):
                 ax.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
-        del bars
     ax.set_yscale("log")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks([w + 0.4 - width / 2 for w in range(len(workloads))], [w.replace("/", "\n", 1) for w in workloads], fontsize=7)

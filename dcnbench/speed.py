@@ -49,8 +49,7 @@ class SpeedCase:
     @classmethod
     def from_dict(cls, d: dict) -> "SpeedCase":
         """The case a results record describes (its `case` field)."""
-        geo = {k: tuple(v) if isinstance(v, list) else v for k, v in d["geometry"].items()}
-        return cls(**{**d, "geometry": ConvGeometry(**geo)})
+        return cls(**{**d, "geometry": ConvGeometry.from_dict(d["geometry"])})
 
     def digest(self, threads: int) -> str:
         """The workload's identity for comparing runs: shape, dtype, seed, offsets and timing mode."""
@@ -78,12 +77,17 @@ class SpeedResult:
         return self.measurement.warnings() if self.measurement else []
 
 
+def cotangent(case: ConvCase) -> torch.Tensor:
+    """The seeded cotangent every backward in `speed` receives, in the case's dtype."""
+    gen = torch.Generator().manual_seed(case.seed + 1)
+    return torch.randn(case.geometry.output_shape, generator=gen, dtype=torch.float64).to(DTYPES[case.dtype])
+
+
 def make_call(backend: Backend, case: ConvCase, direction: str, device: str) -> tuple[Callable, Callable]:
     """(setup, timed) closures for one sample: setup is untimed (a fresh forward for `bwd`)."""
     fn = backend.ops[OP_DEFORM_CONV2D]
     inputs = make_inputs(case, device)
-    cot = torch.randn(case.geometry.output_shape, generator=torch.Generator().manual_seed(case.seed + 1),
-                      dtype=torch.float64).to(DTYPES[case.dtype]).to(device)
+    cot = cotangent(case).to(device)
     if direction == "fwd":
         def fwd():
             with torch.no_grad():

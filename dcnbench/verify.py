@@ -23,7 +23,7 @@ from dcnbench.backends.pytorch import deform_conv2d as oracle_deform_conv2d
 from dcnbench.backends.pytorch import sampling_points
 from dcnbench.ops import OP_DEFORM_CONV2D
 from dcnbench.registry import Backend
-from dcnbench.workloads import DTYPES, ConvCase, make_inputs
+from dcnbench.workloads import DTYPES, ConvCase, make_inputs, noncontiguous
 
 # Normwise relative error allowed, ||got - ref|| / ||ref||, per dtype: (values, grad_offset).
 # float64 backends must agree with the float64 oracle almost to the last bit; float32 allows a few
@@ -111,7 +111,9 @@ def _call(fn: Callable, case: ConvCase, t: dict[str, torch.Tensor]):
 def _run(fn: Callable, case: ConvCase, inputs: dict[str, torch.Tensor], cotangent: torch.Tensor,
          backward: bool = True) -> _Run:
     """One forward (+backward) on fresh leaves holding the inputs' values, with mutation checks."""
-    leaves = {k: v.detach().clone().requires_grad_(True) if v.is_contiguous() else _same_strides(v) for k, v in inputs.items()}
+    # Fresh buffers laid out like the inputs, so non-contiguous cases stay non-contiguous.
+    leaves = {k: (v.detach().clone() if v.is_contiguous() else noncontiguous(v.detach())).requires_grad_(True)
+              for k, v in inputs.items()}
     cot = cotangent.clone()
     snapshots = {k: v.detach().clone() for k, v in leaves.items()} | {"cotangent": cot.clone()}
     out = _call(fn, case, leaves)
@@ -122,16 +124,6 @@ def _run(fn: Callable, case: ConvCase, inputs: dict[str, torch.Tensor], cotangen
     current = {k: v.detach() for k, v in leaves.items()} | {"cotangent": cot}
     mutated = [k for k, v in snapshots.items() if not torch.equal(v, current[k])]
     return _Run(out.detach(), {q: leaves[a].grad for q, a in ARG_OF.items() if a in leaves}, mutated)
-
-
-def _same_strides(v: torch.Tensor) -> torch.Tensor:
-    """A fresh non-contiguous leaf laid out like v (so non-contiguous cases stay non-contiguous)."""
-    fresh = torch.empty_strided(v.size(), v.stride(), dtype=v.dtype, device=v.device)
-    if fresh.is_contiguous():  # empty_strided compacted it: fall back to a strided view
-        fresh = torch.stack([v.detach(), torch.zeros_like(v)], dim=-1)[..., 0]
-    else:
-        fresh.copy_(v.detach())
-    return fresh.requires_grad_(True)
 
 
 def _cotangent(case: ConvCase, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -132,7 +132,7 @@ def _offsets(case: ConvCase, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([dy, dx], dim=4).reshape(geo.n, 2 * g * kh * kw, ho, wo)
 
 
-def _noncontiguous(t: torch.Tensor) -> torch.Tensor:
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values as a strided, non-contiguous view (every other element of a wider buffer)."""
     return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]
 
@@ -165,7 +165,7 @@ def make_inputs(case: ConvCase, device: str = "cpu") -> dict[str, torch.Tensor]:
     out = {}
     for name, t in tensors.items():
         t = t.to(dtype).to(device)
-        out[name] = t if case.contiguous else _noncontiguous(t)
+        out[name] = t if case.contiguous else noncontiguous(t)
     return out
 
 
@@ -204,7 +204,7 @@ def parse_shape(spec: str) -> ConvGeometry:
     n, c, h, w = (num(t) for t in ints(parts[0], (4,), "N,C,H,W"))
     o, kh, kw = (num(t) for t in ints(parts[1], (3,), "O,kh,kw"))
     stride = pad = dil = (1, 1)
-    if w and kw and len(parts) == 2:
+    if len(parts) == 2:
         pad = ((kh - 1) // 2, (kw - 1) // 2)  # "same" padding when not given
     groups = offset_groups = 1
     if len(parts) == 3:

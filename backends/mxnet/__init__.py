@@ -143,12 +143,12 @@ class SelfTimed:
     """Samples timed inside the worker (mx.nd.waitall() around the call), so the pipe costs nothing."""
 
     def __init__(self, case, direction: str, device: str):
+        from dcnbench.speed import cotangent
         from dcnbench.workloads import make_inputs
 
         geo = case.geometry
         arrays = {k: _numpy(v) for k, v in make_inputs(case, "cpu").items()}
-        gen = torch.Generator().manual_seed(case.seed + 1)
-        arrays["cotangent"] = torch.randn(geo.output_shape, generator=gen, dtype=torch.float64).numpy().astype(arrays["input"].dtype)
+        arrays["cotangent"] = _numpy(cotangent(case))  # the same one the in-process backends get
         self.header = {"cmd": "time", "case": case.digest(), "params": params_of(geo), "device": device,
                        "direction": direction}
         self.arrays = arrays

@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from dcnbench.backends.mxnet.protocol import PROTOCOL_VERSION, encode, read_message
@@ -92,12 +93,12 @@ class WorkerClient:
 
     def _read(self, timeout_s: float) -> tuple[dict, dict]:
         fd = self.proc.stdout.fileno()
-        deadline = _now() + timeout_s
+        deadline = time.monotonic() + timeout_s
 
         def read_exactly(n: int) -> bytes:
             chunks, left = [], n
             while left:
-                wait = deadline - _now()
+                wait = deadline - time.monotonic()
                 if wait <= 0 or not select.select([fd], [], [], wait)[0]:
                     raise TimeoutError
                 chunk = os.read(fd, min(left, 1 << 20))
@@ -126,9 +127,3 @@ class WorkerClient:
         self.close()
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
         return WorkerError(f"MXNet worker died ({how}){tail}; a fresh one starts for the next case")
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
