@@ -18,7 +18,7 @@ DCNBENCH := $(VENV)/bin/dcnbench
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo   create the environment, run dcnbench verify and a short dcnbench speed"
+	@echo "make demo   create the environment, run dcnbench verify and short dcnbench speed runs (convolution, RoI pooling)"
 	@echo "make test   create the environment and run the tests"
 	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
 
@@ -43,6 +43,7 @@ demo: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) backends
 	$(DCNBENCH) verify
 	$(DCNBENCH) speed --preset dcn-56 --repeat 5 --warmup 0.3
+	$(DCNBENCH) speed --preset faster-rcnn --repeat 3 --warmup 0.3
 
 # The tests, then the project's own gate against the committed baseline: correctness is hard,
 # performance is printed only (a shared machine is too noisy to fail CI on).

@@ -1,4 +1,8 @@
-"""torchvision.ops.deform_conv2d, called as it is."""
+"""torchvision.ops.deform_conv2d, called as it is.
+
+torchvision has no deformable RoI pooling; its roi_align and ps_roi_align are the identity
+references for the pooling ops' zero-offset cases (verify) and the `roi_align` reference row.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ from torchvision.ops import deform_conv2d
 
 from dcnbench.ops import OP_DEFORM_CONV2D
 from dcnbench.registry import Backend, local_devices
+from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL
 
 _DTYPES = ("float64", "float32", "float16")
+NO_POOLING = ("torchvision has no deformable RoI pooling; its roi_align/ps_roi_align serve as the "
+              "zero-offset identity checks instead")
 
 
 def backend() -> Backend:
@@ -17,6 +24,7 @@ def backend() -> Backend:
         description="torchvision.ops.deform_conv2d",
         ops={OP_DEFORM_CONV2D: deform_conv2d},
         dtypes=local_devices(_DTYPES),
-        unsupported_reasons={"bfloat16": "torchvision has no bfloat16 deform_conv2d kernel"},
+        unsupported_reasons={"bfloat16": "torchvision has no bfloat16 deform_conv2d kernel",
+                             OP_DEFORM_ROI_POOL: NO_POOLING, OP_DEFORM_PSROI_POOL: NO_POOLING},
         version=torchvision.__version__,
     )

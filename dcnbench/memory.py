@@ -77,16 +77,13 @@ def worker_spec(*, backend: str | None, impl: str | None, case, direction: str, 
 
 
 def _worker(spec: dict) -> None:
-    from dcnbench.ops import ConvGeometry
     from dcnbench.plugins import load_plugin
     from dcnbench.registry import get
-    from dcnbench.speed import make_call
-    from dcnbench.workloads import ConvCase
+    from dcnbench.speed import bench_case_from_dict, make_call
 
     torch.set_num_threads(spec["threads"])
-    raw = dict(spec["case"])
-    case = ConvCase(**{**raw, "geometry": ConvGeometry.from_dict(raw["geometry"])})
-    backend = load_plugin(spec["impl"], probe=False) if spec["impl"] else get(spec["backend"])
+    case = bench_case_from_dict(spec["case"])
+    backend = load_plugin(spec["impl"], probe=False, op=case.op) if spec["impl"] else get(spec["backend"])
     setup, call = make_call(backend, case, spec["direction"], "cpu")
     setup()
     peak = measure_cpu_in_this_process(call)

@@ -50,6 +50,10 @@ class ConvGeometry:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @property
+    def op(self) -> str:
+        return OP_DEFORM_CONV2D
+
+    @property
     def ho(self) -> int:
         return out_size(self.h, self.kh, self.stride[0], self.padding[0], self.dilation[0])
 

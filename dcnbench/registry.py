@@ -18,7 +18,7 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "conv2d")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "conv2d", "roi_align")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Backend:
     ops: Mapping[str, Callable]
     # dtypes the backend runs, per device; a device missing here is unsupported.
     dtypes: Mapping[str, tuple[str, ...]]
-    # Why a dtype is missing, e.g. {"bfloat16": "torchvision has no bfloat16 kernel"}.
+    # Why a dtype, device or op is missing, e.g. {"bfloat16": "torchvision has no bfloat16 kernel"}.
     unsupported_reasons: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     # "deformable": verified and timed. "reference": timed only (plain conv2d ignores offsets).
@@ -37,8 +37,8 @@ class Backend:
     unavailable: str | None = None  # the reason it cannot run here; None when it can
     # Boundary rule per variant ("v1"/"v2") where it is not the paper's rule Z (DCN.md), e.g. {"v1": "C"}.
     dialects: Mapping[str, str] = field(default_factory=dict)
-    # (mask, device) -> why the backward is not implemented there, or None.
-    backward_unsupported: Callable[[bool, str], str | None] | None = None
+    # (case, device) -> why the backward is not implemented for this case there, or None.
+    backward_unsupported: Callable[[object, str], str | None] | None = None
     # (geometry, device) -> why this whole workload cannot run (a known crash, a size limit), or None.
     workload_unsupported: Callable[[object, str], str | None] | None = None
     # A deeper availability check (e.g. starting a worker), run only for backends a command uses.
@@ -53,8 +53,9 @@ class Backend:
     def devices(self) -> tuple[str, ...]:
         return tuple(self.dtypes)
 
-    def dialect(self, mask: bool) -> str:
-        return self.dialects.get("v2" if mask else "v1", "Z")
+    def dialect(self, case) -> str:
+        """The boundary rule this backend samples the case's variant with (DCN.md; "Z" is the paper's)."""
+        return self.dialects.get(case.variant, "Z")
 
     def support(self, op: str, device: str, dtype: str, geometry=None) -> str | None:
         """None when the backend runs this combination, else the reason it does not."""
@@ -65,7 +66,7 @@ class Backend:
         if self.unavailable:
             return self.unavailable
         if op not in self.ops:
-            return f"{self.name} has no {op}"
+            return self.unsupported_reasons.get(op, f"{self.name} has no {op}")
         if device not in self.dtypes:
             return self.unsupported_reasons.get(device, f"{self.name} does not run on {device}")
         if dtype not in self.dtypes[device]:

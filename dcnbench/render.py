@@ -124,7 +124,8 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Table
         best = min((r.measurement.median_ms for r in ok), default=None)
         table = Table(title=case_id, title_justify="left")
         table.add_column("backend")
-        for name in ("median ms", "IQR ms", f"x {baseline}" if baseline else "ratio", "x best", "GFLOP/s", "peak mem"):
+        base = next((r.baseline for r in rows if r.baseline), baseline)
+        for name in ("median ms", "IQR ms", f"x {base}" if base else "ratio", "x best", "GFLOP/s", "peak mem"):
             table.add_column(name, justify="right")
         table.add_column("notes")
         for r in rows:

@@ -104,7 +104,7 @@ def _correctness(verify) -> Section:
 
 
 def _speed(speed) -> Section:
-    baseline = next((d.get("baseline") for _, d in speed if d.get("baseline")), "baseline")
+    baseline = next((r.get("baseline") or d.get("baseline") for r, d in speed if r.get("baseline") or d.get("baseline")), "baseline")
     s = Section("Speed")
     s.text(f"Medians of interleaved samples; `× {baseline}` divides by {baseline}'s median measured in the same run, "
            "so it is comparable across machines where absolute times are not.")

@@ -22,7 +22,6 @@ from dcnbench.errors import ResultsFileError
 from dcnbench.registry import Backend
 from dcnbench.speed import SpeedResult
 from dcnbench.verify import TOLERANCES, VerifyResult
-from dcnbench.workloads import format_shape
 
 SCHEMA = "dcnbench-results"
 SCHEMA_VERSION = 1
@@ -84,8 +83,8 @@ def verify_rows(results: list[VerifyResult], env: dict) -> list[dict]:
     rows = []
     for r in results:
         common = {"schema_version": SCHEMA_VERSION, "kind": "verify", "case_id": r.case.case_id,
-                  "case_digest": verify_digest(r), "check": r.case.check, "shape": format_shape(r.case.geometry),
-                  "dcn": "v2" if r.case.mask else "v1", "dtype": r.case.dtype, "backend": r.backend,
+                  "case_digest": verify_digest(r), "check": r.case.check, "op": r.case.op, "shape": r.case.shape_text,
+                  "dcn": r.case.variant, "dtype": r.case.dtype, "backend": r.backend,
                   "status": r.status, "message": r.message}
         for q in r.quantities or (None,):
             rows.append(common | {
@@ -102,7 +101,7 @@ def speed_rows(results: list[SpeedResult], env: dict) -> list[dict]:
         m = r.measurement
         rows.append({
             "schema_version": SCHEMA_VERSION, "kind": "speed", "case_id": r.case.case_id,
-            "shape": format_shape(r.case.geometry), "dcn": "v2" if r.case.mask else "v1", "dtype": r.case.dtype,
+            "op": r.case.op, "shape": r.case.bench_case().shape_text, "dcn": r.case.bench_case().variant, "dtype": r.case.dtype,
             "device": r.case.device, "backend": r.backend, "quantity": r.case.direction, "status": r.status,
             "median_ms": m.median_ms if m else "", "iqr_ms": m.iqr_ms if m else "", "min_ms": m.min_ms if m else "",
             "samples": len(m.samples_ms) if m else "", "ratio_to_baseline": r.ratio_to_baseline if r.ratio_to_baseline is not None else "",
@@ -140,7 +139,7 @@ def _speed_record(r: SpeedResult, threads: int) -> dict:
             "backend": r.backend, "status": r.status,
             "message": r.message, "samples_ms": list(m.samples_ms) if m else [], "warmup_runs": m.warmup_runs if m else 0,
             "median_ms": m.median_ms if m else None, "iqr_ms": m.iqr_ms if m else None,
-            "ratio_to_baseline": r.ratio_to_baseline, "gflops": r.gflops, "flops": r.case.flops(),
+            "ratio_to_baseline": r.ratio_to_baseline, "baseline": r.baseline, "gflops": r.gflops, "flops": r.case.flops(),
             "peak_bytes": r.peak_bytes, "memory_method": r.memory_method, "warnings": r.warnings()}
 
 

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dcnbench import memory
-from dcnbench.ops import OP_DEFORM_CONV2D, ConvGeometry
+from dcnbench.ops import ConvGeometry
 from dcnbench.registry import Backend
+from dcnbench.roi_ops import PoolGeometry, pool_geometry_from_dict
+from dcnbench.roi_workloads import PoolCase, speed_pool_case
 from dcnbench.timing import Measurement, Timer
-from dcnbench.verify import _call, _one_line
-from dcnbench.workloads import DTYPES, ConvCase, digest_of, format_shape, make_inputs
+from dcnbench.verify import Case, _leaves, _one_line
+from dcnbench.workloads import DTYPES, ConvCase, digest_of
 
 DIRECTIONS = ("fwd", "bwd", "fwdbwd")
 # FLOPs per direction in units of the forward convolution: the backward computes the input and
@@ -27,33 +29,59 @@ _FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwdbwd": 3}
 
 @dataclass(frozen=True)
 class SpeedCase:
-    geometry: ConvGeometry
+    """One timed workload: a convolution (mask picks DCNv2/v1) or a RoI pooling geometry."""
+
+    geometry: ConvGeometry | PoolGeometry
     dtype: str = "float32"
     device: str = "cpu"
     direction: str = "fwdbwd"
     mask: bool = True
     offset_scale: float = 2.0
     seed: int = 0
+    rois_file: str | None = None  # RoI pooling only: the user's RoIs and offsets instead of drawn ones
+    offset_file: str | None = None
+
+    @property
+    def op(self) -> str:
+        return self.geometry.op
 
     @property
     def case_id(self) -> str:
-        return f"{format_shape(self.geometry)}/{'v2' if self.mask else 'v1'}/{self.dtype}/{self.device}/{self.direction}"
+        bench = self.bench_case()
+        return f"{bench.shape_text}/{bench.variant}/{self.dtype}/{self.device}/{self.direction}"
 
-    def conv_case(self) -> ConvCase:
+    def bench_case(self) -> Case:
+        """The seeded inputs every backend is timed on."""
+        if isinstance(self.geometry, PoolGeometry):
+            return speed_pool_case(self.geometry, self.dtype, self.seed, self.offset_scale, self.rois_file, self.offset_file)
         return ConvCase(name="speed", geometry=self.geometry, mask=self.mask, dtype=self.dtype,
                         offset_scale=self.offset_scale, seed=self.seed, kink_margin=None)
 
-    def flops(self) -> int:
+    def flops(self) -> int | None:
+        """The plain convolution's FLOPs; None for RoI pooling, whose work depends on the RoIs."""
+        if isinstance(self.geometry, PoolGeometry):
+            return None
         return self.geometry.conv_flops() * _FLOP_FACTOR[self.direction]
 
     @classmethod
     def from_dict(cls, d: dict) -> "SpeedCase":
         """The case a results record describes (its `case` field)."""
-        return cls(**{**d, "geometry": ConvGeometry.from_dict(d["geometry"])})
+        geo = pool_geometry_from_dict(d["geometry"]) if "op" in d["geometry"] else ConvGeometry.from_dict(d["geometry"])
+        return cls(**{**d, "geometry": geo})
 
     def digest(self, threads: int) -> str:
-        """The workload's identity for comparing runs: shape, dtype, seed, offsets and timing mode."""
-        return digest_of(asdict(self) | {"threads": threads})
+        """The workload's identity for comparing runs: shape, dtype, seed, offsets and timing mode.
+
+        Optional fields left at None are not part of it, so digests of older records still match.
+        """
+        return digest_of({k: v for k, v in asdict(self).items() if v is not None} | {"threads": threads})
+
+
+def bench_case_from_dict(d: dict) -> Case:
+    """A ConvCase or PoolCase from its asdict() form (the memory worker's spec)."""
+    if "op" in d["geometry"]:
+        return PoolCase.from_dict(d)
+    return ConvCase(**{**d, "geometry": ConvGeometry.from_dict(d["geometry"])})
 
 
 @dataclass(frozen=True)
@@ -66,41 +94,43 @@ class SpeedResult:
     peak_bytes: int | None = None
     memory_method: str | None = None
     message: str = ""
+    baseline: str | None = None  # the backend ratio_to_baseline divides by
 
     @property
     def gflops(self) -> float | None:
-        if self.measurement is None or self.measurement.median_ms <= 0:
+        flops = self.case.flops()
+        if self.measurement is None or self.measurement.median_ms <= 0 or not flops:
             return None
-        return self.case.flops() / (self.measurement.median_ms * 1e6)
+        return flops / (self.measurement.median_ms * 1e6)
 
     def warnings(self) -> list[str]:
         return self.measurement.warnings() if self.measurement else []
 
 
-def cotangent(case: ConvCase) -> torch.Tensor:
+def cotangent(case: Case) -> torch.Tensor:
     """The seeded cotangent every backward in `speed` receives, in the case's dtype."""
     gen = torch.Generator().manual_seed(case.seed + 1)
-    return torch.randn(case.geometry.output_shape, generator=gen, dtype=torch.float64).to(DTYPES[case.dtype])
+    return torch.randn(case.output_shape, generator=gen, dtype=torch.float64).to(DTYPES[case.dtype])
 
 
-def make_call(backend: Backend, case: ConvCase, direction: str, device: str) -> tuple[Callable, Callable]:
+def make_call(backend: Backend, case: Case, direction: str, device: str) -> tuple[Callable, Callable]:
     """(setup, timed) closures for one sample: setup is untimed (a fresh forward for `bwd`)."""
-    fn = backend.ops[OP_DEFORM_CONV2D]
-    inputs = make_inputs(case, device)
+    fn = backend.ops[case.op]
+    inputs = case.inputs(device)
     cot = cotangent(case).to(device)
     if direction == "fwd":
         def fwd():
             with torch.no_grad():
-                _call(fn, case, inputs)
+                case.call(fn, inputs)
         return (lambda: None), fwd
 
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    leaves = _leaves(case, inputs)
     state = {}
 
     def forward():
         for t in leaves.values():
             t.grad = None
-        state["out"] = _call(fn, case, leaves)
+        state["out"] = case.call(fn, leaves)
 
     def backward():
         state.pop("out").backward(cot)
@@ -118,7 +148,7 @@ def make_call(backend: Backend, case: ConvCase, direction: str, device: str) -> 
 class _InProcess:
     """A backend called here, timed by the Timer (events on CUDA, the clock on the CPU)."""
 
-    def __init__(self, backend: Backend, conv: ConvCase, case: SpeedCase, timer: Timer, threads, plugin_specs):
+    def __init__(self, backend: Backend, conv: Case, case: SpeedCase, timer: Timer, threads, plugin_specs):
         self.backend, self.conv, self.case, self.timer = backend, conv, case, timer
         self.threads, self.plugin_specs = threads, plugin_specs
         self.setup, self.call = make_call(backend, conv, case.direction, case.device)
@@ -143,7 +173,7 @@ class _InProcess:
 class _SelfTimed:
     """An out-of-process backend that times each sample itself, so transport is not in the figure."""
 
-    def __init__(self, backend: Backend, conv: ConvCase, case: SpeedCase, clock):
+    def __init__(self, backend: Backend, conv: Case, case: SpeedCase, clock):
         self.inner = backend.self_timed(conv, case.direction, case.device)
         self.clock = clock
 
@@ -164,19 +194,27 @@ class _SelfTimed:
 
 
 def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 10, warmup_s: float = 0.5,
-              baseline: str | None = "conv2d", measure_memory: bool = True, threads: int | None = None,
+              baseline: str | None = None, measure_memory: bool = True, threads: int | None = None,
               plugin_specs: dict[str, str] | None = None, timer: Timer | None = None,
               on_progress: Callable[[str], None] | None = None) -> list[SpeedResult]:
-    """Time each backend on each case; returns one result per case x backend."""
+    """Time each backend on each case; returns one result per case x backend.
+
+    Ratios divide by `baseline`, or when None by the case's reference row (the first backend of
+    kind "reference" that runs its op: conv2d for convolution, roi_align for RoI pooling).
+    """
     results = []
     for case in cases:
         tm = timer or Timer(case.device)
-        conv = case.conv_case()
+        conv = case.bench_case()
         runners, warm, done = {}, {}, {}
-        for b in backends:
-            reason = b.support(OP_DEFORM_CONV2D, case.device, case.dtype, case.geometry)
+        # A reference row for another op (conv2d on a pooling workload) is left out, not listed as unsupported.
+        here = [b for b in backends if b.kind != "reference" or case.op in b.ops]
+        base_name = baseline or next((b.name for b in here if b.kind == "reference"
+                                      and not b.support(case.op, case.device, case.dtype)), None)
+        for b in here:
+            reason = b.support(case.op, case.device, case.dtype, case.geometry)
             if not reason and case.direction != "fwd" and b.backward_unsupported:
-                reason = b.backward_unsupported(case.mask, case.device)
+                reason = b.backward_unsupported(conv, case.device)
             if reason:
                 done[b.name] = SpeedResult(case, b.name, "unsupported", message=reason)
                 continue
@@ -198,8 +236,8 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
             if on_progress:
                 on_progress(f"{case.case_id} round {i + 1}/{repeat}")
         measured = {name: Measurement(tuple(samples[name]), warm[name]) for name in runners}
-        base = measured.get(baseline) if baseline else None
-        for b in backends:
+        base = measured.get(base_name) if base_name else None
+        for b in here:
             if b.name in done:
                 results.append(done[b.name])
                 continue
@@ -210,6 +248,6 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
                     on_progress(f"{case.case_id} memory {b.name}")
                 peak, method, note = runners[b.name].memory()
             ratio = m.median_ms / base.median_ms if base and base.median_ms > 0 else None
-            results.append(SpeedResult(case, b.name, "ok", m, ratio, peak, method, note))
+            results.append(SpeedResult(case, b.name, "ok", m, ratio, peak, method, note, base_name if base else None))
         del runners
     return results

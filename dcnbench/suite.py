@@ -1,7 +1,7 @@
 """The default verification suite: small seeded cases, each aimed at a way kernels go wrong.
 
-Every geometry runs in float64 and float32; a few also in float16 and bfloat16. Sizes are small
-so the suite runs in well under a minute on two cores for the built-in backends.
+Every geometry runs in float64 and float32; a few convolutions also in float16 and bfloat16.
+Sizes are small so the suite runs in well under a minute on two cores for the built-in backends.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dcnbench.ops import ConvGeometry
+from dcnbench.roi_ops import PSRoIPoolGeometry, RoIPoolGeometry
+from dcnbench.roi_workloads import PoolCase
 from dcnbench.workloads import ConvCase
 
 
@@ -68,7 +70,69 @@ _GRADCHECK: dict[str, tuple[ConvGeometry, dict]] = {
 }
 
 
-def default_suite(seed: int = 0) -> list[ConvCase]:
+def _roi(n=2, c=3, h=10, w=12, k=12, out=(3, 4), scale=0.5, sr=2, gamma=0.1) -> RoIPoolGeometry:
+    return RoIPoolGeometry(n=n, c=c, h=h, w=w, rois=k, output_size=out, spatial_scale=scale, sampling_ratio=sr, gamma=gamma)
+
+
+def _psroi(n=2, d=2, group=3, h=10, w=12, k=12, pooled=3, part=3, spp=2, scale=0.5, std=0.25, classes=1) -> PSRoIPoolGeometry:
+    return PSRoIPoolGeometry(n=n, c=d * group * group, h=h, w=w, rois=k, pooled_size=pooled, spatial_scale=scale,
+                             sample_per_part=spp, trans_std=std, group_size=group, part_size=part, classes=classes)
+
+
+# RoI pooling: name -> (geometry, case options). MXNet takes spatial_scale and trans_std as float32
+# parameters, so the suite uses values float32 holds exactly (0.5, 0.25, ...); gamma is a float64.
+_POOL_CASES: dict[str, tuple[object, dict]] = {
+    "roi-inside": (_roi(), {"rois": "inside"}),
+    "roi-border-adaptive": (_roi(sr=0), {"rois": "border"}),
+    "roi-outside": (_roi(), {"rois": "outside"}),
+    "roi-tiny-degenerate": (_roi(sr=0, scale=1.0), {"rois": "tiny"}),
+    "roi-tiny-degenerate-sr2": (_roi(sr=2, scale=1.0), {"rois": "tiny"}),
+    "roi-large-adaptive": (_roi(sr=0, h=6, w=7, scale=0.25), {"rois": "large"}),
+    "roi-many-3-images": (_roi(n=3, k=60, out=(2, 2), sr=0), {"rois": "mixed"}),
+    "roi-offsets-zero": (_roi(), {"rois": "mixed", "offsets": "zero"}),
+    "roi-offsets-small": (_roi(), {"rois": "mixed", "offset_scale": 0.1}),
+    "roi-offsets-large": (_roi(gamma=0.5), {"rois": "mixed", "offset_scale": 3.0}),
+    "roi-no-offset": (_roi(), {"rois": "mixed", "no_offset": True, "check": "no_offset"}),
+    "roi-non-contiguous": (_roi(), {"rois": "mixed", "contiguous": False}),
+    "psroi-inside": (_psroi(), {"rois": "inside"}),
+    "psroi-border": (_psroi(), {"rois": "border"}),
+    "psroi-outside": (_psroi(), {"rois": "outside"}),
+    "psroi-tiny-degenerate": (_psroi(scale=1.0), {"rois": "tiny"}),
+    "psroi-large": (_psroi(h=6, w=7, scale=0.25), {"rois": "large"}),
+    "psroi-many-3-images-2-classes": (_psroi(n=3, d=4, k=60, classes=2), {"rois": "mixed"}),
+    "psroi-group1-plain": (_psroi(d=4, group=1, pooled=3, part=3), {"rois": "mixed"}),
+    "psroi-part2-pooled4-spp3": (_psroi(d=2, group=2, pooled=4, part=2, spp=3), {"rois": "mixed"}),
+    "psroi-offsets-zero": (_psroi(), {"rois": "mixed", "offsets": "zero"}),
+    "psroi-offsets-small": (_psroi(), {"rois": "mixed", "offset_scale": 0.1}),
+    "psroi-offsets-large": (_psroi(std=0.5), {"rois": "mixed", "offset_scale": 3.0}),
+    "psroi-no-trans": (_psroi(), {"rois": "mixed", "no_offset": True, "check": "no_offset"}),
+    "psroi-non-contiguous": (_psroi(), {"rois": "mixed", "contiguous": False}),
+    # Identities with torchvision (zero offsets): roi_align(aligned=True) for mmcv's operator in any
+    # setting; (ps_)roi_align on moved RoIs for MXNet's, where every sample lies inside the map.
+    "identity-roi-align": (_roi(sr=0), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
+    "identity-roi-align-sr2": (_roi(), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
+    "identity-psroi-ps-roi-align": (_psroi(spp=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
+    "identity-psroi-group1-roi-align": (_psroi(group=1, d=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
+}
+
+_POOL_GRADCHECK: dict[str, tuple[object, dict]] = {
+    "gradcheck-roi": (_roi(n=2, c=2, h=6, w=7, k=4, out=(2, 2), sr=0, scale=1.0), {"rois": "mixed", "check": "gradcheck"}),
+    "gradcheck-psroi": (_psroi(n=2, d=1, group=2, h=6, w=7, k=4, pooled=2, part=2, scale=1.0, classes=1),
+                        {"rois": "mixed", "check": "gradcheck"}),
+}
+
+
+def pool_suite(seed: int = 0) -> list[PoolCase]:
+    cases = []
+    for i, (name, (geo, opts)) in enumerate(_POOL_CASES.items()):
+        base = PoolCase(name=name, geometry=geo, seed=seed + 300 + 1000 * i, **opts)
+        cases += [replace(base, dtype=d) for d in ("float64", "float32")]
+    for i, (name, (geo, opts)) in enumerate(_POOL_GRADCHECK.items()):
+        cases.append(PoolCase(name=name, geometry=geo, seed=seed + 900 + 1000 * i, **opts))
+    return cases
+
+
+def default_suite(seed: int = 0) -> list[ConvCase | PoolCase]:
     cases = []
     for i, (name, (geo, opts)) in enumerate(_GEOMETRIES.items()):
         dtypes = ("float64", "float32") + (("float16", "bfloat16") if name in _HALF_TYPES_FOR else ())
@@ -79,12 +143,12 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
     for i, (name, (geo, opts)) in enumerate(_GRADCHECK.items()):
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + 700 + 1000 * i, **opts))
-    return cases
+    return cases + pool_suite(seed)
 
 
-def select_cases(cases: list[ConvCase], patterns: list[str] | None, dtypes: list[str] | None) -> list[ConvCase]:
-    """Keep cases whose id contains any pattern (all when none) and whose dtype is listed."""
-    kept = [c for c in cases if not dtypes or c.dtype in dtypes]
+def select_cases(cases: list, patterns: list[str] | None, dtypes: list[str] | None, ops: list[str] | None = None) -> list:
+    """Keep cases of the listed ops (all when none) whose id contains any pattern and whose dtype is listed."""
+    kept = [c for c in cases if (not dtypes or c.dtype in dtypes) and (not ops or c.op in ops)]
     if patterns:
         kept = [c for c in kept if any(p in c.case_id for p in patterns)]
     return kept

@@ -20,10 +20,16 @@ from torch.autograd.gradcheck import GradcheckError
 from functools import partial
 
 from dcnbench.backends.pytorch import deform_conv2d as oracle_deform_conv2d
+from dcnbench.backends.pytorch import deform_psroi_pool as oracle_deform_psroi_pool
+from dcnbench.backends.pytorch import deform_roi_pool as oracle_deform_roi_pool
 from dcnbench.backends.pytorch import sampling_points
 from dcnbench.ops import OP_DEFORM_CONV2D
 from dcnbench.registry import Backend
-from dcnbench.workloads import DTYPES, ConvCase, make_inputs, noncontiguous
+from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL, psroi_rois_for_roi_align
+from dcnbench.roi_workloads import PoolCase
+from dcnbench.workloads import DTYPES, ConvCase, noncontiguous
+
+Case = ConvCase | PoolCase
 
 # Normwise relative error allowed, ||got - ref|| / ||ref||, per dtype: (values, grad_offset).
 # float64 backends must agree with the float64 oracle almost to the last bit; float32 allows a few
@@ -77,7 +83,7 @@ class DialectReport:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    case: ConvCase
+    case: Case
     backend: str
     status: str
     quantities: tuple[QuantityError, ...] = ()
@@ -102,18 +108,20 @@ class _Run:
     mutated: list[str] = field(default_factory=list)
 
 
-def _call(fn: Callable, case: ConvCase, t: dict[str, torch.Tensor]):
-    geo = case.geometry
-    return fn(t["input"], t["offset"], t["weight"], t.get("bias"), stride=geo.stride,
-              padding=geo.padding, dilation=geo.dilation, mask=t.get("mask"))
+def _call(fn: Callable, case: Case, t: dict[str, torch.Tensor]):
+    return case.call(fn, t)
 
 
-def _run(fn: Callable, case: ConvCase, inputs: dict[str, torch.Tensor], cotangent: torch.Tensor,
+def _leaves(case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fresh buffers laid out like the inputs (non-contiguous stays so); gradients where the op has them."""
+    return {k: (v.detach().clone() if v.is_contiguous() else noncontiguous(v.detach())).requires_grad_(k in case.differentiable)
+            for k, v in inputs.items()}
+
+
+def _run(fn: Callable, case: Case, inputs: dict[str, torch.Tensor], cotangent: torch.Tensor,
          backward: bool = True) -> _Run:
     """One forward (+backward) on fresh leaves holding the inputs' values, with mutation checks."""
-    # Fresh buffers laid out like the inputs, so non-contiguous cases stay non-contiguous.
-    leaves = {k: (v.detach().clone() if v.is_contiguous() else noncontiguous(v.detach())).requires_grad_(True)
-              for k, v in inputs.items()}
+    leaves = _leaves(case, inputs)
     cot = cotangent.clone()
     snapshots = {k: v.detach().clone() for k, v in leaves.items()} | {"cotangent": cot.clone()}
     out = _call(fn, case, leaves)
@@ -126,10 +134,10 @@ def _run(fn: Callable, case: ConvCase, inputs: dict[str, torch.Tensor], cotangen
     return _Run(out.detach(), {q: leaves[a].grad for q, a in ARG_OF.items() if a in leaves}, mutated)
 
 
-def _cotangent(case: ConvCase, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def _cotangent(case: Case, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """A random cotangent (never ones: sum() hides sign and permutation errors)."""
     gen = torch.Generator().manual_seed(case.seed + 104729)
-    c = torch.randn(case.geometry.output_shape, generator=gen, dtype=torch.float64)
+    c = torch.randn(case.output_shape, generator=gen, dtype=torch.float64)
     return c.to(DTYPES[case.dtype]).to(inputs["input"].device)
 
 
@@ -171,24 +179,71 @@ def _bias_only(input, offset, weight, bias=None, stride=1, padding=0, dilation=1
     return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
 
 
-# Which reference each check uses and which quantities it defines.
-_REFERENCES: dict[str, tuple[Callable[[ConvCase], Callable], tuple[str, ...]]] = {
-    "oracle": (lambda case: oracle_deform_conv2d, QUANTITIES),
-    "oracle_rule_c": (lambda case: partial(oracle_deform_conv2d, rule="C"), QUANTITIES),
-    "zero_offset": (_conv_identity, ("output", "grad_input", "grad_weight", "grad_bias")),
-    "integer_offset": (_conv_identity, ("output", "grad_input", "grad_weight", "grad_bias")),
-    "zero_mask": (lambda case: _bias_only, ("output", "grad_input", "grad_offset", "grad_weight", "grad_bias")),
+def _pool_zero_offset(case: PoolCase):
+    """The same operator with zero offsets passed explicitly (what offset=None / no_trans must equal)."""
+    oracle = _POOL_ORACLES[case.op]
+
+    def fn(input, rois, offset, **kwargs):
+        kwargs.pop("no_trans", None)
+        return oracle(input, rois, torch.zeros(case.geometry.offset_shape, dtype=input.dtype), **kwargs)
+
+    return fn
+
+
+def _roi_align(case: PoolCase):
+    """deform_roi_pool with zero offsets is torchvision's roi_align(aligned=True), in every setting."""
+    import torchvision
+
+    def fn(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma):
+        return torchvision.ops.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned=True)
+
+    return fn
+
+
+def _ps_roi_align(case: PoolCase):
+    """deform_psroi_pool with zero offsets, group_size = pooled_size (or 1), every sample inside
+    [-0.5, size-0.5], is ps_roi_align (or roi_align(aligned=True)) with sampling_ratio =
+    sample_per_part on RoIs moved to MXNet's rounded box and back by half a sub-bin."""
+    import torchvision
+
+    def fn(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
+           trans_std, no_trans=False):
+        moved = psroi_rois_for_roi_align(rois, spatial_scale, pooled_size, sample_per_part)
+        if group_size == 1:
+            return torchvision.ops.roi_align(input, moved, pooled_size, spatial_scale, sample_per_part, aligned=True)
+        return torchvision.ops.ps_roi_align(input, moved, pooled_size, spatial_scale, sample_per_part)
+
+    return fn
+
+
+_POOL_ORACLES = {OP_DEFORM_ROI_POOL: oracle_deform_roi_pool, OP_DEFORM_PSROI_POOL: oracle_deform_psroi_pool}
+_POOL_QUANTITIES = ("output", "grad_input", "grad_offset")
+
+# Which reference each (op, check) uses and which quantities it defines.
+_REFERENCES: dict[tuple[str, str], tuple[Callable[[Case], Callable], tuple[str, ...]]] = {
+    (OP_DEFORM_CONV2D, "oracle"): (lambda case: oracle_deform_conv2d, QUANTITIES),
+    (OP_DEFORM_CONV2D, "oracle_rule_c"): (lambda case: partial(oracle_deform_conv2d, rule="C"), QUANTITIES),
+    (OP_DEFORM_CONV2D, "zero_offset"): (_conv_identity, ("output", "grad_input", "grad_weight", "grad_bias")),
+    (OP_DEFORM_CONV2D, "integer_offset"): (_conv_identity, ("output", "grad_input", "grad_weight", "grad_bias")),
+    (OP_DEFORM_CONV2D, "zero_mask"): (lambda case: _bias_only, ("output", "grad_input", "grad_offset", "grad_weight", "grad_bias")),
+    (OP_DEFORM_ROI_POOL, "oracle"): (lambda case: oracle_deform_roi_pool, _POOL_QUANTITIES),
+    (OP_DEFORM_ROI_POOL, "no_offset"): (_pool_zero_offset, ("output", "grad_input")),
+    (OP_DEFORM_ROI_POOL, "roi_align"): (_roi_align, ("output", "grad_input")),
+    (OP_DEFORM_PSROI_POOL, "oracle"): (lambda case: oracle_deform_psroi_pool, _POOL_QUANTITIES),
+    (OP_DEFORM_PSROI_POOL, "no_offset"): (_pool_zero_offset, ("output", "grad_input")),
+    (OP_DEFORM_PSROI_POOL, "ps_roi_align"): (_ps_roi_align, ("output", "grad_input")),
 }
 
 
-def reference(case: ConvCase, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
+def reference(case: Case, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
     """The expected output and gradients, in float64 on the CPU, at the exact values a backend sees.
 
     `rule` picks the oracle's boundary rule for the "oracle" check (identities have no rule).
     """
-    inputs = {k: v.double().cpu() for k, v in make_inputs(case, "cpu").items()}
+    inputs = {k: v.double().cpu() for k, v in case.inputs("cpu").items()}
     cot = _cotangent(case, inputs).double()
-    make, quantities = _REFERENCES["oracle_rule_c" if case.check == "oracle" and rule == "C" else case.check]
+    check = "oracle_rule_c" if case.check == "oracle" and rule == "C" else case.check
+    make, quantities = _REFERENCES[(case.op, check)]
     return _run(make(case), case, inputs, cot), quantities
 
 
@@ -218,7 +273,7 @@ def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str) 
     return QuantityError(name, rel, max_abs, tol, ok, note)
 
 
-def _compare_runs(case: ConvCase, run: _Run, ref: _Run, quantities: Iterable[str], label: str,
+def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], label: str,
                   no_backward: str | None = None) -> list[QuantityError]:
     tol = tolerance(case.dtype, "output")
     found = []
@@ -250,7 +305,7 @@ def _band_outputs(case: ConvCase, inputs: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def _dialect_report(case: ConvCase, rule: str, run: _Run, ref_z: _Run, vs_rule: list[QuantityError]) -> DialectReport:
-    band = _band_outputs(case, make_inputs(case, "cpu")).expand_as(ref_z.output)
+    band = _band_outputs(case, case.inputs("cpu")).expand_as(ref_z.output)
     diff = (run.output.double().cpu() - ref_z.output).abs()
     interior, in_band = diff[~band], diff[band]
     inner = compare("output", run.output.double().cpu()[~band], ref_z.output[~band], case.dtype)
@@ -275,14 +330,15 @@ def _bitwise_equal(a: _Run, b: _Run) -> bool:
     return True
 
 
-def _gradcheck(fn: Callable, case: ConvCase, device: str) -> list[QuantityError]:
-    inputs = make_inputs(case, device)
-    names = list(inputs)
+def _gradcheck(fn: Callable, case: Case, device: str) -> list[QuantityError]:
+    inputs = case.inputs(device)
+    fixed = {k: v for k, v in inputs.items() if k not in case.differentiable}
+    names = [k for k in inputs if k in case.differentiable]
 
     def f(*tensors):
-        return _call(fn, case, dict(zip(names, tensors)))
+        return case.call(fn, fixed | dict(zip(names, tensors)))
 
-    leaves = tuple(v.detach().clone().requires_grad_(True) for v in inputs.values())
+    leaves = tuple(inputs[k].detach().clone().requires_grad_(True) for k in names)
     try:
         torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-4)
         return [QuantityError("gradcheck", None, None, 1e-4, True)]
@@ -293,14 +349,14 @@ def _gradcheck(fn: Callable, case: ConvCase, device: str) -> list[QuantityError]
 # ---- driver ----------------------------------------------------------------------------------
 
 
-def verify_case(backend: Backend, case: ConvCase, device: str, ref_cache: dict) -> VerifyResult:
+def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> VerifyResult:
     start = time.perf_counter()
-    reason = backend.support(OP_DEFORM_CONV2D, device, case.dtype, case.geometry)
+    reason = backend.support(case.op, device, case.dtype, case.geometry)
     if reason:
         return VerifyResult(case, backend.name, "unsupported", message=reason)
-    no_backward = backend.backward_unsupported(case.mask, device) if backend.backward_unsupported else None
-    fn = backend.ops[OP_DEFORM_CONV2D]
-    rule = backend.dialect(case.mask) if case.check == "oracle" else "Z"
+    no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
+    fn = backend.ops[case.op]
+    rule = backend.dialect(case) if case.check == "oracle" else "Z"
     try:
         if case.check == "gradcheck":
             if no_backward:
@@ -311,7 +367,7 @@ def verify_case(backend: Backend, case: ConvCase, device: str, ref_cache: dict) 
         for r in {"Z", rule}:
             if (case, r) not in ref_cache:
                 ref_cache[(case, r)] = reference(case, r)
-        inputs = make_inputs(case, device)
+        inputs = case.inputs(device)
         cot = _cotangent(case, inputs)
         first = _run(fn, case, inputs, cot, backward=not no_backward)
         second = _run(fn, case, inputs, cot, backward=not no_backward)
@@ -349,7 +405,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}{loc}"
 
 
-def run_verify(*, backends: list[Backend], cases: list[ConvCase], device: str = "cpu",
+def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu",
                on_result: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
     """Every case on every backend, case-major so each reference is computed once and dropped."""
     results = []

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dcnbench.errors import UsageError
-from dcnbench.ops import ConvGeometry
+from dcnbench.ops import OP_DEFORM_CONV2D, ConvGeometry
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,9 +50,33 @@ class ConvCase:
     # gradients are two-sided; None leaves coordinates as drawn (identities need integers).
     kink_margin: float | None = 1e-3
 
+    # The interface verify and speed use for every op's cases (PoolCase has the same).
+    op = OP_DEFORM_CONV2D
+    differentiable = ("input", "offset", "weight", "mask", "bias")
+
     @property
     def case_id(self) -> str:
         return f"{self.name}/{self.dtype}"
+
+    @property
+    def variant(self) -> str:
+        return "v2" if self.mask else "v1"
+
+    @property
+    def shape_text(self) -> str:
+        return format_shape(self.geometry)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.geometry.output_shape
+
+    def inputs(self, device: str = "cpu") -> dict[str, torch.Tensor]:
+        return make_inputs(self, device)
+
+    def call(self, fn, t: dict[str, torch.Tensor]):
+        geo = self.geometry
+        return fn(t["input"], t["offset"], t["weight"], t.get("bias"), stride=geo.stride,
+                  padding=geo.padding, dilation=geo.dilation, mask=t.get("mask"))
 
     def definition(self) -> dict:
         return asdict(self)

@@ -18,7 +18,7 @@ def test_fresh_process_sees_a_large_temporary(tmp_path):
             out = F.conv2d(input, weight, bias, stride, padding, dilation)
             return out + scratch[0] * 0
     """))
-    case = SpeedCase(parse_shape("1,4,8,8:4,3,3")).conv_case()
+    case = SpeedCase(parse_shape("1,4,8,8:4,3,3")).bench_case()
     spec = memory.worker_spec(backend=None, impl=f"{plugin}:hog", case=case, direction="fwd", threads=1)
     hog, note = memory.measure_cpu(spec)
     plain, _ = memory.measure_cpu(memory.worker_spec(backend="conv2d", impl=None, case=case, direction="fwd", threads=1))

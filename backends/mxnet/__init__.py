@@ -3,7 +3,9 @@
 MXNet 1.9.1 needs numpy < 1.24, so it lives in `.venv-mxnet` (`make mxnet-env`) and runs in a
 worker process (worker.py) that this module drives through client.py. DCNv1 maps to
 DeformableConvolution, which samples the border by rule C; DCNv2 maps to
-ModulatedDeformableConvolution (rule Z), whose backward MXNet implements on the GPU only.
+ModulatedDeformableConvolution (rule Z), whose backward MXNet implements on the GPU only;
+deform_psroi_pool maps to DeformablePSROIPooling (forward and backward on the CPU). MXNet has
+no mmcv-style deform_roi_pool.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 import torch
 
 from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
-from dcnbench.ops import OP_DEFORM_CONV2D, check_call
+from dcnbench.ops import OP_DEFORM_CONV2D, ConvGeometry, check_call
 from dcnbench.registry import Backend
+from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL, check_psroi_pool_call
 
 NAME = "mxnet"
 DTYPES = ("float64", "float32")
@@ -82,9 +85,18 @@ def environment() -> str:
 
 
 def params_of(geo) -> dict:
-    return {"kernel": [geo.kh, geo.kw], "stride": list(geo.stride), "padding": list(geo.padding),
-            "dilation": list(geo.dilation), "out_channels": geo.o, "groups": geo.groups,
-            "offset_groups": geo.offset_groups}
+    return {"op": OP_DEFORM_CONV2D, "kernel": [geo.kh, geo.kw], "stride": list(geo.stride),
+            "padding": list(geo.padding), "dilation": list(geo.dilation), "out_channels": geo.o,
+            "groups": geo.groups, "offset_groups": geo.offset_groups}
+
+
+def psroi_params_of(geo, no_trans: bool) -> dict:
+    # MXNet declares spatial_scale and trans_std as float32 parameters: 0.1 arrives as 0.100000001.
+    return {"op": OP_DEFORM_PSROI_POOL, **geo.kwargs(), "no_trans": bool(no_trans)}
+
+
+def _params_for(case) -> dict:
+    return params_of(case.geometry) if case.op == OP_DEFORM_CONV2D else psroi_params_of(case.geometry, case.no_offset)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -94,23 +106,25 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 _calls = itertools.count()
 
 
-class _MXNetDeformConv2d(torch.autograd.Function):
+class _MXNetCall(torch.autograd.Function):
+    """One MXNet operator call as a torch op: tensors go to the worker, gradients come back."""
+
     @staticmethod
-    def forward(ctx, params, device, grad_enabled, input, offset, weight, mask, bias):
-        named = {"input": input, "offset": offset, "weight": weight, "mask": mask, "bias": bias}
+    def forward(ctx, params, device, grad_enabled, refused, names, *tensors):
+        named = dict(zip(names, tensors))
         arrays = {k: _numpy(v) for k, v in named.items() if v is not None}
-        ctx.backward_refused = DCNV2_CPU_BACKWARD if mask is not None and device == "cpu" else None
+        ctx.backward_refused = refused
         # needs_input_grad ignores no_grad(), so the caller's grad mode comes in as an argument.
-        record = grad_enabled and any(ctx.needs_input_grad[3:]) and ctx.backward_refused is None
+        record = grad_enabled and any(ctx.needs_input_grad[5:]) and refused is None
         ctx.call = next(_calls)
-        ctx.present = [k for k in named if named[k] is not None]
+        ctx.names = names
         c = client()
         _, out = c.request({"cmd": "forward", "params": params, "device": device, "record": record,
                             "call": ctx.call}, arrays)
         if record:
             # When torch frees this graph node, the worker may free its graph (told on the next request).
             weakref.finalize(ctx, c.to_release.append, ctx.call)
-        return torch.from_numpy(out["output"]).to(input.device)
+        return torch.from_numpy(out["output"]).to(tensors[0].device)
 
     @staticmethod
     def backward(ctx, grad):
@@ -120,23 +134,35 @@ class _MXNetDeformConv2d(torch.autograd.Function):
         dev = grad.device
 
         def g(name):
-            return torch.from_numpy(grads[f"grad_{name}"]).to(dev) if name in ctx.present else None
+            key = f"grad_{name}"
+            return torch.from_numpy(grads[key]).to(dev) if key in grads else None
 
-        return None, None, None, g("input"), g("offset"), g("weight"), g("mask"), g("bias")
+        return (None,) * 5 + tuple(g(name) for name in ctx.names)
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
     geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
-    return _MXNetDeformConv2d.apply(params_of(geo), input.device.type, torch.is_grad_enabled(), input, offset, weight,
-                                    mask, bias)
+    device = input.device.type
+    refused = DCNV2_CPU_BACKWARD if mask is not None and device == "cpu" else None
+    return _MXNetCall.apply(params_of(geo), device, torch.is_grad_enabled(), refused,
+                            ("input", "offset", "weight", "mask", "bias"), input, offset, weight, mask, bias)
 
 
-def backward_unsupported(mask: bool, device: str) -> str | None:
-    return DCNV2_CPU_BACKWARD if mask and device == "cpu" else None
+def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
+                      sample_per_part=1, trans_std=0.0, no_trans=False):
+    geo = check_psroi_pool_call(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
+                                sample_per_part, trans_std, no_trans)
+    trans = None if no_trans else trans
+    return _MXNetCall.apply(psroi_params_of(geo, no_trans), input.device.type, torch.is_grad_enabled(), None,
+                            ("input", "rois", "offset"), input, rois, trans)
+
+
+def backward_unsupported(case, device: str) -> str | None:
+    return DCNV2_CPU_BACKWARD if case.op == OP_DEFORM_CONV2D and case.mask and device == "cpu" else None
 
 
 def workload_unsupported(geometry, device: str) -> str | None:
-    return EMPTY_BATCH if geometry.n == 0 else None
+    return EMPTY_BATCH if isinstance(geometry, ConvGeometry) and geometry.n == 0 else None
 
 
 class SelfTimed:
@@ -144,16 +170,16 @@ class SelfTimed:
 
     def __init__(self, case, direction: str, device: str):
         from dcnbench.speed import cotangent
-        from dcnbench.workloads import make_inputs
 
-        geo = case.geometry
-        arrays = {k: _numpy(v) for k, v in make_inputs(case, "cpu").items()}
+        params = _params_for(case)
+        arrays = {k: _numpy(v) for k, v in case.inputs("cpu").items()
+                  if not (k == "offset" and params.get("no_trans"))}
         arrays["cotangent"] = _numpy(cotangent(case))  # the same one the in-process backends get
-        self.header = {"cmd": "time", "case": case.digest(), "params": params_of(geo), "device": device,
+        self.header = {"cmd": "time", "case": case.digest(), "params": params, "device": device,
                        "direction": direction}
         self.arrays = arrays
         self._sent_to = None  # the worker process that holds the arrays
-        if direction != "fwd" and backward_unsupported(case.mask, device):
+        if direction != "fwd" and backward_unsupported(case, device):
             raise RuntimeError(DCNV2_CPU_BACKWARD)
 
     def sample(self) -> float:
@@ -184,12 +210,14 @@ def backend() -> Backend:
                        unavailable=f"the MXNet environment {python().parent.parent} is missing or has no mxnet: {FIX}")
     return Backend(
         name=NAME,
-        description="mxnet.nd.contrib Deformable/ModulatedDeformableConvolution in a worker process",
-        ops={OP_DEFORM_CONV2D: deform_conv2d},
+        description="mxnet.nd.contrib Deformable/ModulatedDeformableConvolution, DeformablePSROIPooling, in a worker process",
+        ops={OP_DEFORM_CONV2D: deform_conv2d, OP_DEFORM_PSROI_POOL: deform_psroi_pool},
         dtypes={"cpu": DTYPES},
         unsupported_reasons={"cuda": "this MXNet build (PyPI mxnet 1.9.1) has no GPU support",
                              "float16": "dcnbench runs MXNet in float64 and float32",
-                             "bfloat16": "MXNet 1.9.1 has no bfloat16 deformable convolution"},
+                             "bfloat16": "MXNet 1.9.1 has no bfloat16 deformable convolution",
+                             OP_DEFORM_ROI_POOL: "MXNet has no mmcv-style deform_roi_pool; its DeformablePSROIPooling "
+                                                 "is the other operator (deform_psroi_pool)"},
         version=version,
         dialects={"v1": "C"},
         backward_unsupported=backward_unsupported,

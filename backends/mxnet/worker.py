@@ -3,8 +3,9 @@
 Started as `python -I worker.py`; speaks protocol.py over stdin/stdout. It says hello first
 (protocol version, mxnet and numpy versions, GPU count), then answers one request at a time:
 
-- forward:  run DeformableConvolution (DCNv1) or ModulatedDeformableConvolution (DCNv2); with
-            `record`, keep the graph under `call` for a later backward
+- forward:  run DeformableConvolution (DCNv1), ModulatedDeformableConvolution (DCNv2) or
+            DeformablePSROIPooling (params["op"]); with `record`, keep the graph under `call`
+            for a later backward
 - backward: backpropagate a cotangent through a recorded call; return every gradient
 - time:     time one forward/backward in here, with mx.nd.waitall() around it, so the pipe is not
             in the figure; `memory` also reports the peak-RSS growth over that call
@@ -50,7 +51,13 @@ def _context(device):
 
 
 def _call(p, nd):
-    """One MXNet call with torchvision's parameters mapped onto MXNet's."""
+    """One MXNet call with dcnbench's parameters mapped onto MXNet's."""
+    if p.get("op") == "deform_psroi_pool":
+        kwargs = {k: p[k] for k in ("spatial_scale", "output_dim", "group_size", "pooled_size", "part_size",
+                                    "sample_per_part", "trans_std", "no_trans")}
+        if not p["no_trans"]:
+            kwargs["trans"] = nd["offset"]
+        return mx.nd.contrib.DeformablePSROIPooling(data=nd["input"], rois=nd["rois"], **kwargs)
     kwargs = dict(kernel=tuple(p["kernel"]), stride=tuple(p["stride"]), pad=tuple(p["padding"]),
                   dilate=tuple(p["dilation"]), num_filter=p["out_channels"], num_group=p["groups"],
                   num_deformable_group=p["offset_groups"], no_bias="bias" not in nd)
@@ -66,9 +73,9 @@ def _arrays_to_nd(arrays, device, grad):
     ctx = _context(device)
     nd = {}
     for name, value in arrays.items():
-        if name in GRAD_NAMES:
+        if name != "cotangent":
             nd[name] = mx.nd.array(value, ctx=ctx, dtype=value.dtype)
-            if grad:
+            if grad and name in GRAD_NAMES:  # RoIs carry no gradient
                 nd[name].attach_grad()
     return nd
 
@@ -107,7 +114,7 @@ class Worker:
         nd, out = self.calls[header["call"]]
         out.backward(mx.nd.array(arrays["cotangent"], ctx=out.context, dtype=arrays["cotangent"].dtype), retain_graph=True)
         mx.nd.waitall()
-        return {}, {GRAD_NAMES[name]: t.grad.asnumpy() for name, t in nd.items()}
+        return {}, {GRAD_NAMES[name]: t.grad.asnumpy() for name, t in nd.items() if name in GRAD_NAMES}
 
     def time(self, header, arrays):
         """One timed sample (ms) of the case stored under header['case'] (sent once, then reused)."""

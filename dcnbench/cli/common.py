@@ -23,6 +23,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed for every generated tensor.")]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="CSV path (default: results/<command>-<time>.csv).")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run only shard K of N of the cases, e.g. 2/4 (deterministic).")]
+OpOpt = Annotated[list[str] | None, typer.Option("--op", help="deform_conv2d, deform_roi_pool or deform_psroi_pool (repeatable). Default: all.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="JSON path (default: results/<command>-<time>.json).")]
 
 
@@ -49,6 +50,21 @@ def check_device(device: str) -> str:
         raise UsageError("--device cuda, but this machine has no usable GPU (torch.cuda.is_available() is False)",
                          hint="run on a machine with a GPU, or use --device cpu")
     return device
+
+
+OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+
+
+def check_ops(ops: list[str] | None) -> list[str] | None:
+    for op in ops or []:
+        if op not in OPS:
+            raise UsageError(f"unknown --op '{op}'", hint=f"choose from: {', '.join(OPS)}")
+    return ops
+
+
+def plugin_op(ops: list[str] | None) -> str | None:
+    """The op an --impl plugin implements when it does not say: the one --op given, if exactly one."""
+    return ops[0] if ops and len(ops) == 1 else None
 
 
 def stamp() -> str:

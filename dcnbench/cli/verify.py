@@ -9,8 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dcnbench import registry, render, results
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt, check_device,
-                                 console, err_console, stamp, user_errors)
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
+                                 check_device, check_ops, console, err_console, plugin_op, stamp, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.plugins import load_plugins
 from dcnbench.shard import parse_shard, take_shard
@@ -20,21 +20,22 @@ from dcnbench.workloads import parse_dtype
 
 
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
-           device: str = "cpu", cases: list[str] | None = None, seed: int = 0, csv: Path | None = None,
+           device: str = "cpu", cases: list[str] | None = None, ops: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
            shard: str | None = None) -> int:
     """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
     for d in dtypes or []:
         parse_dtype(d)
-    chosen_cases = take_shard(select_cases(default_suite(seed), cases, dtypes), parse_shard(shard))
+    check_ops(ops)
+    chosen_cases = take_shard(select_cases(default_suite(seed), cases, dtypes, ops), parse_shard(shard))
     if not chosen_cases:
-        raise UsageError("no case matches the --case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
+        raise UsageError("no case matches the --op/--case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
         for c in chosen_cases:
-            console.print(f"{c.case_id}  [dim]{c.check}, {'v2' if c.mask else 'v1'}, offsets {c.offsets}[/]", highlight=False)
+            console.print(f"{c.case_id}  [dim]{c.op}, {c.check}, {c.variant}, offsets {c.offsets}[/]", highlight=False)
         return EXIT_OK
-    plugins = load_plugins(impls, device)
+    plugins = load_plugins(impls, device, plugin_op(ops))
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
@@ -69,6 +70,7 @@ def command(
     impl: ImplOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = "cpu",
+    op: OpOpt = None,
     case: Annotated[list[str] | None, typer.Option("--case", help="Run only cases whose id contains this text (repeatable).")] = None,
     seed: SeedOpt = 0,
     csv: CsvOpt = None,
@@ -80,8 +82,9 @@ def command(
     """Check output and every gradient against the float64 oracle and exact identities.
 
     Exit status: 0 nothing failed, 1 a case failed, errored or was nondeterministic, 2 usage error.
-    With --impl and no --backend, only the plugins run.
+    With --impl and no --backend, only the plugins run; a plugin implements the one --op given
+    (or the op its function's `dcnbench_op` names; deform_conv2d otherwise).
     """
-    raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, seed=seed, csv=csv,
+    raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, ops=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
                             shard=shard))

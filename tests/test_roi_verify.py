@@ -1,0 +1,112 @@
+"""Verification of the RoI pooling ops: the oracle passes, planted bugs are caught, the suite covers the issue."""
+
+import pytest
+import torch
+
+from dcnbench.plugins import load_plugin
+from dcnbench.registry import get
+from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL, psroi_pool_samples, roi_pool_samples
+from dcnbench.suite import pool_suite
+from dcnbench.verify import failed, run_verify
+from tests.plugins.planted_roi_bugs import BUGS
+
+SUITE = pool_suite()
+PLANTED = "tests/plugins/planted_roi_bugs.py"
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_verify(backends=[get("pytorch"), get("torchvision")], cases=SUITE)
+
+
+def test_oracle_passes_every_pooling_case_and_torchvision_says_why_not(results):
+    bad = [(r.case.case_id, r.backend, r.status, r.message) for r in results
+           if r.backend == "pytorch" and r.status != "pass"]
+    assert not bad
+    tv = [r for r in results if r.backend == "torchvision"]
+    assert tv and all(r.status == "unsupported" and "no deformable RoI pooling" in r.message for r in tv)
+    assert not failed(results)
+
+
+def test_identity_and_no_offset_cases_compare_output_and_input_gradient(results):
+    for r in results:
+        if r.backend == "pytorch" and r.case.check in ("roi_align", "ps_roi_align", "no_offset"):
+            assert {q.quantity for q in r.quantities} == {"output", "grad_input"}, r.case.case_id
+        elif r.backend == "pytorch" and r.case.check == "oracle":
+            assert {q.quantity for q in r.quantities} == {"output", "grad_input", "grad_offset"}, r.case.case_id
+
+
+def test_suite_covers_what_the_issue_lists():
+    ops = {c.op for c in SUITE}
+    assert ops == {OP_DEFORM_ROI_POOL, OP_DEFORM_PSROI_POOL}
+    for op in ops:
+        mine = [c for c in SUITE if c.op == op]
+        assert {"inside", "border", "outside", "tiny", "large", "mixed"} <= {c.rois for c in mine}
+        assert {"float64", "float32"} <= {c.dtype for c in mine}
+        assert any(c.offsets == "zero" for c in mine) and {0.1, 3.0} <= {c.offset_scale for c in mine}
+        assert any(c.no_offset and c.check == "no_offset" for c in mine) and any(not c.contiguous for c in mine)
+        assert any(c.geometry.n >= 3 and c.geometry.rois >= 50 for c in mine)
+        assert any(c.check == "gradcheck" for c in mine)
+    assert {"roi_align", "ps_roi_align"} <= {c.check for c in SUITE}
+    assert any(c.op == OP_DEFORM_PSROI_POOL and c.geometry.group_size == 1 for c in SUITE)
+    assert any(c.op == OP_DEFORM_PSROI_POOL and c.geometry.classes > 1 for c in SUITE)
+    assert any(c.op == OP_DEFORM_ROI_POOL and c.geometry.sampling_ratio == 0 for c in SUITE)
+    assert len({c.case_id for c in SUITE}) == len(SUITE)
+
+
+def test_rois_land_where_their_kind_says():
+    by_name = {c.name: c for c in SUITE if c.dtype == "float64"}
+    for name in ("roi-outside", "psroi-outside"):
+        case = by_name[name]
+        rois, scale = case.inputs()["rois"], case.geometry.spatial_scale
+        h, w = case.geometry.h / scale, case.geometry.w / scale
+        wholly = (rois[:, 1] > w) | (rois[:, 3] < 0) | (rois[:, 2] > h) | (rois[:, 4] < 0)
+        partly = ~wholly & ((rois[:, 1] < 0) | (rois[:, 3] > w) | (rois[:, 2] < 0) | (rois[:, 4] > h))
+        assert wholly.any() and partly.any(), name
+    tiny = by_name["roi-tiny-degenerate"].inputs()["rois"]
+    assert ((tiny[:, 3] == tiny[:, 1]) | (tiny[:, 4] == tiny[:, 2])).any()
+    assert ((tiny[:, 3] - tiny[:, 1]) < 1).all()
+    many = by_name["roi-many-3-images"].inputs()["rois"]
+    assert set(many[:, 0].tolist()) == {0.0, 1.0, 2.0}
+    large = by_name["roi-large-adaptive"]
+    lr, s = large.inputs()["rois"], large.geometry.spatial_scale
+    assert ((lr[:, 1] < 0) & (lr[:, 3] > large.geometry.w / s)).all()
+
+
+@pytest.mark.parametrize("case", [c for c in SUITE if c.kink_margin is not None and c.dtype == "float32"], ids=lambda c: c.case_id)
+def test_sampling_points_keep_their_margin_from_kinks(case):
+    t = {k: v.double() for k, v in case.inputs().items()}
+    margin = case.kink_margin
+    if case.op == OP_DEFORM_ROI_POOL:
+        points, _ = roi_pool_samples(t["rois"], t.get("offset"), case.geometry)
+        coords = [(p.y, p.active) for p in points] + [(p.x, p.active) for p in roi_pool_samples(t["rois"], t.get("offset"), case.geometry)[0]]
+        for c, active in coords:
+            frac = (c - c.round()).abs()
+            assert (frac[(active if active is not None else torch.ones_like(c, dtype=torch.bool)).expand_as(c)] >= margin).all()
+    else:
+        for p in psroi_pool_samples(t["rois"], t["offset"], case.geometry, case.no_offset):
+            for c in (p.x, p.y):
+                assert ((c - c.round()).abs() >= margin).all()
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_planted_roi_bug_is_caught(bug):
+    op, expected = BUGS[bug]
+    plugin = load_plugin(f"{PLANTED}:{bug}")
+    assert set(plugin.ops) == {op}
+    results = run_verify(backends=[plugin], cases=[c for c in SUITE if c.op == op])
+    assert failed(results)
+    assert not [r for r in results if r.status == "error"], [r.message for r in results if r.status == "error"]
+    failing = {q.quantity for r in results for q in r.failing}
+    assert expected <= failing, f"{bug}: expected {expected} to fail, got {failing}"
+
+
+def test_mxnet_runs_the_psroi_suite_and_declines_mmcv_pooling_with_a_reason():
+    mx = get("mxnet")
+    assert mx.unavailable is None, mx.unavailable
+    found = run_verify(backends=[mx], cases=SUITE)
+    psroi = [r for r in found if r.case.op == OP_DEFORM_PSROI_POOL]
+    assert psroi and all(r.status == "pass" for r in psroi), [(r.case.case_id, r.status, r.message) for r in psroi if r.status != "pass"]
+    assert any(q.quantity == "grad_offset" for r in psroi for q in r.quantities)  # the CPU backward is checked
+    roi = [r for r in found if r.case.op == OP_DEFORM_ROI_POOL]
+    assert roi and all(r.status == "unsupported" and "no mmcv-style deform_roi_pool" in r.message for r in roi)
