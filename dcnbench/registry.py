@@ -18,7 +18,7 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "conv2d", "roi_align")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "ext", "conv2d", "roi_align")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class Backend:
     self_timed: Callable | None = None
     # One line on the environment the backend runs in (shown by `dcnbench backends`).
     environment: Callable[[], str] | None = None
+    # device -> the kernel mode that runs there (e.g. deterministic or atomic backward), shown by `verify`.
+    mode: Callable[[str], str] | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -395,6 +395,8 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> V
     }.get(status, "")
     if no_backward and status != "fail":
         message = "; ".join(filter(None, [message, f"gradients unsupported: {no_backward}"]))
+    if backend.mode:
+        message = "; ".join(filter(None, [message, f"mode: {backend.mode(device)}"]))
     return VerifyResult(case, backend.name, status, tuple(quantities), message, time.perf_counter() - start, report)
 
 

@@ -54,6 +54,9 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         if extra is not None:
             console.print(extra)
     console.print(render.verify_summary(found))
+    for b in chosen:
+        if b.mode:
+            console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)
     env = results.environment(device=device, seed=seed, backends=chosen)
     when = stamp()
     csv_path = csv or results.default_path("verify", "csv", when)

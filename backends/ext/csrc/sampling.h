@@ -1,0 +1,147 @@
+// Per-sample math shared by the CPU and CUDA kernels: where a point reads the map and with what
+// weights. Everything here is inline __host__ __device__, so the CPU tests exercise the math the
+// GPU runs. Indices are int64_t: a plane offset (n*C + c)*H*W can pass 2^31.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define DCN_HD __host__ __device__ __forceinline__
+#else
+#define DCN_HD inline
+#endif
+
+namespace dcnbench_ext {
+
+// Bilinear read at (y, x) under the paper's rule Z: a corner outside the map contributes zero.
+// idx: the four corners' offsets inside the plane (0 for an invalid corner, whose weights are 0);
+// w: the corners' weights; dy/dx: d w / d y and d w / d x (for the offset gradient).
+template <typename T>
+struct Corners {
+  int64_t idx[4];
+  T w[4];
+  T dy[4];
+  T dx[4];
+};
+
+template <typename T>
+DCN_HD Corners<T> bilinear_z(T y, T x, int64_t h, int64_t w) {
+  Corners<T> c;
+  T y0f = floor(y), x0f = floor(x);
+  T ly = y - y0f, lx = x - x0f, hy = T(1) - ly, hx = T(1) - lx;
+  int64_t y0 = static_cast<int64_t>(y0f), x0 = static_cast<int64_t>(x0f);
+  const T wy[2] = {hy, ly}, wx[2] = {hx, lx}, sy[2] = {T(-1), T(1)};
+  for (int a = 0; a < 2; ++a) {
+    for (int b = 0; b < 2; ++b) {
+      int j = a * 2 + b;
+      int64_t yi = y0 + a, xi = x0 + b;
+      bool ok = yi >= 0 && yi < h && xi >= 0 && xi < w;
+      c.idx[j] = ok ? yi * w + xi : 0;
+      c.w[j] = ok ? wy[a] * wx[b] : T(0);
+      c.dy[j] = ok ? sy[a] * wx[b] : T(0);
+      c.dx[j] = ok ? wy[a] * sy[b] : T(0);
+    }
+  }
+  return c;
+}
+
+// mmcv's / RoIAlign's read: 0 outside [-1, size]; a coordinate in [-1, 0] reads as 0 and one
+// past size-1 as size-1, where it is a constant (no derivative).
+template <typename T>
+DCN_HD Corners<T> bilinear_roialign(T y, T x, int64_t h, int64_t w) {
+  Corners<T> c;
+  for (int j = 0; j < 4; ++j) { c.idx[j] = 0; c.w[j] = T(0); c.dy[j] = T(0); c.dx[j] = T(0); }
+  if (y < T(-1) || y > T(h) || x < T(-1) || x > T(w)) return c;
+  T gy = T(1), gx = T(1);  // derivative of the clamped coordinate
+  if (y <= T(0)) { y = T(0); gy = T(0); }
+  if (x <= T(0)) { x = T(0); gx = T(0); }
+  int64_t y0 = static_cast<int64_t>(floor(y)), x0 = static_cast<int64_t>(floor(x)), y1, x1;
+  if (y0 >= h - 1) { y0 = y1 = h - 1; y = T(y0); gy = T(0); } else { y1 = y0 + 1; }
+  if (x0 >= w - 1) { x0 = x1 = w - 1; x = T(x0); gx = T(0); } else { x1 = x0 + 1; }
+  T ly = y - T(y0), lx = x - T(x0), hy = T(1) - ly, hx = T(1) - lx;
+  const int64_t ys[2] = {y0, y1}, xs[2] = {x0, x1};
+  const T wy[2] = {hy, ly}, wx[2] = {hx, lx}, sy[2] = {-gy, gy}, sx[2] = {-gx, gx};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      int j = a * 2 + b;
+      c.idx[j] = ys[a] * w + xs[b];
+      c.w[j] = wy[a] * wx[b];
+      c.dy[j] = sy[a] * wx[b];
+      c.dx[j] = wy[a] * sx[b];
+    }
+  return c;
+}
+
+// MXNet's DeformablePSROIPooling read at a kept point, already clamped into the map: floor and
+// ceil corners, so at an integer coordinate both corners coincide and the derivative is 0.
+template <typename T>
+DCN_HD Corners<T> bilinear_floor_ceil(T y, T x, int64_t w, T gy, T gx) {
+  Corners<T> c;
+  int64_t y0 = static_cast<int64_t>(floor(y)), y1 = static_cast<int64_t>(ceil(y));
+  int64_t x0 = static_cast<int64_t>(floor(x)), x1 = static_cast<int64_t>(ceil(x));
+  T ly = y - T(y0), lx = x - T(x0), hy = T(1) - ly, hx = T(1) - lx;
+  const int64_t ys[2] = {y0, y1}, xs[2] = {x0, x1};
+  const T wy[2] = {hy, ly}, wx[2] = {hx, lx};
+  T same_y = y0 == y1 ? T(0) : gy, same_x = x0 == x1 ? T(0) : gx;
+  const T sy[2] = {-same_y, same_y}, sx[2] = {-same_x, same_x};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      int j = a * 2 + b;
+      c.idx[j] = ys[a] * w + xs[b];
+      c.w[j] = wy[a] * wx[b];
+      c.dy[j] = sy[a] * wx[b];
+      c.dx[j] = wy[a] * sx[b];
+    }
+  return c;
+}
+
+// C's round(): halves away from zero.
+template <typename T>
+DCN_HD T c_round(T v) { return v < T(0) ? -floor(-v + T(0.5)) : floor(v + T(0.5)); }
+
+// mmcv deform_roi_pool: the RoI on the map and its sampling grid.
+template <typename T>
+struct RoIBox {
+  int64_t batch;
+  T x1, y1, w, h;
+  int64_t grid_h, grid_w;
+  T count;
+};
+
+template <typename T>
+DCN_HD RoIBox<T> roi_box(const T* roi, T scale, int64_t ph, int64_t pw, int64_t sampling_ratio) {
+  RoIBox<T> b;
+  b.batch = static_cast<int64_t>(roi[0]);
+  b.x1 = roi[1] * scale - T(0.5);
+  b.y1 = roi[2] * scale - T(0.5);
+  b.w = roi[3] * scale - T(0.5) - b.x1;
+  b.h = roi[4] * scale - T(0.5) - b.y1;
+  b.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(b.h / T(ph)));
+  b.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(b.w / T(pw)));
+  int64_t n = b.grid_h * b.grid_w;
+  b.count = T(n > 1 ? n : 1);
+  return b;
+}
+
+// MXNet DeformablePSROIPooling: the rounded RoI on the map.
+template <typename T>
+struct PSBox {
+  int64_t batch;
+  T x1, y1, w, h;
+};
+
+template <typename T>
+DCN_HD PSBox<T> psroi_box(const T* roi, T scale) {
+  PSBox<T> b;
+  b.batch = static_cast<int64_t>(roi[0]);
+  b.x1 = c_round(roi[1]) * scale - T(0.5);
+  b.y1 = c_round(roi[2]) * scale - T(0.5);
+  T w = (c_round(roi[3]) + T(1)) * scale - T(0.5) - b.x1;
+  T h = (c_round(roi[4]) + T(1)) * scale - T(0.5) - b.y1;
+  b.w = w > T(0.1) ? w : T(0.1);
+  b.h = h > T(0.1) ? h : T(0.1);
+  return b;
+}
+
+}  // namespace dcnbench_ext
