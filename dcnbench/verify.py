@@ -363,7 +363,8 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> V
                 return VerifyResult(case, backend.name, "unsupported", message=no_backward)
             quantities = _gradcheck(fn, case, device)
             status = "pass" if all(q.ok for q in quantities) else "fail"
-            return VerifyResult(case, backend.name, status, tuple(quantities), elapsed_s=time.perf_counter() - start)
+            return VerifyResult(case, backend.name, status, tuple(quantities), _mode_note(backend, device),
+                                time.perf_counter() - start)
         for r in {"Z", rule}:
             if (case, r) not in ref_cache:
                 ref_cache[(case, r)] = reference(case, r)
@@ -395,9 +396,12 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> V
     }.get(status, "")
     if no_backward and status != "fail":
         message = "; ".join(filter(None, [message, f"gradients unsupported: {no_backward}"]))
-    if backend.mode:
-        message = "; ".join(filter(None, [message, f"mode: {backend.mode(device)}"]))
+    message = "; ".join(filter(None, [message, _mode_note(backend, device)]))
     return VerifyResult(case, backend.name, status, tuple(quantities), message, time.perf_counter() - start, report)
+
+
+def _mode_note(backend: Backend, device: str) -> str:
+    return f"mode: {backend.mode(device)}" if backend.mode else ""
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,27 +1,27 @@
-// deform_conv2d on the CPU: im2col with deformable sampling, then one GEMM per group.
+// deform_conv2d on the CPU: deformable im2col in channels-last order, then one GEMM per group.
 //
-// Work is split into (image, offset group, channel chunk) tasks; each task walks the taps and a
-// block of output positions, computes the block's bilinear corners once and reuses them for every
-// channel it owns. Every output element is written by exactly one task in a fixed order, so
-// forward and backward are deterministic (bitwise equal across runs with the same thread count).
-// The column buffer holds a bounded chunk of the batch, so memory does not grow with N.
+// The map is read channels-last (N, H, W, C) and the columns are laid out (b, L, groups, K, C/groups),
+// so each sampling point's four corners are computed once per (position, offset group, tap) and
+// then read, weighted and written as contiguous runs of channels: the channel loops vectorise.
+// Every output element is written by one task in a fixed order (reductions use fixed-width
+// `omp simd` partial sums), so forward and backward are bitwise reproducible run to run. The
+// column buffer covers a bounded chunk of the batch, so memory does not grow with N.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "../sampling.h"
 
 namespace dcnbench_ext {
 namespace {
 
-constexpr int64_t kBlock = 64;                  // output positions per corner block
+constexpr int64_t kBlock = 32;                       // output positions per task
 constexpr int64_t kColumnBudget = int64_t(1) << 23;  // column elements per batch chunk (32 MiB in float32)
 
 struct Geo {
-  int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, og, ho, wo, k, l;
+  int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, og, ho, wo, k, l, cg, cpg;
 };
 
 Geo geometry(const at::Tensor& input, const at::Tensor& weight, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
@@ -34,164 +34,170 @@ Geo geometry(const at::Tensor& input, const at::Tensor& weight, int64_t sh, int6
   g.wo = (g.w + 2 * pw - dw * (g.kw - 1) - 1) / sw + 1;
   g.k = g.kh * g.kw;
   g.l = g.ho * g.wo;
+  g.cg = g.c / groups;  // channels per convolution group
+  g.cpg = g.c / og;     // channels per offset group
   return g;
 }
 
 int64_t chunk_of(const Geo& g) {
-  int64_t per_image = std::max<int64_t>(1, g.c * g.k * g.l);
+  const int64_t per_image = std::max<int64_t>(1, g.c * g.k * g.l);
   return std::max<int64_t>(1, std::min<int64_t>(g.n, kColumnBudget / per_image));
 }
 
-// Corners of positions [l0, l1) of tap k for image n, offset group gi.
 template <typename T>
-void corners_block(const Geo& g, const T* offset, int64_t n, int64_t gi, int64_t k, int64_t l0, int64_t l1,
-                   Corners<T>* out) {
+Corners<T> corners_at(const Geo& g, const T* offset, int64_t n, int64_t gi, int64_t k, int64_t l) {
   const T* dy = offset + ((n * g.og + gi) * g.k + k) * 2 * g.l;
-  const T* dx = dy + g.l;
-  const int64_t i = k / g.kw, j = k % g.kw;
-  for (int64_t l = l0; l < l1; ++l) {
-    const int64_t oy = l / g.wo, ox = l % g.wo;
-    const T py = T(oy * g.sh - g.ph + i * g.dh) + dy[l];
-    const T px = T(ox * g.sw - g.pw + j * g.dw) + dx[l];
-    out[l - l0] = bilinear_z<T>(py, px, g.h, g.w);
+  const int64_t i = k / g.kw, j = k % g.kw, oy = l / g.wo, ox = l % g.wo;
+  const T py = T(oy * g.sh - g.ph + i * g.dh) + dy[l];
+  const T px = T(ox * g.sw - g.pw + j * g.dw) + dy[g.l + l];
+  return bilinear_z<T>(py, px, g.h, g.w);
+}
+
+// Column offset of channel c at tap k within one position's row of (groups, K, C/groups).
+inline int64_t col_at(const Geo& g, int64_t c, int64_t k) { return ((c / g.cg) * g.k + k) * g.cg + c % g.cg; }
+
+// Calls f(c_begin, c_end, column offset of c_begin) for the runs of offset group gi's channels
+// that are contiguous in the column layout (a run ends where a convolution group ends).
+template <typename F>
+void channel_runs(const Geo& g, int64_t gi, int64_t k, int64_t c_lo, int64_t c_hi, F f) {
+  for (int64_t c = c_lo; c < c_hi;) {
+    const int64_t end = std::min(c_hi, (c / g.cg + 1) * g.cg);
+    f(c, end, col_at(g, c, k));
+    c = end;
   }
 }
 
-// Channel chunks per offset group, so a small batch still gives every thread work.
-int64_t channel_chunks(const Geo& g, int64_t images) {
-  const int64_t threads = at::get_num_threads();
-  const int64_t per_group = g.c / g.og;
-  int64_t chunks = (threads + images * g.og - 1) / (images * g.og);
-  return std::max<int64_t>(1, std::min<int64_t>(per_group, chunks * 2));
+// cols (b, L, groups*K*Cg) for images [n0, n0 + b); x is channels-last (N, H, W, C).
+template <typename T>
+void im2col(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b, T* cols) {
+  const int64_t blocks = (g.l + kBlock - 1) / kBlock, row = g.c * g.k;
+  at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bi = t / blocks, n = n0 + bi, l0 = (t % blocks) * kBlock, l1 = std::min(g.l, l0 + kBlock);
+      const T* xn = x + n * g.h * g.w * g.c;
+      for (int64_t l = l0; l < l1; ++l) {
+        T* col = cols + (bi * g.l + l) * row;
+        for (int64_t gi = 0; gi < g.og; ++gi)
+          for (int64_t k = 0; k < g.k; ++k) {
+            const Corners<T> q = corners_at(g, offset, n, gi, k, l);
+            const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l] : T(1);
+            const T w0 = q.w[0] * m, w1 = q.w[1] * m, w2 = q.w[2] * m, w3 = q.w[3] * m;
+            const T* r0 = xn + q.idx[0] * g.c; const T* r1 = xn + q.idx[1] * g.c;
+            const T* r2 = xn + q.idx[2] * g.c; const T* r3 = xn + q.idx[3] * g.c;
+            channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
+              T* d = col + at - ca;
+#pragma omp simd
+              for (int64_t c = ca; c < cb; ++c) d[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+            });
+          }
+      }
+    }
+  });
 }
 
-// cols (b, C*K, L) for images [n0, n0 + b).
+// grad_x (channels-last) += the columns' gradient scattered through the bilinear weights. Tasks
+// own (image, offset group, channel chunk) slices of grad_x, so no two tasks touch one element.
 template <typename T>
-void im2col(const Geo& g, const T* input, const T* offset, const T* mask, int64_t n0, int64_t b, T* cols) {
-  const int64_t cpg = g.c / g.og, chunks = channel_chunks(g, b);
+void col2im(const Geo& g, const T* gcols, const T* offset, const T* mask, int64_t n0, int64_t b, T* gx) {
+  const int64_t threads = at::get_num_threads(), row = g.c * g.k;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(g.cpg / 16 > 0 ? g.cpg / 16 : 1,
+                                                                (threads + b * g.og - 1) / (b * g.og)));
   at::parallel_for(0, b * g.og * chunks, 1, [&](int64_t begin, int64_t end) {
-    Corners<T> blk[kBlock];
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t bi = t / (g.og * chunks), gi = (t / chunks) % g.og, ch = t % chunks;
-      const int64_t c0 = gi * cpg + ch * cpg / chunks, c1 = gi * cpg + (ch + 1) * cpg / chunks;
-      const int64_t n = n0 + bi;
-      for (int64_t k = 0; k < g.k; ++k) {
-        const T* m = mask ? mask + ((n * g.og + gi) * g.k + k) * g.l : nullptr;
-        for (int64_t l0 = 0; l0 < g.l; l0 += kBlock) {
-          const int64_t l1 = std::min(g.l, l0 + kBlock);
-          corners_block(g, offset, n, gi, k, l0, l1, blk);
-          for (int64_t c = c0; c < c1; ++c) {
-            const T* in = input + (n * g.c + c) * g.h * g.w;
-            T* col = cols + ((bi * g.c + c) * g.k + k) * g.l;
-            for (int64_t l = l0; l < l1; ++l) {
-              const Corners<T>& q = blk[l - l0];
-              T v = q.w[0] * in[q.idx[0]] + q.w[1] * in[q.idx[1]] + q.w[2] * in[q.idx[2]] + q.w[3] * in[q.idx[3]];
-              col[l] = m ? v * m[l] : v;
-            }
-          }
+      const int64_t bi = t / (g.og * chunks), gi = (t / chunks) % g.og, ch = t % chunks, n = n0 + bi;
+      const int64_t c_lo = gi * g.cpg + ch * g.cpg / chunks, c_hi = gi * g.cpg + (ch + 1) * g.cpg / chunks;
+      T* gn = gx + n * g.h * g.w * g.c;
+      for (int64_t l = 0; l < g.l; ++l) {
+        const T* gcol = gcols + (bi * g.l + l) * row;
+        for (int64_t k = 0; k < g.k; ++k) {
+          const Corners<T> q = corners_at(g, offset, n, gi, k, l);
+          const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l] : T(1);
+          const T w0 = q.w[0] * m, w1 = q.w[1] * m, w2 = q.w[2] * m, w3 = q.w[3] * m;
+          T* r0 = gn + q.idx[0] * g.c; T* r1 = gn + q.idx[1] * g.c;
+          T* r2 = gn + q.idx[2] * g.c; T* r3 = gn + q.idx[3] * g.c;
+          channel_runs(g, gi, k, c_lo, c_hi, [&](int64_t ca, int64_t cb, int64_t at) {
+            const T* s = gcol + at - ca;
+            // Corners may coincide (a clamped index of a zero-weight corner): add in a fixed order.
+            for (int64_t c = ca; c < cb; ++c) r0[c] += w0 * s[c];
+            for (int64_t c = ca; c < cb; ++c) r1[c] += w1 * s[c];
+            for (int64_t c = ca; c < cb; ++c) r2[c] += w2 * s[c];
+            for (int64_t c = ca; c < cb; ++c) r3[c] += w3 * s[c];
+          });
         }
       }
     }
   });
 }
 
-// grad_input += the columns' gradient scattered back through the bilinear weights.
+// Offset and mask gradients: per (image, position block); sums over each offset group's channels.
 template <typename T>
-void col2im(const Geo& g, const T* gcols, const T* offset, const T* mask, int64_t n0, int64_t b, T* grad_input) {
-  const int64_t cpg = g.c / g.og, chunks = channel_chunks(g, b);
-  at::parallel_for(0, b * g.og * chunks, 1, [&](int64_t begin, int64_t end) {
-    Corners<T> blk[kBlock];
+void offset_mask_grad(const Geo& g, const T* gcols, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b,
+                      T* grad_offset, T* grad_mask) {
+  const int64_t blocks = (g.l + kBlock - 1) / kBlock, row = g.c * g.k;
+  at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t bi = t / (g.og * chunks), gi = (t / chunks) % g.og, ch = t % chunks;
-      const int64_t c0 = gi * cpg + ch * cpg / chunks, c1 = gi * cpg + (ch + 1) * cpg / chunks;
-      const int64_t n = n0 + bi;
-      for (int64_t k = 0; k < g.k; ++k) {
-        const T* m = mask ? mask + ((n * g.og + gi) * g.k + k) * g.l : nullptr;
-        for (int64_t l0 = 0; l0 < g.l; l0 += kBlock) {
-          const int64_t l1 = std::min(g.l, l0 + kBlock);
-          corners_block(g, offset, n, gi, k, l0, l1, blk);
-          for (int64_t c = c0; c < c1; ++c) {
-            T* gin = grad_input + (n * g.c + c) * g.h * g.w;
-            const T* gcol = gcols + ((bi * g.c + c) * g.k + k) * g.l;
-            for (int64_t l = l0; l < l1; ++l) {
-              const Corners<T>& q = blk[l - l0];
-              const T gv = m ? gcol[l] * m[l] : gcol[l];
-              gin[q.idx[0]] += q.w[0] * gv;
-              gin[q.idx[1]] += q.w[1] * gv;
-              gin[q.idx[2]] += q.w[2] * gv;
-              gin[q.idx[3]] += q.w[3] * gv;
-            }
+      const int64_t bi = t / blocks, n = n0 + bi, l0 = (t % blocks) * kBlock, l1 = std::min(g.l, l0 + kBlock);
+      const T* xn = x + n * g.h * g.w * g.c;
+      for (int64_t l = l0; l < l1; ++l) {
+        const T* gcol = gcols + (bi * g.l + l) * row;
+        for (int64_t gi = 0; gi < g.og; ++gi)
+          for (int64_t k = 0; k < g.k; ++k) {
+            const Corners<T> q = corners_at(g, offset, n, gi, k, l);
+            const T* r0 = xn + q.idx[0] * g.c; const T* r1 = xn + q.idx[1] * g.c;
+            const T* r2 = xn + q.idx[2] * g.c; const T* r3 = xn + q.idx[3] * g.c;
+            T ay = 0, ax = 0, am = 0;
+            channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
+              const T* s = gcol + at - ca;
+              T sy = 0, sx = 0, sm = 0;
+#pragma omp simd reduction(+ : sy, sx, sm)
+              for (int64_t c = ca; c < cb; ++c) {
+                const T v0 = r0[c], v1 = r1[c], v2 = r2[c], v3 = r3[c];
+                sy += s[c] * (q.dy[0] * v0 + q.dy[1] * v1 + q.dy[2] * v2 + q.dy[3] * v3);
+                sx += s[c] * (q.dx[0] * v0 + q.dx[1] * v1 + q.dx[2] * v2 + q.dx[3] * v3);
+                sm += s[c] * (q.w[0] * v0 + q.w[1] * v1 + q.w[2] * v2 + q.w[3] * v3);
+              }
+              ay += sy; ax += sx; am += sm;
+            });
+            const int64_t at_ = (n * g.og + gi) * g.k + k;
+            const T m = mask ? mask[at_ * g.l + l] : T(1);
+            grad_offset[at_ * 2 * g.l + l] = ay * m;
+            grad_offset[at_ * 2 * g.l + g.l + l] = ax * m;
+            if (grad_mask) grad_mask[at_ * g.l + l] = am;
           }
-        }
       }
     }
   });
 }
 
-// Offset and mask gradients: per (image, offset group, tap), summed over the group's channels.
-template <typename T>
-void offset_mask_grad(const Geo& g, const T* gcols, const T* input, const T* offset, const T* mask, int64_t n0,
-                      int64_t b, T* grad_offset, T* grad_mask) {
-  const int64_t cpg = g.c / g.og;
-  at::parallel_for(0, b * g.og * g.k, 1, [&](int64_t begin, int64_t end) {
-    Corners<T> blk[kBlock];
-    T ay[kBlock], ax[kBlock], am[kBlock];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bi = t / (g.og * g.k), gi = (t / g.k) % g.og, k = t % g.k;
-      const int64_t n = n0 + bi;
-      const T* m = mask ? mask + ((n * g.og + gi) * g.k + k) * g.l : nullptr;
-      T* gy = grad_offset + ((n * g.og + gi) * g.k + k) * 2 * g.l;
-      T* gx = gy + g.l;
-      T* gm = grad_mask ? grad_mask + ((n * g.og + gi) * g.k + k) * g.l : nullptr;
-      for (int64_t l0 = 0; l0 < g.l; l0 += kBlock) {
-        const int64_t l1 = std::min(g.l, l0 + kBlock), len = l1 - l0;
-        corners_block(g, offset, n, gi, k, l0, l1, blk);
-        std::fill(ay, ay + len, T(0));
-        std::fill(ax, ax + len, T(0));
-        std::fill(am, am + len, T(0));
-        for (int64_t c = gi * cpg; c < (gi + 1) * cpg; ++c) {
-          const T* in = input + (n * g.c + c) * g.h * g.w;
-          const T* gcol = gcols + ((bi * g.c + c) * g.k + k) * g.l;
-          for (int64_t l = l0; l < l1; ++l) {
-            const Corners<T>& q = blk[l - l0];
-            const T v0 = in[q.idx[0]], v1 = in[q.idx[1]], v2 = in[q.idx[2]], v3 = in[q.idx[3]];
-            const T gv = gcol[l];
-            ay[l - l0] += gv * (q.dy[0] * v0 + q.dy[1] * v1 + q.dy[2] * v2 + q.dy[3] * v3);
-            ax[l - l0] += gv * (q.dx[0] * v0 + q.dx[1] * v1 + q.dx[2] * v2 + q.dx[3] * v3);
-            if (gm) am[l - l0] += gv * (q.w[0] * v0 + q.w[1] * v1 + q.w[2] * v2 + q.w[3] * v3);
-          }
-        }
-        for (int64_t l = l0; l < l1; ++l) {
-          const T scale = m ? m[l] : T(1);
-          gy[l] = ay[l - l0] * scale;
-          gx[l] = ax[l - l0] * scale;
-          if (gm) gm[l] = am[l - l0];
-        }
-      }
-    }
-  });
+// weight (O, Cg, kh, kw) -> (groups, O/groups, K*Cg), matching the column layout.
+at::Tensor weight_rows(const at::Tensor& weight, const Geo& g) {
+  return weight.view({g.groups, g.o / g.groups, g.cg, g.k}).permute({0, 1, 3, 2}).contiguous().view(
+      {g.groups, g.o / g.groups, g.k * g.cg});
 }
 
 at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
                    const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_, int64_t sh,
                    int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t og) {
-  const at::Tensor input = input_.contiguous(), weight = weight_.contiguous(), offset = offset_.contiguous();
+  const at::Tensor weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
-  at::Tensor out = at::zeros({g.n, g.o, g.ho, g.wo}, input.options());
+  const Geo g = geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
+  at::Tensor out = at::zeros({g.n, g.o, g.ho, g.wo}, input_.options());
   if (g.n == 0) return out;
-  const int64_t chunk = chunk_of(g), cgk = g.c / groups * g.k, og_out = g.o / groups;
-  at::Tensor cols = at::empty({chunk, g.c * g.k, g.l}, input.options());
-  const at::Tensor wg = weight.view({groups, og_out, cgk});
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cpu", [&] {
+  const at::Tensor x = input_.permute({0, 2, 3, 1}).contiguous();
+  const int64_t chunk = chunk_of(g), kcg = g.k * g.cg, og_out = g.o / groups;
+  at::Tensor cols = at::empty({chunk, g.l, g.c * g.k}, input_.options());
+  const at::Tensor wr = weight_rows(weight, g);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_conv2d_forward_cpu", [&] {
     for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
       const int64_t b = std::min(chunk, g.n - n0);
-      im2col<scalar_t>(g, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
+      im2col<scalar_t>(g, x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
                        mask.defined() ? mask.data_ptr<scalar_t>() : nullptr, n0, b, cols.data_ptr<scalar_t>());
       const at::Tensor c3 = cols.narrow(0, 0, b);
       at::Tensor o4 = out.narrow(0, n0, b).view({b, groups, og_out, g.l});
       for (int64_t gi = 0; gi < groups; ++gi) {
-        o4.select(1, gi).copy_(at::matmul(wg[gi], c3.narrow(1, gi * cgk, cgk)));
+        // (O/groups, K*Cg) @ (b, K*Cg, L): the transposed column slice is a strided view, no copy.
+        const at::Tensor r = at::matmul(wr[gi], c3.narrow(2, gi * kcg, kcg).transpose(1, 2));
+        o4.select(1, gi).copy_(r);
       }
     }
   });
@@ -203,40 +209,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_, const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
     const std::optional<at::Tensor>& mask_, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
     int64_t groups, int64_t og, bool /*deterministic: the CPU kernels always are*/) {
-  const at::Tensor grad = grad_.contiguous(), input = input_.contiguous(), weight = weight_.contiguous();
-  const at::Tensor offset = offset_.contiguous();
+  const at::Tensor grad = grad_.contiguous(), weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
-  at::Tensor grad_input = at::zeros_like(input);
-  at::Tensor grad_weight = at::zeros_like(weight);
+  const Geo g = geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor grad_offset = at::zeros_like(offset);
   at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::Tensor();
-  if (g.n == 0) return {grad_input, grad_weight, grad_offset, grad_mask};
-  const int64_t chunk = chunk_of(g), cgk = g.c / groups * g.k, og_out = g.o / groups;
-  at::Tensor cols = at::empty({chunk, g.c * g.k, g.l}, input.options());
-  at::Tensor gcols = at::empty({chunk, g.c * g.k, g.l}, input.options());
-  const at::Tensor wg = weight.view({groups, og_out, cgk});
-  at::Tensor gw = grad_weight.view({groups, og_out, cgk});
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+  if (g.n == 0) return {at::zeros_like(input_), at::zeros_like(weight), grad_offset, grad_mask};
+  const at::Tensor x = input_.permute({0, 2, 3, 1}).contiguous();
+  at::Tensor gx = at::zeros_like(x);
+  const int64_t chunk = chunk_of(g), kcg = g.k * g.cg, og_out = g.o / groups;
+  at::Tensor cols = at::empty({chunk, g.l, g.c * g.k}, x.options());
+  at::Tensor gcols = at::empty({chunk, g.l, g.c * g.k}, x.options());
+  const at::Tensor wr = weight_rows(weight, g);
+  at::Tensor gwr = at::zeros_like(wr);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_conv2d_backward_cpu", [&] {
     const scalar_t* m = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
     for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
       const int64_t b = std::min(chunk, g.n - n0);
-      im2col<scalar_t>(g, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, cols.data_ptr<scalar_t>());
+      im2col<scalar_t>(g, x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, cols.data_ptr<scalar_t>());
       const at::Tensor g4 = grad.narrow(0, n0, b).view({b, groups, og_out, g.l});
       const at::Tensor c3 = cols.narrow(0, 0, b);
       at::Tensor gc3 = gcols.narrow(0, 0, b);
       for (int64_t gi = 0; gi < groups; ++gi) {
         const at::Tensor go = g4.select(1, gi);  // (b, O/groups, L)
-        gc3.narrow(1, gi * cgk, cgk).copy_(at::matmul(wg[gi].t(), go));
-        gw[gi].add_(at::matmul(go, c3.narrow(1, gi * cgk, cgk).transpose(1, 2)).sum(0));
+        const at::Tensor gcol = at::matmul(go.transpose(1, 2), wr[gi]);  // (b, L, K*Cg)
+        if (groups == 1) gc3.copy_(gcol); else gc3.narrow(2, gi * kcg, kcg).copy_(gcol);
+        gwr[gi].add_(at::matmul(go, c3.narrow(2, gi * kcg, kcg)).sum(0));
       }
-      col2im<scalar_t>(g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b,
-                       grad_input.data_ptr<scalar_t>());
-      offset_mask_grad<scalar_t>(g, gcols.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                                 m, n0, b, grad_offset.data_ptr<scalar_t>(),
+      col2im<scalar_t>(g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, gx.data_ptr<scalar_t>());
+      offset_mask_grad<scalar_t>(g, gcols.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m,
+                                 n0, b, grad_offset.data_ptr<scalar_t>(),
                                  grad_mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
     }
   });
+  const at::Tensor grad_input = gx.permute({0, 3, 1, 2}).contiguous();
+  const at::Tensor grad_weight =
+      gwr.view({groups, og_out, g.k, g.cg}).permute({0, 1, 3, 2}).contiguous().view(weight.sizes());
   return {grad_input, grad_weight, grad_offset, grad_mask};
 }
 

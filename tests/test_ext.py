@@ -1,0 +1,113 @@
+"""The ext backend (C++ kernels) on the CPU: the whole suite against the oracle, chunking,
+determinism, argument checks and the build's error paths. Speed is measured by `dcnbench speed`."""
+
+import pytest
+import torch
+
+from dcnbench.backends import ext
+from dcnbench.backends.ext import build
+from dcnbench.ops import ConvGeometry
+from dcnbench.registry import get
+from dcnbench.suite import default_suite
+from dcnbench.verify import failed, run_verify
+from dcnbench.workloads import ConvCase
+from tests.conftest import invoke, run_cli
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = get("ext")
+    assert b.check() is None, b.check()
+    return b
+
+
+@pytest.fixture(scope="module")
+def results(backend):
+    return run_verify(backends=[backend], cases=default_suite())
+
+
+def test_ext_passes_the_whole_suite_in_every_dtype_it_claims(results, backend):
+    bad = [(r.case.case_id, r.status, r.message) for r in results if r.status not in ("pass", "unsupported")]
+    assert not bad and not failed(results)
+    ran = {r.case.dtype for r in results if r.status == "pass"}
+    assert ran == set(backend.dtypes["cpu"]) == {"float64", "float32", "bfloat16"}
+    unsupported = [r for r in results if r.status == "unsupported"]
+    assert unsupported and all(r.case.dtype == "float16" and "CUDA only" in r.message for r in unsupported)
+
+
+def test_suite_rows_cover_what_the_issue_lists(results):
+    passed = {r.case.case_id for r in results if r.status == "pass"}
+    for case_id in ("groups2/float32", "offset-groups2/float32", "groups2-offset-groups4/bfloat16", "stride2/float64",
+                    "dilation2/float64", "batch0/float32", "batch37/float32", "non-contiguous/float64",
+                    "gradcheck-v2/float64", "gradcheck-v1-border/float64", "roi-many-3-images/float32",
+                    "psroi-many-3-images-2-classes/float64", "gradcheck-roi/float64", "gradcheck-psroi/float64"):
+        assert case_id in passed, case_id
+    assert all("mode: deterministic" in r.message for r in results if r.status == "pass")
+
+
+def test_batches_larger_than_one_column_chunk_match_the_oracle(backend):
+    # 64 channels x 9 taps x 64x64 positions: three images fill the CPU column budget, so N=7
+    # runs as chunks of 3, 3 and 1.
+    geo = ConvGeometry(n=7, c=64, h=64, w=64, o=8, kh=3, kw=3, padding=(1, 1))
+    case = ConvCase(name="chunks", geometry=geo, dtype="float32", offset_scale=2.0)
+    (r,) = run_verify(backends=[backend], cases=[case])
+    assert r.status == "pass", [(q.quantity, q.rel_err) for q in r.quantities]
+
+
+def test_backward_is_bitwise_deterministic_with_several_threads(backend):
+    case = next(c for c in default_suite() if c.case_id == "batch37/float32")
+    t = case.inputs()
+
+    def grads():
+        leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+        out = case.call(backend.ops["deform_conv2d"], leaves)
+        out.backward(torch.ones_like(out).cos())
+        return [leaves[k].grad for k in sorted(leaves)]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second = grads(), grads()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_arguments_are_checked_before_any_kernel_runs(backend):
+    x = torch.zeros(1, 4, 5, 5)
+    with pytest.raises(ValueError, match=r"offset has shape \(1, 18, 5, 5\), expected \(1, 18, 3, 3\)"):
+        ext.deform_conv2d(x, torch.zeros(1, 18, 5, 5), torch.zeros(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="weight is torch.float64 on cpu, expected torch.float32"):
+        ext.deform_conv2d(x, torch.zeros(1, 18, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"rois must have shape \(K, 5\)"):
+        ext.deform_roi_pool(x, torch.zeros(2, 4), None, 2)
+
+
+def test_a_missing_compiler_is_one_clear_line_and_exit_2(tmp_path):
+    res = run_cli("build", env_extra={"CXX": "no-such-compiler", "DCNBENCH_EXT_BUILD_DIR": str(tmp_path)})
+    assert res.returncode == 2
+    assert "error: no C++ compiler: 'no-such-compiler' is not on the PATH" in res.stderr
+    assert "apt-get install g++" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_ninja_and_nvcc_are_named_with_their_fix(monkeypatch):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    problem = build.problems(cuda=False)
+    assert "ninja is not available" in str(problem) and "make env" in problem.hint
+    monkeypatch.setenv("CUDA_HOME", "/nonexistent")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if build.nvcc() is None:
+        with pytest.raises(build.BuildError, match="nvcc is not found"):
+            build.compile_cuda_objects(build.ROOT / "build" / "never")
+
+
+def test_build_command_reports_the_cached_library(backend):
+    res = invoke("build")
+    assert res.returncode == 0 and "ext backend ready" in res.stdout and "CPU" in res.stdout
+
+
+def test_build_is_keyed_by_the_sources():
+    assert build.build_dir(False) != build.build_dir(True)
+    assert build.build_dir(False).name.startswith(f"torch-{torch.__version__}-cpu-")
