@@ -14,12 +14,13 @@ MXNET_VENV := .venv-mxnet
 MXNET_SYNCED := $(MXNET_VENV)/.synced
 DCNBENCH := $(VENV)/bin/dcnbench
 
-.PHONY: help env mxnet-env demo test clean
+.PHONY: help env mxnet-env demo test gpu-check clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   create the environment, run dcnbench verify and short dcnbench speed runs (convolution, RoI pooling)"
 	@echo "make test   create the environment and run the tests"
+	@echo "make gpu-check   on a GPU machine: build ext for CUDA, verify on CUDA, time the presets (to \$$OUT)"
 	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
 
 .tools/bin/uv:
@@ -52,6 +53,10 @@ test: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
 	$(VENV)/bin/pytest
 	$(DCNBENCH) gate --baseline reports/baseline-cpu.json --performance report-only --summary results/gate-summary.md
+
+# On a GPU machine with torch preinstalled (no uv, no network): PYTHONPATH=. with its python3.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(MXNET_VENV) .tools results

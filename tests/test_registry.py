@@ -13,12 +13,13 @@ from tests.conftest import ROOT
 
 def test_builtins_are_listed():
     names = [b.name for b in registry.all_backends()]
-    assert names[:4] == ["pytorch", "torchvision", "mxnet", "conv2d"]
+    assert names[:6] == ["pytorch", "torchvision", "mxnet", "ext", "conv2d", "roi_align"]
 
 
 def test_default_selection_excludes_reference_for_verify():
     chosen, _ = select(None, [], kinds=("deformable",))
-    assert [b.name for b in chosen][:2] == ["pytorch", "torchvision"] and "conv2d" not in [b.name for b in chosen]
+    names = [b.name for b in chosen]
+    assert names[:2] == ["pytorch", "torchvision"] and "conv2d" not in names and "roi_align" not in names
 
 
 def test_unknown_backend_lists_the_valid_ones():

@@ -195,9 +195,11 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
       const at::Tensor c3 = cols.narrow(0, 0, b);
       at::Tensor o4 = out.narrow(0, n0, b).view({b, groups, og_out, g.l});
       for (int64_t gi = 0; gi < groups; ++gi) {
-        // (O/groups, K*Cg) @ (b, K*Cg, L): the transposed column slice is a strided view, no copy.
-        const at::Tensor r = at::matmul(wr[gi], c3.narrow(2, gi * kcg, kcg).transpose(1, 2));
-        o4.select(1, gi).copy_(r);
+        // (O/groups, K*Cg) @ (K*Cg, L) per image: the transposed column slice is a strided view.
+        for (int64_t bi = 0; bi < b; ++bi) {
+          at::Tensor dst = o4.select(0, bi).select(0, gi);
+          at::mm_out(dst, wr[gi], c3.select(0, bi).narrow(1, gi * kcg, kcg).t());
+        }
       }
     }
   });
@@ -230,11 +232,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       const at::Tensor g4 = grad.narrow(0, n0, b).view({b, groups, og_out, g.l});
       const at::Tensor c3 = cols.narrow(0, 0, b);
       at::Tensor gc3 = gcols.narrow(0, 0, b);
+      // Straight into the buffers (mm_out, addmm_), so no column-sized temporary is allocated.
       for (int64_t gi = 0; gi < groups; ++gi) {
-        const at::Tensor go = g4.select(1, gi);  // (b, O/groups, L)
-        const at::Tensor gcol = at::matmul(go.transpose(1, 2), wr[gi]);  // (b, L, K*Cg)
-        if (groups == 1) gc3.copy_(gcol); else gc3.narrow(2, gi * kcg, kcg).copy_(gcol);
-        gwr[gi].add_(at::matmul(go, c3.narrow(2, gi * kcg, kcg)).sum(0));
+        for (int64_t bi = 0; bi < b; ++bi) {
+          const at::Tensor go = g4.select(0, bi).select(0, gi);  // (O/groups, L)
+          at::Tensor gcol = gc3.select(0, bi).narrow(1, gi * kcg, kcg);  // (L, K*Cg)
+          if (groups == 1) {
+            at::mm_out(gcol, go.t(), wr[gi]);
+          } else {
+            gcol.copy_(at::mm(go.t(), wr[gi]));
+          }
+          gwr[gi].addmm_(go, c3.select(0, bi).narrow(1, gi * kcg, kcg));
+        }
       }
       col2im<scalar_t>(g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, gx.data_ptr<scalar_t>());
       offset_mask_grad<scalar_t>(g, gcols.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m,
