@@ -108,10 +108,6 @@ class _Run:
     mutated: list[str] = field(default_factory=list)
 
 
-def _call(fn: Callable, case: Case, t: dict[str, torch.Tensor]):
-    return case.call(fn, t)
-
-
 def _leaves(case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fresh buffers laid out like the inputs (non-contiguous stays so); gradients where the op has them."""
     return {k: (v.detach().clone() if v.is_contiguous() else noncontiguous(v.detach())).requires_grad_(k in case.differentiable)
@@ -124,7 +120,7 @@ def _run(fn: Callable, case: Case, inputs: dict[str, torch.Tensor], cotangent: t
     leaves = _leaves(case, inputs)
     cot = cotangent.clone()
     snapshots = {k: v.detach().clone() for k, v in leaves.items()} | {"cotangent": cot.clone()}
-    out = _call(fn, case, leaves)
+    out = case.call(fn, leaves)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"returned {type(out).__name__}, expected a torch.Tensor")
     if backward and out.requires_grad and out.shape == cot.shape:

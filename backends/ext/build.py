@@ -107,6 +107,7 @@ def load(verbose: bool = False) -> Path:
         try:
             cpp_extension.load(name=LIBRARY, sources=sources, build_directory=str(directory),
                                extra_cflags=["-O3", "-fopenmp"], extra_cuda_cflags=["-O3"],
+                               extra_include_paths=[str(p) for p in _wheel_cuda_includes()] if cuda else None,
                                is_python_module=False, verbose=verbose)
         except Exception as exc:
             raise BuildError(f"building the ext backend failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
@@ -137,10 +138,14 @@ def _cuda_includes(compiler: Path) -> list[str]:
     homes = [Path(os.environ["CUDA_HOME"])] if os.environ.get("CUDA_HOME") else []
     homes += [compiler.resolve().parent.parent, Path("/usr/local/cuda")]
     dirs += [h / "include" for h in homes if (h / "include" / "cuda_runtime.h").exists()][:1]
-    # torch's CUDA wheels bring the CUDA library headers (cusparse.h, cublas_v2.h, ...) as packages.
-    site = Path(torch.__file__).resolve().parents[1]
-    dirs += sorted(p for p in (site / "nvidia").glob("*/include") if p.is_dir())
+    dirs += _wheel_cuda_includes()
     return [f"-I{d}" for d in dirs]
+
+
+def _wheel_cuda_includes() -> list[Path]:
+    """torch's CUDA wheels bring the CUDA library headers (cusparse.h, cublas_v2.h, ...) as packages."""
+    site = Path(torch.__file__).resolve().parents[1]
+    return sorted(p for p in (site / "nvidia").glob("*/include") if p.is_dir())
 
 
 def compile_cuda_objects(out_dir: Path, arch: str = "90") -> list[Path]:
