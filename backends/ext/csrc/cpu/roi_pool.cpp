@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../sampling.h"
 
@@ -252,27 +253,36 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
         for (int64_t iw = 0; iw < spp; ++iw) count += ps_point(p, box, tr, cls, i, j, ih, iw, T(trans_std)).keep;
       return count;
     };
-    // Input gradient: one task per output channel d owns the group*group input channels it reads.
-    at::parallel_for(0, p.d, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t d = begin; d < end; ++d) {
-        const int64_t cls = d / per_class;
+    // Input gradient: tasks own chunks of output channels (and so the group*group input channels
+    // each reads); each task walks every RoI and bin once, sharing the samples across its channels.
+    const int64_t chunks = std::min<int64_t>(p.d, std::max<int64_t>(1, 2 * at::get_num_threads()));
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<PSPoint<T>> pts(spp * spp);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t d0 = t * p.d / chunks, d1 = (t + 1) * p.d / chunks;
         for (int64_t n = 0; n < p.k; ++n) {
           const PSBox<T> box = psroi_box<T>(r + n * 5, T(scale));
           const T* tr = trs ? trs + n * tstride : nullptr;
-          for (int64_t i = 0; i < pooled; ++i)
-            for (int64_t j = 0; j < pooled; ++j) {
-              const T count = kept(box, tr, cls, i, j);
-              if (count == 0) continue;
-              const T gv = g[((n * p.d + d) * pooled + i) * pooled + j] / count;
-              const int64_t ch = (d * group + group_of(i, group, pooled)) * group + group_of(j, group, pooled);
-              T* pl = gin + (box.batch * p.c + ch) * p.h * p.w;
-              for (int64_t ih = 0; ih < spp; ++ih)
-                for (int64_t iw = 0; iw < spp; ++iw) {
-                  const PSPoint<T> s = ps_point(p, box, tr, cls, i, j, ih, iw, T(trans_std));
-                  if (!s.keep) continue;
-                  for (int jj = 0; jj < 4; ++jj) pl[s.q.idx[jj]] += s.q.w[jj] * gv;
+          for (int64_t cls = d0 / per_class; cls <= (d1 - 1) / per_class; ++cls) {
+            const int64_t da = std::max(d0, cls * per_class), db = std::min(d1, (cls + 1) * per_class);
+            for (int64_t i = 0; i < pooled; ++i)
+              for (int64_t j = 0; j < pooled; ++j) {
+                int64_t kept_n = 0;
+                for (int64_t ih = 0; ih < spp; ++ih)
+                  for (int64_t iw = 0; iw < spp; ++iw) {
+                    const PSPoint<T> s = ps_point(p, box, tr, cls, i, j, ih, iw, T(trans_std));
+                    if (s.keep) pts[kept_n++] = s;
+                  }
+                if (kept_n == 0) continue;
+                const int64_t gh = group_of(i, group, pooled), gw = group_of(j, group, pooled);
+                for (int64_t d = da; d < db; ++d) {
+                  const T gv = g[((n * p.d + d) * pooled + i) * pooled + j] / T(kept_n);
+                  T* pl = gin + (box.batch * p.c + (d * group + gh) * group + gw) * p.h * p.w;
+                  for (int64_t s = 0; s < kept_n; ++s)
+                    for (int jj = 0; jj < 4; ++jj) pl[pts[s].q.idx[jj]] += pts[s].q.w[jj] * gv;
                 }
-            }
+              }
+          }
         }
       }
     });
