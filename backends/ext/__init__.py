@@ -76,39 +76,27 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     return out.to(input.dtype)
 
 
-class _RoIPool(torch.autograd.Function):
+class _Pool(torch.autograd.Function):
+    """Either pooling op: `name` picks the `<name>_forward`/`<name>_backward` kernels."""
+
     @staticmethod
-    def forward(ctx, input, rois, offset, params):
+    def forward(ctx, name, input, rois, offset, params):
         ctx.save_for_backward(input, rois, offset)
-        ctx.params = params
-        return _ops().roi_pool_forward(input, rois, offset, *params)
+        ctx.name, ctx.params = name, params
+        return getattr(_ops(), f"{name}_forward")(input, rois, offset, *params)
 
     @staticmethod
     def backward(ctx, grad):
         input, rois, offset = ctx.saved_tensors
-        gi, go = _ops().roi_pool_backward(grad, input, rois, offset, *ctx.params, deterministic())
-        return gi, None, (go if offset is not None else None), None
+        gi, go = getattr(_ops(), f"{ctx.name}_backward")(grad, input, rois, offset, *ctx.params, deterministic())
+        return None, gi, None, (go if offset is not None else None), None
 
 
 def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
     geo = check_roi_pool_call(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
     params = (*geo.output_size, geo.spatial_scale, geo.sampling_ratio, geo.gamma)
     x, r, o = _compute(input, rois.detach(), offset)
-    return _RoIPool.apply(x, r, o, params).to(input.dtype)
-
-
-class _PSRoIPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, trans, params):
-        ctx.save_for_backward(input, rois, trans)
-        ctx.params = params
-        return _ops().psroi_pool_forward(input, rois, trans, *params)
-
-    @staticmethod
-    def backward(ctx, grad):
-        input, rois, trans = ctx.saved_tensors
-        gi, gt = _ops().psroi_pool_backward(grad, input, rois, trans, *ctx.params, deterministic())
-        return gi, None, (gt if trans is not None else None), None
+    return _Pool.apply("roi_pool", x, r, o, params).to(input.dtype)
 
 
 def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
@@ -118,7 +106,7 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
     params = (geo.spatial_scale, geo.output_dim, geo.group_size, geo.pooled_size, geo.part_size, geo.sample_per_part,
               geo.trans_std)
     x, r, t = _compute(input, rois.detach(), None if no_trans else trans)
-    return _PSRoIPool.apply(x, r, t, params).to(input.dtype)
+    return _Pool.apply("psroi_pool", x, r, t, params).to(input.dtype)
 
 
 def check() -> str | None:

@@ -49,7 +49,7 @@ def with_cuda() -> bool:
 
 def _digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    for p in sorted(paths + [CSRC / "sampling.h", Path(__file__)]):
+    for p in sorted(paths + list(CSRC.glob("*.h")) + [Path(__file__)]):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:12]

@@ -46,6 +46,20 @@ DCN_HD Corners<T> bilinear_z(T y, T x, int64_t h, int64_t w) {
   return c;
 }
 
+// The four corners of rows ys and columns xs, with the weights of each axis and their derivatives.
+template <typename T>
+DCN_HD void fill_corners(Corners<T>& c, const int64_t ys[2], const int64_t xs[2], const T wy[2], const T wx[2],
+                         const T sy[2], const T sx[2], int64_t w) {
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      const int j = a * 2 + b;
+      c.idx[j] = ys[a] * w + xs[b];
+      c.w[j] = wy[a] * wx[b];
+      c.dy[j] = sy[a] * wx[b];
+      c.dx[j] = wy[a] * sx[b];
+    }
+}
+
 // mmcv's / RoIAlign's read: 0 outside [-1, size]; a coordinate in [-1, 0] reads as 0 and one
 // past size-1 as size-1, where it is a constant (no derivative).
 template <typename T>
@@ -62,14 +76,7 @@ DCN_HD Corners<T> bilinear_roialign(T y, T x, int64_t h, int64_t w) {
   T ly = y - T(y0), lx = x - T(x0), hy = T(1) - ly, hx = T(1) - lx;
   const int64_t ys[2] = {y0, y1}, xs[2] = {x0, x1};
   const T wy[2] = {hy, ly}, wx[2] = {hx, lx}, sy[2] = {-gy, gy}, sx[2] = {-gx, gx};
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      int j = a * 2 + b;
-      c.idx[j] = ys[a] * w + xs[b];
-      c.w[j] = wy[a] * wx[b];
-      c.dy[j] = sy[a] * wx[b];
-      c.dx[j] = wy[a] * sx[b];
-    }
+  fill_corners(c, ys, xs, wy, wx, sy, sx, w);
   return c;
 }
 
@@ -85,14 +92,7 @@ DCN_HD Corners<T> bilinear_floor_ceil(T y, T x, int64_t w, T gy, T gx) {
   const T wy[2] = {hy, ly}, wx[2] = {hx, lx};
   T same_y = y0 == y1 ? T(0) : gy, same_x = x0 == x1 ? T(0) : gx;
   const T sy[2] = {-same_y, same_y}, sx[2] = {-same_x, same_x};
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      int j = a * 2 + b;
-      c.idx[j] = ys[a] * w + xs[b];
-      c.w[j] = wy[a] * wx[b];
-      c.dy[j] = sy[a] * wx[b];
-      c.dx[j] = wy[a] * sx[b];
-    }
+  fill_corners(c, ys, xs, wy, wx, sy, sx, w);
   return c;
 }
 

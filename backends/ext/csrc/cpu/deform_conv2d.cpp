@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "../geometry.h"
 #include "../sampling.h"
 
 namespace dcnbench_ext {
@@ -20,24 +21,7 @@ namespace {
 constexpr int64_t kBlock = 32;                       // output positions per task
 constexpr int64_t kColumnBudget = int64_t(1) << 23;  // column elements per batch chunk (32 MiB in float32)
 
-struct Geo {
-  int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, og, ho, wo, k, l, cg, cpg;
-};
-
-Geo geometry(const at::Tensor& input, const at::Tensor& weight, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-             int64_t dh, int64_t dw, int64_t groups, int64_t og) {
-  Geo g{};
-  g.n = input.size(0); g.c = input.size(1); g.h = input.size(2); g.w = input.size(3);
-  g.o = weight.size(0); g.kh = weight.size(2); g.kw = weight.size(3);
-  g.sh = sh; g.sw = sw; g.ph = ph; g.pw = pw; g.dh = dh; g.dw = dw; g.groups = groups; g.og = og;
-  g.ho = (g.h + 2 * ph - dh * (g.kh - 1) - 1) / sh + 1;
-  g.wo = (g.w + 2 * pw - dw * (g.kw - 1) - 1) / sw + 1;
-  g.k = g.kh * g.kw;
-  g.l = g.ho * g.wo;
-  g.cg = g.c / groups;  // channels per convolution group
-  g.cpg = g.c / og;     // channels per offset group
-  return g;
-}
+using Geo = ConvGeo;
 
 int64_t chunk_of(const Geo& g) {
   const int64_t per_image = std::max<int64_t>(1, g.c * g.k * g.l);
@@ -180,7 +164,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
                    int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t og) {
   const at::Tensor weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
+  const Geo g = conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor out = at::zeros({g.n, g.o, g.ho, g.wo}, input_.options());
   if (g.n == 0) return out;
   const at::Tensor x = input_.permute({0, 2, 3, 1}).contiguous();
@@ -213,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     int64_t groups, int64_t og, bool /*deterministic: the CPU kernels always are*/) {
   const at::Tensor grad = grad_.contiguous(), weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
+  const Geo g = conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor grad_offset = at::zeros_like(offset);
   at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::Tensor();
   if (g.n == 0) return {at::zeros_like(input_), at::zeros_like(weight), grad_offset, grad_mask};

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../geometry.h"
 #include "../sampling.h"
 
 namespace dcnbench_ext {
@@ -13,22 +14,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-struct Geo {
-  int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, og, ho, wo, k, l;
-};
-
-Geo geometry(const at::Tensor& input, const at::Tensor& weight, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-             int64_t dh, int64_t dw, int64_t groups, int64_t og) {
-  Geo g{};
-  g.n = input.size(0); g.c = input.size(1); g.h = input.size(2); g.w = input.size(3);
-  g.o = weight.size(0); g.kh = weight.size(2); g.kw = weight.size(3);
-  g.sh = sh; g.sw = sw; g.ph = ph; g.pw = pw; g.dh = dh; g.dw = dw; g.groups = groups; g.og = og;
-  g.ho = (g.h + 2 * ph - dh * (g.kh - 1) - 1) / sh + 1;
-  g.wo = (g.w + 2 * pw - dw * (g.kw - 1) - 1) / sw + 1;
-  g.k = g.kh * g.kw;
-  g.l = g.ho * g.wo;
-  return g;
-}
+using Geo = ConvGeo;
 
 int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
@@ -129,7 +115,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
+  const Geo g = conv_geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor out = at::zeros({g.n, g.o, g.ho, g.wo}, input.options());
   if (g.n == 0) return out;
   const int64_t chunk = chunk_of(g), cgk = g.c / groups * g.k, og_out = g.o / groups;
@@ -160,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const at::Tensor grad = grad_.contiguous(), input = input_.contiguous(), weight = weight_.contiguous();
   const at::Tensor offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
+  const Geo g = conv_geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor grad_input = at::zeros_like(input), grad_weight = at::zeros_like(weight);
   at::Tensor grad_offset = at::zeros_like(offset);
   at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::Tensor();
