@@ -160,13 +160,10 @@ def test_speed_times_inside_the_worker(mxnet):
 
 def test_empty_batch_really_kills_mxnet_so_it_is_declared_unsupported(mxnet):
     # The claim behind the `unsupported` row: the batch-0 case, sent as verify would send it, kills MXNet.
-    from dcnbench.verify import _call
-    from dcnbench.workloads import make_inputs
-
     case = SUITE["batch0/float64"]
     mxb.client().close()
     with pytest.raises(WorkerError, match="SIGFPE"):
-        _call(mxb.deform_conv2d, case, make_inputs(case))
+        case.call(mxb.deform_conv2d, case.inputs())
     [r] = run_verify(backends=[mxnet], cases=[case])
     assert r.status == "unsupported" and "SIGFPE" in r.message
 
