@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dcnbench.ops import pair
+
 OP_DEFORM_ROI_POOL = "deform_roi_pool"
 OP_DEFORM_PSROI_POOL = "deform_psroi_pool"
 
@@ -177,13 +179,6 @@ def _check_offset(name: str, offset: torch.Tensor | None, input: torch.Tensor, e
         raise ValueError(f"{name} must match input's dtype and device, got {offset.dtype} on {offset.device}")
 
 
-def pair(value) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    a, b = value
-    return (int(a), int(b))
-
-
 def check_roi_pool_call(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGeometry:
     _check_rois(input, rois)
     n, c, h, w = input.shape
@@ -278,14 +273,21 @@ def psroi_bins(geo: PSRoIPoolGeometry, device=None) -> tuple[torch.Tensor, torch
     return part, group
 
 
-def psroi_pool_samples(rois: torch.Tensor, trans: torch.Tensor | None, geo: PSRoIPoolGeometry,
-                       no_trans: bool) -> Iterator[Samples]:
-    """MXNet's sampling points (before skipping and clamping), (K, classes, pooled, pooled) each."""
-    s, p, spp = geo.spatial_scale, geo.pooled_size, geo.sample_per_part
+def psroi_box(rois: torch.Tensor, spatial_scale: float) -> tuple[torch.Tensor, ...]:
+    """MXNet's RoI on the map: (x1, y1, width, height), (K,) each; rounded, one pixel added, >= 0.1."""
+    s = spatial_scale
     x1 = c_round(rois[:, 1]) * s - 0.5
     y1 = c_round(rois[:, 2]) * s - 0.5
     roi_w = torch.clamp((c_round(rois[:, 3]) + 1.0) * s - 0.5 - x1, min=0.1)
     roi_h = torch.clamp((c_round(rois[:, 4]) + 1.0) * s - 0.5 - y1, min=0.1)
+    return x1, y1, roi_w, roi_h
+
+
+def psroi_pool_samples(rois: torch.Tensor, trans: torch.Tensor | None, geo: PSRoIPoolGeometry,
+                       no_trans: bool) -> Iterator[Samples]:
+    """MXNet's sampling points (before skipping and clamping), (K, classes, pooled, pooled) each."""
+    p, spp = geo.pooled_size, geo.sample_per_part
+    x1, y1, roi_w, roi_h = psroi_box(rois, geo.spatial_scale)
     bin_w, bin_h = roi_w / p, roi_h / p
     sub_w, sub_h = bin_w / spp, bin_h / spp
     idx = torch.arange(p, dtype=rois.dtype, device=rois.device)
@@ -311,10 +313,7 @@ def psroi_rois_for_roi_align(rois: torch.Tensor, spatial_scale: float, pooled_si
     the box to MXNet's and back by half a sub-bin makes the points coincide.
     """
     s = spatial_scale
-    x1 = c_round(rois[:, 1]) * s - 0.5
-    y1 = c_round(rois[:, 2]) * s - 0.5
-    roi_w = torch.clamp((c_round(rois[:, 3]) + 1.0) * s - 0.5 - x1, min=0.1)
-    roi_h = torch.clamp((c_round(rois[:, 4]) + 1.0) * s - 0.5 - y1, min=0.1)
+    x1, y1, roi_w, roi_h = psroi_box(rois, s)
     half_w, half_h = roi_w / pooled_size / sample_per_part / 2, roi_h / pooled_size / sample_per_part / 2
     nx1, ny1 = (x1 - half_w + 0.5) / s, (y1 - half_h + 0.5) / s
     return torch.stack([rois[:, 0], nx1, ny1, nx1 + roi_w / s, ny1 + roi_h / s], dim=1)

@@ -51,15 +51,24 @@ void channel_runs(const Geo& g, int64_t gi, int64_t k, int64_t c_lo, int64_t c_h
   }
 }
 
+// Calls f(bi, n, l) for every position l of images n = n0 + bi, bi < b, in tasks of kBlock positions.
+template <typename F>
+void for_each_position(const Geo& g, int64_t n0, int64_t b, F f) {
+  const int64_t blocks = (g.l + kBlock - 1) / kBlock;
+  at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bi = t / blocks, l0 = (t % blocks) * kBlock, l1 = std::min(g.l, l0 + kBlock);
+      for (int64_t l = l0; l < l1; ++l) f(bi, n0 + bi, l);
+    }
+  });
+}
+
 // cols (b, L, groups*K*Cg) for images [n0, n0 + b); x is channels-last (N, H, W, C).
 template <typename T>
 void im2col(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b, T* cols) {
-  const int64_t blocks = (g.l + kBlock - 1) / kBlock, row = g.c * g.k;
-  at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bi = t / blocks, n = n0 + bi, l0 = (t % blocks) * kBlock, l1 = std::min(g.l, l0 + kBlock);
-      const T* xn = x + n * g.h * g.w * g.c;
-      for (int64_t l = l0; l < l1; ++l) {
+  const int64_t row = g.c * g.k;
+  for_each_position(g, n0, b, [&](int64_t bi, int64_t n, int64_t l) {
+        const T* xn = x + n * g.h * g.w * g.c;
         T* col = cols + (bi * g.l + l) * row;
         for (int64_t gi = 0; gi < g.og; ++gi)
           for (int64_t k = 0; k < g.k; ++k) {
@@ -74,8 +83,6 @@ void im2col(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n0
               for (int64_t c = ca; c < cb; ++c) d[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
             });
           }
-      }
-    }
   });
 }
 
@@ -117,12 +124,9 @@ void col2im(const Geo& g, const T* gcols, const T* offset, const T* mask, int64_
 template <typename T>
 void offset_mask_grad(const Geo& g, const T* gcols, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b,
                       T* grad_offset, T* grad_mask) {
-  const int64_t blocks = (g.l + kBlock - 1) / kBlock, row = g.c * g.k;
-  at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bi = t / blocks, n = n0 + bi, l0 = (t % blocks) * kBlock, l1 = std::min(g.l, l0 + kBlock);
-      const T* xn = x + n * g.h * g.w * g.c;
-      for (int64_t l = l0; l < l1; ++l) {
+  const int64_t row = g.c * g.k;
+  for_each_position(g, n0, b, [&](int64_t bi, int64_t n, int64_t l) {
+        const T* xn = x + n * g.h * g.w * g.c;
         const T* gcol = gcols + (bi * g.l + l) * row;
         for (int64_t gi = 0; gi < g.og; ++gi)
           for (int64_t k = 0; k < g.k; ++k) {
@@ -148,8 +152,6 @@ void offset_mask_grad(const Geo& g, const T* gcols, const T* x, const T* offset,
             grad_offset[at_ * 2 * g.l + g.l + l] = ax * m;
             if (grad_mask) grad_mask[at_ * g.l + l] = am;
           }
-      }
-    }
   });
 }
 
