@@ -31,9 +31,9 @@ $(SYNCED): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
-$(MXNET_SYNCED): backends/mxnet/requirements.txt | $(UV)
+$(MXNET_SYNCED): dcnbench/backends/mxnet/requirements.txt | $(UV)
 	$(UV) venv --allow-existing --quiet --python 3.11 $(MXNET_VENV)
-	$(UV) pip install --quiet --python $(MXNET_VENV)/bin/python --require-hashes -r backends/mxnet/requirements.txt
+	$(UV) pip install --quiet --python $(MXNET_VENV)/bin/python --require-hashes -r dcnbench/backends/mxnet/requirements.txt
 	@touch $@
 
 env: $(SYNCED)

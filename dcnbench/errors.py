@@ -1,15 +1,19 @@
-"""User-facing errors: each carries one line saying what is wrong and one saying how to fix it.
+"""User-facing errors and the one table of exit codes.
 
-Only the CLI layer catches these; it prints `error: ...` and `hint: ...` to stderr and exits with
-the error's code. Anything else that escapes is our bug and keeps its traceback.
+Each error carries one line saying what is wrong and one saying how to fix it. Only the CLI
+layer catches these; it prints `error: ...` and `hint: ...` to stderr and exits with the error's
+code. Anything else that escapes is our bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-# Documented exit codes (README "Exit codes").
+# Documented exit codes (README "Exit codes"); `gate` uses 3 and 4 as well.
 EXIT_OK = 0
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # a case failed, errored or was nondeterministic; the gate: a correctness regression
 EXIT_USAGE = 2
+EXIT_PERFORMANCE = 3  # gate: a performance regression
+EXIT_NOISY = 4  # gate: measurements too noisy to decide
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 class DcnbenchError(Exception):

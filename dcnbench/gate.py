@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from scipy.stats import mannwhitneyu
 
-EXIT_PASS, EXIT_CORRECTNESS, EXIT_USAGE, EXIT_PERFORMANCE, EXIT_NOISY = 0, 1, 2, 3, 4
-PASSING = ("pass", "dialect")
+from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
+from dcnbench.results import expand
+from dcnbench.status import PASSING
 # What must match for times to be comparable across runs.
 ENV_KEYS = ("device", "device_name", "cpu_model", "torch_version", "torchvision_version", "threads")
 BASELINE_KIND = "baseline"
@@ -24,7 +25,9 @@ BASELINE_KIND = "baseline"
 
 @dataclass(frozen=True)
 class Settings:
-    reference: str = "conv2d"
+    # The backend every time is divided by; None: each workload's reference row (the backend its
+    # speed record divided by: conv2d for convolution, roi_align for RoI pooling).
+    reference: str | None = None
     factor: float = 1.10
     overrides: tuple[tuple[str, float], ...] = ()  # (text in the workload id, factor)
     alpha: float = 0.01
@@ -58,6 +61,7 @@ class PerfComparison:
     p_value: float | None = None
     factor: float | None = None
     reason: str = ""
+    reference: str | None = None  # the backend both ratios divide by
 
     @property
     def change(self) -> float | None:
@@ -76,31 +80,23 @@ class Decision:
     @property
     def exit_code(self) -> int:
         if self.regressions:
-            return EXIT_CORRECTNESS
+            return EXIT_FAILED
         if self.performance_mode == "gate":
             verdicts = {p.verdict for p in self.performance}
             if "worse" in verdicts:
                 return EXIT_PERFORMANCE
             if "noisy" in verdicts:
                 return EXIT_NOISY
-        return EXIT_PASS
+        return EXIT_OK
 
     @property
     def headline(self) -> str:
-        return {EXIT_PASS: "PASS", EXIT_CORRECTNESS: "FAIL: correctness regression",
+        return {EXIT_OK: "PASS", EXIT_FAILED: "FAIL: correctness regression",
                 EXIT_PERFORMANCE: "FAIL: performance regression",
                 EXIT_NOISY: "UNDECIDED: measurements too noisy"}[self.exit_code]
 
 
 # ---- reading result documents ------------------------------------------------------------------
-
-
-def expand(docs: list[dict]) -> list[dict]:
-    """Result documents with any bundle (a baseline, a gate candidate) unpacked into its parts."""
-    out = []
-    for doc in docs:
-        out += doc["parts"] if "parts" in doc else [doc]
-    return out
 
 
 def _records(docs: list[dict], kind: str) -> list[tuple[dict, dict]]:
@@ -185,10 +181,10 @@ def compare_performance(baseline: list[dict], candidate: list[dict], settings: S
         return {(r["case_digest"], r["backend"]): (r, env) for r, env in _records(docs, "speed")}
 
     base, now = index(baseline), index(candidate)
-    ref = settings.reference
     found = []
     for (digest, backend), (b, b_env) in base.items():
-        if backend == ref or b["status"] != "ok":
+        ref = settings.reference or b.get("baseline")
+        if backend == ref or b["status"] != "ok" or ref is None:
             continue
         case_id = b["case_id"]
         factor = settings.factor_for(case_id)
@@ -208,7 +204,8 @@ def compare_performance(baseline: list[dict], candidate: list[dict], settings: S
             continue
         base_r, now_r = _ratio_samples(b, b_ref[0]), _ratio_samples(c[0], c_ref[0])
         verdict, p = classify(base_r, now_r, factor, settings)
-        found.append(PerfComparison(case_id, backend, verdict, statistics.median(base_r), statistics.median(now_r), p, factor))
+        found.append(PerfComparison(case_id, backend, verdict, statistics.median(base_r), statistics.median(now_r), p, factor,
+                                    reference=ref))
     return found
 
 

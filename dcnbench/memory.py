@@ -1,8 +1,7 @@
 """Peak memory of one call: the CUDA allocator's peak on a GPU, peak RSS growth of a fresh worker
 process on the CPU (an in-process figure would include every earlier backend's caches).
 
-Run as `python -m dcnbench.memory SPEC_JSON` it is that worker: it builds the inputs, resets the
-kernel's peak-RSS counter (Linux `clear_refs`), makes one call and prints the growth as JSON.
+The worker is its own entry module, `python -m dcnbench.memory_worker SPEC_JSON` (memory_worker.py).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -59,7 +57,7 @@ def measure_cpu(spec: dict, timeout_s: float = 600) -> tuple[int | None, str]:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-m", "dcnbench.memory", json.dumps(spec)], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "dcnbench.memory_worker", json.dumps(spec)], capture_output=True,
                               text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return None, f"memory worker timed out after {timeout_s:.0f} s"
@@ -73,22 +71,6 @@ def measure_cpu(spec: dict, timeout_s: float = 600) -> tuple[int | None, str]:
 
 
 def worker_spec(*, backend: str | None, impl: str | None, case, direction: str, threads: int) -> dict:
-    return {"backend": backend, "impl": impl, "case": asdict(case), "direction": direction, "threads": threads}
-
-
-def _worker(spec: dict) -> None:
-    from dcnbench.plugins import load_plugin
-    from dcnbench.registry import get
-    from dcnbench.speed import bench_case_from_dict, make_call
-
-    torch.set_num_threads(spec["threads"])
-    case = bench_case_from_dict(spec["case"])
-    backend = load_plugin(spec["impl"], probe=False, op=case.op) if spec["impl"] else get(spec["backend"])
-    setup, call = make_call(backend, case, spec["direction"], "cpu")
-    setup()
-    peak = measure_cpu_in_this_process(call)
-    print(json.dumps({"peak_bytes": peak}))
-
-
-if __name__ == "__main__":
-    _worker(json.loads(sys.argv[1]))
+    """What the worker needs to rebuild one call: the backend (or plugin), the case, the timing mode."""
+    return {"backend": backend, "impl": impl, "op": case.op, "case": case.definition(), "direction": direction,
+            "threads": threads}

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 from rich.text import Text
 
-from dcnbench.registry import Backend
-from dcnbench.speed import SpeedResult
-from dcnbench.verify import VerifyResult
+from dcnbench.status import VERIFY_STATUSES, Status
 
-STATUS_STYLE = {"pass": "green", "dialect": "cyan", "fail": "bold red", "nondeterministic": "magenta", "unsupported": "dim",
-                "error": "bold yellow", "ok": "green"}
+if TYPE_CHECKING:
+    from dcnbench.backends import Backend
+    from dcnbench.speed import SpeedResult
+    from dcnbench.verify import VerifyResult
+
+STATUS_STYLE = {Status.PASS: "green", Status.DIALECT: "cyan", Status.FAIL: "bold red", Status.NONDETERMINISTIC: "magenta",
+                Status.UNSUPPORTED: "dim", Status.ERROR: "bold yellow", Status.OK: "green"}
 
 
 def _fmt_err(x: float | None) -> str:
@@ -102,14 +107,13 @@ def dialect_table(results: list[VerifyResult]) -> Table | None:
 
 def verify_summary(results: list[VerifyResult]) -> Table:
     backends = list(dict.fromkeys(r.backend for r in results))
-    statuses = ("pass", "dialect", "fail", "nondeterministic", "unsupported", "error")
     table = Table(title="summary", title_justify="left")
     table.add_column("backend")
-    for s in statuses:
+    for s in VERIFY_STATUSES:
         table.add_column(s, justify="right")
     for b in backends:
         mine = [r for r in results if r.backend == b]
-        table.add_row(b, *[str(sum(r.status == s for r in mine)) for s in statuses])
+        table.add_row(b, *[str(sum(r.status == s for r in mine)) for s in VERIFY_STATUSES])
     return table
 
 

@@ -11,9 +11,9 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcnbench import plots
-from dcnbench.gate import expand
-from dcnbench.verify import QUANTITIES
+from dcnbench import ops, plots
+from dcnbench.results import expand
+from dcnbench.status import VERIFY_STATUSES
 
 
 @dataclass
@@ -64,7 +64,7 @@ def _at_a_glance(verify, speed) -> Section:
     rows = []
     for b in backends:
         mine = [r for r, _ in verify if r["backend"] == b]
-        counts = {st: sum(r["status"] == st for r in mine) for st in ("pass", "dialect", "fail", "nondeterministic", "unsupported", "error")}
+        counts = {st: sum(r["status"] == st for r in mine) for st in VERIFY_STATUSES}
         verdict = "correct" if mine and not (counts["fail"] or counts["error"] or counts["nondeterministic"]) else \
             ("not verified" if not mine else "problems")
         ratios = [r["ratio_to_baseline"] for r, _ in speed if r["backend"] == b and r.get("ratio_to_baseline")]
@@ -88,7 +88,8 @@ def _correctness(verify) -> Section:
             key = (r["backend"], q["quantity"])
             worst[key] = max(worst.get(key, 0.0), q["rel_err"])
             worst_ratio[key] = max(worst_ratio.get(key, 0.0), q["rel_err"] / q["tolerance"])
-    quantities = [q for q in QUANTITIES if any((b, q) in worst for b in backends)]
+    every = dict.fromkeys(q for spec in ops.all_ops() for q in spec.quantities)
+    quantities = [q for q in every if any((b, q) in worst for b in backends)]
     s.table(["backend"] + quantities,
             [[b] + [f"{_fmt(worst.get((b, q)), '.1e')} ({_fmt(worst_ratio.get((b, q)), '.1e')}×tol)"
                     if (b, q) in worst else "–" for q in quantities] for b in backends])

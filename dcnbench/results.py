@@ -1,7 +1,8 @@
 """Results files: CSV (one row per case x backend x quantity) and JSON (with raw samples).
 
 Both carry the schema version and the environment, so a file read months later says what produced
-it; `load_json` refuses a schema it does not know rather than misreading it.
+it; `load_json` refuses a schema it does not know rather than misreading it, and brings files of
+an older version it does know up to date (`_upgrade`), so every reader sees one shape of record.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from dcnbench import __version__
 from dcnbench.errors import ResultsFileError
-from dcnbench.registry import Backend
-from dcnbench.speed import SpeedResult
-from dcnbench.verify import TOLERANCES, VerifyResult
+
+if TYPE_CHECKING:
+    from dcnbench.backends import Backend
+    from dcnbench.speed import SpeedResult
+    from dcnbench.verify import VerifyResult
 
 SCHEMA = "dcnbench-results"
-SCHEMA_VERSION = 1
+# 2: speed records name their operator (`op`). Version 1 files are still read (see _upgrade).
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RESULTS_DIR = Path("results")
 
 
@@ -48,6 +53,8 @@ def _git_commit() -> str | None:
 
 
 def environment(*, device: str, seed: int, backends: list[Backend]) -> dict:
+    import torch
+
     try:
         import torchvision
         tv = torchvision.__version__
@@ -124,6 +131,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def verify_digest(r: VerifyResult) -> str:
     """A verify workload: the case and the tolerances it is judged by."""
+    from dcnbench.verify import TOLERANCES
+
     return r.case.digest(tolerances=TOLERANCES[r.case.dtype])
 
 
@@ -135,7 +144,7 @@ def _verify_record(r: VerifyResult) -> dict:
 
 def _speed_record(r: SpeedResult, threads: int) -> dict:
     m = r.measurement
-    return {"case_id": r.case.case_id, "case": asdict(r.case), "case_digest": r.case.digest(threads),
+    return {"case_id": r.case.case_id, "op": r.case.op, "case": asdict(r.case), "case_digest": r.case.digest(threads),
             "backend": r.backend, "status": r.status,
             "message": r.message, "samples_ms": list(m.samples_ms) if m else [], "warmup_runs": m.warmup_runs if m else 0,
             "median_ms": m.median_ms if m else None, "iqr_ms": m.iqr_ms if m else None,
@@ -173,6 +182,14 @@ def _jsonable(value):
     return str(value)
 
 
+def expand(docs: list[dict]) -> list[dict]:
+    """Result documents with any bundle (a baseline, a gate candidate) unpacked into its parts."""
+    out = []
+    for doc in docs:
+        out += doc["parts"] if "parts" in doc else [doc]
+    return out
+
+
 def load_many(paths: list[Path]) -> list[dict]:
     """Several results files (e.g. the shards of one CI matrix), each validated."""
     if not paths:
@@ -187,7 +204,20 @@ def load_json(path: Path) -> dict:
         raise ResultsFileError(f"cannot read results file '{path}': {exc}", hint="give a JSON file written by dcnbench") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ResultsFileError(f"'{path}' is not a dcnbench results file", hint="give a JSON file written by dcnbench --json")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ResultsFileError(f"'{path}' has schema version {doc.get('schema_version')}, this dcnbench reads {SCHEMA_VERSION}",
+    if doc.get("schema_version") not in READABLE_VERSIONS:
+        raise ResultsFileError(f"'{path}' has schema version {doc.get('schema_version')}, this dcnbench reads "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}",
                                hint="re-run the measurement with this version of dcnbench")
+    return _upgrade(doc)
+
+
+def _upgrade(doc: dict) -> dict:
+    """A document of an older schema version in the current shape (bundles part by part)."""
+    if doc.get("schema_version") == 1:
+        for part in doc.get("parts", [doc]):
+            for r in part.get("records", []) if part.get("kind") == "speed" else []:
+                # Version 1 told the ops apart by the geometry: only RoI pooling geometries had `op`.
+                r.setdefault("op", r["case"]["geometry"].get("op", "deform_conv2d"))
+            part["schema_version"] = SCHEMA_VERSION
+        doc["schema_version"] = SCHEMA_VERSION
     return doc

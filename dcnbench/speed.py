@@ -12,16 +12,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from dcnbench import memory
-from dcnbench.ops import ConvGeometry
-from dcnbench.registry import Backend
-from dcnbench.roi_ops import PoolGeometry, pool_geometry_from_dict
-from dcnbench.roi_workloads import PoolCase, speed_pool_case
-from dcnbench.timing import Measurement, Timer
-from dcnbench.verify import Case, _leaves, _one_line
-from dcnbench.workloads import DTYPES, ConvCase, digest_of
+from dcnbench import memory, ops
+from dcnbench.backends import Backend
+from dcnbench.ops.case import Case, cotangent, digest_of
+from dcnbench.status import Status
+from dcnbench.timing import DIRECTIONS, Measurement, Timer  # noqa: F401 - DIRECTIONS is part of this module's interface
+from dcnbench.verify import leaves, one_line
 
-DIRECTIONS = ("fwd", "bwd", "fwdbwd")
 # FLOPs per direction in units of the forward convolution: the backward computes the input and
 # weight gradients, each as costly as the forward.
 _FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwdbwd": 3}
@@ -29,16 +26,17 @@ _FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwdbwd": 3}
 
 @dataclass(frozen=True)
 class SpeedCase:
-    """One timed workload: a convolution (mask picks DCNv2/v1) or a RoI pooling geometry."""
+    """One timed workload: an operator's geometry and how it is timed. `mask` picks DCNv2/DCNv1
+    for deform_conv2d; the files replace drawn tensors for operators that take them (RoI pooling)."""
 
-    geometry: ConvGeometry | PoolGeometry
+    geometry: object  # the op's geometry; its `op` names the operator
     dtype: str = "float32"
     device: str = "cpu"
     direction: str = "fwdbwd"
     mask: bool = True
     offset_scale: float = 2.0
     seed: int = 0
-    rois_file: str | None = None  # RoI pooling only: the user's RoIs and offsets instead of drawn ones
+    rois_file: str | None = None  # the user's RoIs and offsets instead of drawn ones (spec.file_inputs)
     offset_file: str | None = None
 
     @property
@@ -52,22 +50,18 @@ class SpeedCase:
 
     def bench_case(self) -> Case:
         """The seeded inputs every backend is timed on."""
-        if isinstance(self.geometry, PoolGeometry):
-            return speed_pool_case(self.geometry, self.dtype, self.seed, self.offset_scale, self.rois_file, self.offset_file)
-        return ConvCase(name="speed", geometry=self.geometry, mask=self.mask, dtype=self.dtype,
-                        offset_scale=self.offset_scale, seed=self.seed, kink_margin=None)
+        return ops.of(self).speed_case(self)
 
     def flops(self) -> int | None:
-        """The plain convolution's FLOPs; None for RoI pooling, whose work depends on the RoIs."""
-        if isinstance(self.geometry, PoolGeometry):
-            return None
-        return self.geometry.conv_flops() * _FLOP_FACTOR[self.direction]
+        """The equivalent plain layer's FLOPs (the op's spec says; None for RoI pooling, whose work
+        depends on the RoIs)."""
+        flops = ops.of(self).flops(self.geometry)
+        return None if flops is None else flops * _FLOP_FACTOR[self.direction]
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SpeedCase":
-        """The case a results record describes (its `case` field)."""
-        geo = pool_geometry_from_dict(d["geometry"]) if "op" in d["geometry"] else ConvGeometry.from_dict(d["geometry"])
-        return cls(**{**d, "geometry": geo})
+    def from_dict(cls, d: dict, op: str) -> "SpeedCase":
+        """The case a results record describes (its `case` field, and its `op`)."""
+        return cls(**{**d, "geometry": ops.get(op).geometry_type.from_dict(d["geometry"])})
 
     def digest(self, threads: int) -> str:
         """The workload's identity for comparing runs: shape, dtype, seed, offsets and timing mode.
@@ -77,18 +71,11 @@ class SpeedCase:
         return digest_of({k: v for k, v in asdict(self).items() if v is not None} | {"threads": threads})
 
 
-def bench_case_from_dict(d: dict) -> Case:
-    """A ConvCase or PoolCase from its asdict() form (the memory worker's spec)."""
-    if "op" in d["geometry"]:
-        return PoolCase.from_dict(d)
-    return ConvCase(**{**d, "geometry": ConvGeometry.from_dict(d["geometry"])})
-
-
 @dataclass(frozen=True)
 class SpeedResult:
     case: SpeedCase
     backend: str
-    status: str  # ok | unsupported | error
+    status: Status  # ok | unsupported | error
     measurement: Measurement | None = None
     ratio_to_baseline: float | None = None
     peak_bytes: int | None = None
@@ -107,30 +94,24 @@ class SpeedResult:
         return self.measurement.warnings() if self.measurement else []
 
 
-def cotangent(case: Case) -> torch.Tensor:
-    """The seeded cotangent every backward in `speed` receives, in the case's dtype."""
-    gen = torch.Generator().manual_seed(case.seed + 1)
-    return torch.randn(case.output_shape, generator=gen, dtype=torch.float64).to(DTYPES[case.dtype])
-
-
 def make_call(backend: Backend, case: Case, direction: str, device: str) -> tuple[Callable, Callable]:
     """(setup, timed) closures for one sample: setup is untimed (a fresh forward for `bwd`)."""
     fn = backend.ops[case.op]
     inputs = case.inputs(device)
-    cot = cotangent(case).to(device)
+    cot = cotangent(case, device)
     if direction == "fwd":
         def fwd():
             with torch.no_grad():
                 case.call(fn, inputs)
         return (lambda: None), fwd
 
-    leaves = _leaves(case, inputs)
+    fresh = leaves(case, inputs)
     state = {}
 
     def forward():
-        for t in leaves.values():
+        for t in fresh.values():
             t.grad = None
-        state["out"] = case.call(fn, leaves)
+        state["out"] = case.call(fn, fresh)
 
     def backward():
         state.pop("out").backward(cot)
@@ -216,7 +197,7 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
             if not reason and case.direction != "fwd" and b.backward_unsupported:
                 reason = b.backward_unsupported(conv, case.device)
             if reason:
-                done[b.name] = SpeedResult(case, b.name, "unsupported", message=reason)
+                done[b.name] = SpeedResult(case, b.name, Status.UNSUPPORTED, message=reason)
                 continue
             try:
                 runner = _SelfTimed(b, conv, case, tm.clock) if b.self_timed else \
@@ -224,14 +205,14 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
                 warm[b.name] = runner.warmup(warmup_s)
                 runners[b.name] = runner
             except Exception as exc:  # a backend that fails becomes an error row
-                done[b.name] = SpeedResult(case, b.name, "error", message=_one_line(exc))
+                done[b.name] = SpeedResult(case, b.name, Status.ERROR, message=one_line(exc))
         samples: dict[str, list[float]] = {name: [] for name in runners}
         for i in range(repeat):
             for name in list(runners):
                 try:
                     samples[name].append(runners[name].sample())
                 except Exception as exc:
-                    done[name] = SpeedResult(case, name, "error", message=_one_line(exc))
+                    done[name] = SpeedResult(case, name, Status.ERROR, message=one_line(exc))
                     del runners[name]
             if on_progress:
                 on_progress(f"{case.case_id} round {i + 1}/{repeat}")
@@ -248,6 +229,6 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
                     on_progress(f"{case.case_id} memory {b.name}")
                 peak, method, note = runners[b.name].memory()
             ratio = m.median_ms / base.median_ms if base and base.median_ms > 0 else None
-            results.append(SpeedResult(case, b.name, "ok", m, ratio, peak, method, note, base_name if base else None))
+            results.append(SpeedResult(case, b.name, Status.OK, m, ratio, peak, method, note, base_name if base else None))
         del runners
     return results

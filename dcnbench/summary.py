@@ -16,6 +16,10 @@ def _describe(env: dict) -> str:
     return f"commit {commit}, {env.get('timestamp', '?')}, {env.get('device_name', '?')}, torch {env.get('torch_version', '?')}"
 
 
+def _reference(settings: Settings) -> str:
+    return f"`{settings.reference}`" if settings.reference else "the workload's reference row (`conv2d`, `roi_align`)"
+
+
 def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, baseline_env: dict,
                   candidate_name: str, candidate_env: dict) -> str:
     lines = [f"## dcnbench gate: {decision.headline}", "",
@@ -38,17 +42,17 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
 
     mode = {"gate": "gate", "report-only": "report only, never fails", "off": "off"}[decision.performance_mode]
     lines += [f"### Performance ({mode})",
-              f"Each backend's time divided by `{settings.reference}`'s in the same round of the same run. "
+              f"Each backend's time divided by {_reference(settings)}'s in the same round of the same run. "
               f"`worse`: the ratio grew by more than the factor (default {settings.factor}) and a one-sided "
               f"Mann-Whitney U test on the per-round ratios gives p < {settings.alpha}; `noisy`: a move the test cannot "
               f"confirm, or a median known only to ±{settings.noise:.0%} (1.57·IQR/√n), too coarse to resolve the factor.", ""]
     comparable = [p for p in perf if p.verdict != "not comparable"]
     if comparable:
-        lines += [f"| workload | backend | baseline ×{settings.reference} | now ×{settings.reference} | change | p | verdict |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["| workload | backend | reference | baseline ratio | now ratio | change | p | verdict |",
+                  "|---|---|---|---:|---:|---:|---:|---|"]
         for p in comparable:
             verdict = f"**{p.verdict}**" if p.verdict in ("worse", "noisy") else p.verdict
-            lines.append(f"| {p.case_id} | {p.backend} | {_fmt(p.base_ratio)} | {_fmt(p.now_ratio)} | "
+            lines.append(f"| {p.case_id} | {p.backend} | {p.reference} | {_fmt(p.base_ratio)} | {_fmt(p.now_ratio)} | "
                          f"{_fmt(p.change, '.3f')} | {_fmt(p.p_value, '.2g')} | {verdict} (factor {p.factor}) |")
     not_comparable = [p for p in perf if p.verdict == "not comparable"]
     if not_comparable:

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+# What `speed` can time: the forward, the backward of a fresh (untimed) forward, or both.
+DIRECTIONS = ("fwd", "bwd", "fwdbwd")
 
 # IQR/median above this means the numbers are not trustworthy as they stand.
 NOISY_SPREAD = 0.10
@@ -70,6 +71,8 @@ class Timer:
 
     def _sync(self) -> None:
         if self.device == "cuda":
+            import torch
+
             torch.cuda.synchronize()
 
     def once(self, fn: Callable[[], object], setup: Callable[[], object] | None = None) -> float:
@@ -77,6 +80,8 @@ class Timer:
             setup()
         self._sync()
         if self.device == "cuda":
+            import torch
+
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()

@@ -31,7 +31,7 @@ def test_verify_catches_a_planted_roi_bug_through_the_cli(tmp_path):
 
 def test_plugin_for_a_pooling_op_takes_its_op_from_the_single_op_flag(tmp_path):
     plugin = tmp_path / "mine.py"
-    plugin.write_text("from dcnbench.backends.pytorch import deform_roi_pool as mine\n")
+    plugin.write_text("from dcnbench.ops.deform_roi_pool.oracle import deform_roi_pool as mine\n")
     res = invoke("verify", "--op", "deform_roi_pool", "--impl", f"{plugin}:mine", "--case", "roi-inside",
                  "--json", "/dev/null", "--csv", "/dev/null")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -65,7 +65,7 @@ def _save(path, array):
     (["--op", "deform_psroi_pool", "--shape", "1,5,8,8:3,2"], "C=5 must be output_dim"),
     (["--op", "deform_pool", "--shape", "1,4,8,8:3,2"], "unknown --op 'deform_pool'"),
     (["--preset", "rfcn", "--op", "deform_conv2d"], "preset 'rfcn' has no deform_conv2d workload"),
-    (["--shape", "1,4,8,8:4,3,3", "--rois", "r.npy"], "--rois and --offset apply to RoI pooling workloads only"),
+    (["--shape", "1,4,8,8:4,3,3", "--rois", "r.npy"], "--rois/--offset apply only to deform_roi_pool, deform_psroi_pool workloads"),
 ])
 def test_bad_pooling_workloads_are_one_line_and_exit_2(args, message, tmp_path):
     res = invoke("speed", *args, "--repeat", "1", "--no-memory")

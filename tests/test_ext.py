@@ -6,11 +6,11 @@ import torch
 
 from dcnbench.backends import ext
 from dcnbench.backends.ext import build
-from dcnbench.ops import ConvGeometry
-from dcnbench.registry import get
-from dcnbench.suite import default_suite
+from dcnbench.ops.deform_conv2d.contract import ConvGeometry
+from dcnbench.backends import get
+from dcnbench.verify import default_suite
 from dcnbench.verify import failed, run_verify
-from dcnbench.workloads import ConvCase
+from dcnbench.ops.deform_conv2d.workloads import ConvCase
 from tests.conftest import invoke, run_cli
 
 

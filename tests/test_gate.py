@@ -6,6 +6,7 @@ import random
 import pytest
 
 from dcnbench import gate as g
+from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
 from dcnbench.results import SCHEMA, SCHEMA_VERSION
 from tests.conftest import invoke
 
@@ -20,7 +21,7 @@ def samples(median: float, spread: float, n: int = 20, seed: int = 0) -> list[fl
 
 
 def speed_doc(kernel_ms: list[float], ref_ms: list[float], env=ENV, digest="d1") -> dict:
-    rec = [{"case_id": WORKLOAD, "case_digest": digest, "backend": b, "status": "ok", "samples_ms": s}
+    rec = [{"case_id": WORKLOAD, "case_digest": digest, "backend": b, "status": "ok", "samples_ms": s, "baseline": "conv2d"}
            for b, s in (("kernel", kernel_ms), ("conv2d", ref_ms))]
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "speed", "environment": env, "records": rec}
 
@@ -41,13 +42,13 @@ def decide(candidate, mode="gate"):
 
 def test_unchanged_passes():
     d = decide([verify_doc("pass"), speed_doc(samples(100, 0.05, seed=3), samples(10, 0.05, seed=4))])
-    assert d.exit_code == g.EXIT_PASS and [p.verdict for p in d.performance] == ["same"]
+    assert d.exit_code == EXIT_OK and [p.verdict for p in d.performance] == ["same"]
     assert d.correctness_checked == 1
 
 
 def test_correctness_regression_names_the_quantity_and_beats_performance():
     d = decide([verify_doc("fail", ("grad_offset",)), speed_doc(samples(140, 0.02, seed=3), samples(10, 0.02, seed=4))])
-    assert d.exit_code == g.EXIT_CORRECTNESS
+    assert d.exit_code == EXIT_FAILED
     [c] = d.regressions
     assert (c.case_id, c.backend, c.was, c.now, c.detail) == ("v2/float32", "kernel", "pass", "fail", "grad_offset")
 
@@ -56,18 +57,18 @@ def test_significant_slowdown_is_a_performance_regression():
     d = decide([verify_doc("pass"), speed_doc(samples(125, 0.05, seed=3), samples(10, 0.05, seed=4))])
     [p] = d.performance
     assert p.verdict == "worse" and p.p_value < 0.01 and p.change == pytest.approx(1.25, rel=0.05)
-    assert d.exit_code == g.EXIT_PERFORMANCE
+    assert d.exit_code == EXIT_PERFORMANCE
 
 
 def test_machine_speed_cancels_in_the_ratio():
     # Everything 40 % slower (another machine state): the ratio to conv2d is unchanged.
     d = decide([verify_doc("pass"), speed_doc(samples(140, 0.05, seed=3), samples(14, 0.05, seed=4))])
-    assert [p.verdict for p in d.performance] == ["same"] and d.exit_code == g.EXIT_PASS
+    assert [p.verdict for p in d.performance] == ["same"] and d.exit_code == EXIT_OK
 
 
 def test_improvement_is_reported_and_passes():
     d = decide([verify_doc("pass"), speed_doc(samples(70, 0.05, seed=3), samples(10, 0.05, seed=4))])
-    assert [p.verdict for p in d.performance] == ["improved"] and d.exit_code == g.EXIT_PASS
+    assert [p.verdict for p in d.performance] == ["improved"] and d.exit_code == EXIT_OK
 
 
 def test_small_move_within_the_factor_is_same():
@@ -77,8 +78,8 @@ def test_small_move_within_the_factor_is_same():
 
 def test_noise_that_cannot_resolve_the_factor_is_undecided():
     d = decide([verify_doc("pass"), speed_doc(samples(100, 0.9, seed=3), samples(10, 0.05, seed=4))])
-    assert [p.verdict for p in d.performance] == ["noisy"] and d.exit_code == g.EXIT_NOISY
-    assert decide([speed_doc(samples(100, 0.9, seed=3), samples(10, 0.05, seed=4))], "report-only").exit_code == g.EXIT_PASS
+    assert [p.verdict for p in d.performance] == ["noisy"] and d.exit_code == EXIT_NOISY
+    assert decide([speed_doc(samples(100, 0.9, seed=3), samples(10, 0.05, seed=4))], "report-only").exit_code == EXIT_OK
 
 
 def test_another_environment_is_not_comparable_never_pass_or_regression():
@@ -86,7 +87,7 @@ def test_another_environment_is_not_comparable_never_pass_or_regression():
     d = decide([verify_doc("pass"), speed_doc(samples(300, 0.05, seed=3), samples(10, 0.05, seed=4), env=other)])
     [p] = d.performance
     assert p.verdict == "not comparable" and "cpu_model" in p.reason
-    assert d.exit_code == g.EXIT_PASS
+    assert d.exit_code == EXIT_OK
 
 
 def test_changed_workload_is_not_comparable():
@@ -100,7 +101,7 @@ def test_suspects_are_remeasured_and_the_second_measurement_decides():
     assert g.suspects(noisy) == {WORKLOAD}
     again = g.compare_performance(BASE, [speed_doc(samples(101, 0.03, seed=5), samples(10, 0.03, seed=6))], g.Settings())
     settled = g.with_remeasured(noisy, again)
-    assert [p.verdict for p in settled.performance] == ["same"] and settled.exit_code == g.EXIT_PASS
+    assert [p.verdict for p in settled.performance] == ["same"] and settled.exit_code == EXIT_OK
     assert "re-measured" in settled.notes[0]
 
 

@@ -4,7 +4,7 @@ import textwrap
 
 from dcnbench import memory
 from dcnbench.speed import SpeedCase
-from dcnbench.workloads import parse_shape
+from dcnbench.ops.deform_conv2d.contract import parse_shape
 
 
 def test_fresh_process_sees_a_large_temporary(tmp_path):

@@ -10,11 +10,11 @@ import pytest
 import dcnbench.backends.mxnet as mxb
 from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
 from dcnbench.backends.mxnet.protocol import decode_arrays, encode
-from dcnbench.registry import get
+from dcnbench.backends import get
 from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.suite import default_suite
+from dcnbench.verify import default_suite
 from dcnbench.verify import run_verify
-from dcnbench.workloads import parse_shape
+from dcnbench.ops.deform_conv2d.contract import parse_shape
 from tests.conftest import invoke, run_cli
 
 SUITE = {c.case_id: c for c in default_suite()}

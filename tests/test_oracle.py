@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcnbench.backends.pytorch import deform_conv2d
+from dcnbench.ops.deform_conv2d.oracle import deform_conv2d
 
 H, W = 3, 4
 

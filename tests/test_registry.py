@@ -5,9 +5,9 @@ import zipfile
 
 import pytest
 
-from dcnbench import registry
+from dcnbench import backends as registry
 from dcnbench.errors import BackendUnavailable, UsageError
-from dcnbench.registry import Backend, select
+from dcnbench.backends import Backend, select
 from tests.conftest import ROOT
 
 

@@ -2,12 +2,12 @@
 
 import pytest
 
-from dcnbench.registry import get
+from dcnbench.backends import get
 from dcnbench.results import document, environment, save
 from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.suite import default_suite
+from dcnbench.verify import default_suite
 from dcnbench.verify import run_verify
-from dcnbench.workloads import parse_shape
+from dcnbench.ops.deform_conv2d.contract import parse_shape
 from tests.conftest import invoke
 
 PNG = b"\x89PNG\r\n\x1a\n"

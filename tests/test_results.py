@@ -4,12 +4,12 @@ import json
 import pytest
 
 from dcnbench.errors import ResultsFileError
-from dcnbench.registry import get
+from dcnbench.backends import get
 from dcnbench.results import SCHEMA_VERSION, environment, load_json, speed_rows, verify_rows, write_csv, write_json
 from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.suite import default_suite
+from dcnbench.verify import default_suite
 from dcnbench.verify import run_verify
-from dcnbench.workloads import parse_shape
+from dcnbench.ops.deform_conv2d.contract import parse_shape
 
 ENV_KEYS = {"dcnbench_version", "git_commit", "timestamp", "torch_version", "torchvision_version",
             "backend_versions", "device", "device_name", "cpu_model", "threads", "seed"}

@@ -7,8 +7,10 @@ each expected value is the sampling point's coordinates written as 10*y + x.
 import pytest
 import torch
 
-from dcnbench.backends.pytorch import deform_psroi_pool, deform_roi_pool
-from dcnbench.roi_ops import c_round, psroi_rois_for_roi_align
+from dcnbench.ops.deform_psroi_pool.oracle import deform_psroi_pool
+from dcnbench.ops.deform_roi_pool.oracle import deform_roi_pool
+from dcnbench.ops.deform_psroi_pool.points import psroi_rois_for_roi_align
+from dcnbench.ops.rois import c_round
 
 
 def _ramp(n=1, c=1, h=4, w=5):

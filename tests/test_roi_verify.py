@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from dcnbench.plugins import load_plugin
-from dcnbench.registry import get
-from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL, psroi_pool_samples, roi_pool_samples
-from dcnbench.suite import pool_suite
+from dcnbench.backends import get
+from dcnbench.ops.deform_psroi_pool.points import psroi_pool_samples
+from dcnbench.ops.deform_roi_pool.points import roi_pool_samples
+
+OP_DEFORM_ROI_POOL, OP_DEFORM_PSROI_POOL = "deform_roi_pool", "deform_psroi_pool"
+from dcnbench.verify import default_suite
 from dcnbench.verify import failed, run_verify
 from tests.plugins.planted_roi_bugs import BUGS
 
-SUITE = pool_suite()
+SUITE = default_suite(op_names=["deform_roi_pool", "deform_psroi_pool"])
 PLANTED = "tests/plugins/planted_roi_bugs.py"
 
 

@@ -6,11 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dcnbench.ops import OP_DEFORM_CONV2D
+OP_DEFORM_CONV2D = "deform_conv2d"
 from dcnbench.plugins import load_plugin
-from dcnbench.registry import Backend, get
-from dcnbench.suite import default_suite, select_cases
-from dcnbench.verify import QUANTITIES, compare, failed, run_verify, tolerance
+from dcnbench.backends import Backend, get
+from dcnbench.verify import default_suite, select_cases
+from dcnbench import ops
+from dcnbench.verify import compare, failed, run_verify, tolerance
 from tests.conftest import PLANTED
 from tests.plugins.planted_bugs import BUGS
 
@@ -41,7 +42,7 @@ def test_torchvision_bfloat16_is_unsupported_with_reason(builtin_results):
 
 def test_every_gradient_is_compared(builtin_results):
     v2_bias = next(r for r in builtin_results if r.case.case_id == "v2/float64" and r.backend == "torchvision")
-    assert {q.quantity for q in v2_bias.quantities} == set(QUANTITIES)
+    assert {q.quantity for q in v2_bias.quantities} == set(ops.get("deform_conv2d").quantities)
     v1_nobias = next(r for r in builtin_results if r.case.case_id == "v1-nobias/float64" and r.backend == "torchvision")
     assert {q.quantity for q in v1_nobias.quantities} == {"output", "grad_input", "grad_offset", "grad_weight"}
 
@@ -94,7 +95,7 @@ def test_a_raising_backend_is_an_error_row_and_the_run_goes_on():
 
 
 def test_wrong_dtype_output_fails():
-    from dcnbench.backends.pytorch import deform_conv2d
+    from dcnbench.ops.deform_conv2d.oracle import deform_conv2d
 
     def upcasts(*args, **kwargs):
         return deform_conv2d(*args, **kwargs).double()
@@ -130,8 +131,8 @@ def test_offset_gradient_has_its_own_tolerance_only_in_half_types():
 
 
 def test_kink_margin_holds_in_every_dtype():
-    from dcnbench.backends.pytorch import sampling_points
-    from dcnbench.workloads import make_inputs
+    from dcnbench.ops.deform_conv2d.oracle import sampling_points
+    from dcnbench.ops.deform_conv2d.workloads import make_inputs
 
     for case in SUITE:
         if case.kink_margin is None or case.geometry.n == 0:
@@ -143,7 +144,7 @@ def test_kink_margin_holds_in_every_dtype():
 
 
 def test_identity_cases_have_integer_sampling_points():
-    from dcnbench.workloads import make_inputs
+    from dcnbench.ops.deform_conv2d.workloads import make_inputs
 
     case = next(c for c in SUITE if c.check == "integer_offset")
     off = make_inputs(case)["offset"]

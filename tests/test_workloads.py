@@ -4,9 +4,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcnbench.errors import UsageError
-from dcnbench.ops import ConvGeometry
-from dcnbench.suite import default_suite
-from dcnbench.workloads import PRESETS, format_shape, make_inputs, parse_shape, preset_shapes
+from dcnbench.ops.deform_conv2d.contract import ConvGeometry
+from dcnbench.verify import default_suite
+from dcnbench import ops
+from dcnbench.ops.deform_conv2d.contract import PRESETS, format_shape, parse_shape
+from dcnbench.ops.deform_conv2d.workloads import make_inputs
 
 
 def test_parse_shape_full_grammar():
@@ -43,11 +45,11 @@ def test_format_and_parse_round_trip(n, c, h, w, o, k, s, d, groups, og):
 
 def test_presets_parse_and_include_the_papers_layer():
     for name in PRESETS:
-        assert preset_shapes(name)
-    [conv5] = preset_shapes("resnet101-conv5")
+        assert ops.preset(name, "deform_conv2d")
+    [conv5] = ops.preset("resnet101-conv5")
     assert (conv5.c, conv5.o, conv5.dilation, conv5.h, conv5.w) == (512, 512, (2, 2), 38, 63)
     with pytest.raises(UsageError):
-        preset_shapes("nope")
+        ops.preset("nope")
 
 
 def test_inputs_are_seeded_and_shaped():

@@ -1,4 +1,7 @@
-"""What every command shares: consoles, option aliases, error handling, device checks."""
+"""What every command shares: consoles, option aliases, error handling, argument checks.
+
+Nothing here imports torch: `--help` and usage errors answer without it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import functools
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 
+from dcnbench import ops
+from dcnbench.backends import ALL_DTYPES
 from dcnbench.errors import DcnbenchError, UsageError
 
 console = Console()
@@ -18,12 +22,12 @@ err_console = Console(stderr=True)
 
 BackendOpt = Annotated[list[str] | None, typer.Option("--backend", "-b", help="Backend to run (repeatable). Default: every available one.")]
 ImplOpt = Annotated[list[str] | None, typer.Option("--impl", help="Add a kernel as a backend: [NAME=]PATH.py:FUNC (repeatable).")]
-DtypeOpt = Annotated[list[str] | None, typer.Option("--dtype", help="float64, float32, float16 or bfloat16 (repeatable).")]
+DtypeOpt = Annotated[list[str] | None, typer.Option("--dtype", help=f"{', '.join(ALL_DTYPES)} (repeatable).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed for every generated tensor.")]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="CSV path (default: results/<command>-<time>.csv).")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run only shard K of N of the cases, e.g. 2/4 (deterministic).")]
-OpOpt = Annotated[list[str] | None, typer.Option("--op", help="deform_conv2d, deform_roi_pool or deform_psroi_pool (repeatable). Default: all.")]
+OpOpt = Annotated[list[str] | None, typer.Option("--op", help=f"{', '.join(ops.names())} (repeatable). Default: all.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="JSON path (default: results/<command>-<time>.json).")]
 
 
@@ -46,25 +50,24 @@ def user_errors(func):
 def check_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise UsageError(f"unknown device '{device}'", hint="use --device cpu or --device cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but this machine has no usable GPU (torch.cuda.is_available() is False)",
-                         hint="run on a machine with a GPU, or use --device cpu")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda, but this machine has no usable GPU (torch.cuda.is_available() is False)",
+                             hint="run on a machine with a GPU, or use --device cpu")
     return device
 
 
-OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+def check_dtype(name: str) -> str:
+    if name not in ALL_DTYPES:
+        raise UsageError(f"unknown dtype '{name}'", hint=f"choose from: {', '.join(ALL_DTYPES)}")
+    return name
 
 
-def check_ops(ops: list[str] | None) -> list[str] | None:
-    for op in ops or []:
-        if op not in OPS:
-            raise UsageError(f"unknown --op '{op}'", hint=f"choose from: {', '.join(OPS)}")
-    return ops
-
-
-def plugin_op(ops: list[str] | None) -> str | None:
+def plugin_op(op_names: list[str] | None) -> str | None:
     """The op an --impl plugin implements when it does not say: the one --op given, if exactly one."""
-    return ops[0] if ops and len(ops) == 1 else None
+    return op_names[0] if op_names and len(op_names) == 1 else None
 
 
 def stamp() -> str:

@@ -9,19 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from dcnbench import gate as g
-from dcnbench import registry, results
+from dcnbench import ops
 from dcnbench.cli.common import BackendOpt, ImplOpt, console, err_console, stamp, user_errors
 from dcnbench.errors import UsageError
-from dcnbench.plugins import load_plugins
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.suite import default_suite
-from dcnbench.summary import gate_markdown
-from dcnbench.verify import run_verify
-from dcnbench.workloads import parse_shape, preset_shapes
 
 # Its temporaries (~42 MB) stay above glibc's largest mmap threshold (32 MB), so every call
 # allocates the same way; smaller shapes flip between heap and mmap and time bimodally.
@@ -30,12 +22,17 @@ PERFORMANCE_MODES = ("gate", "report-only", "off")
 
 
 def _backends(names: list[str] | None, plugins, kinds) -> list:
+    from dcnbench import backends as registry
+
     if names:
         return registry.select(names, plugins, kinds)[0]
     return registry.select(None, [], kinds)[0] + plugins
 
 
-def _measure_speed(cases: list[SpeedCase], backends, repeat: int, warmup_s: float, reference: str) -> dict:
+def _measure_speed(cases: list, backends, repeat: int, warmup_s: float, reference: str | None) -> dict:
+    from dcnbench import results
+    from dcnbench.speed import run_speed
+
     found = run_speed(backends=backends, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=reference,
                       measure_memory=False, on_progress=lambda text: None)
     env = results.environment(device=cases[0].device if cases else "cpu", seed=0, backends=backends)
@@ -43,14 +40,23 @@ def _measure_speed(cases: list[SpeedCase], backends, repeat: int, warmup_s: floa
 
 
 def write_baseline(*, path: Path, shapes: list[str] | None, presets: list[str] | None, backends: list[str] | None,
-                   impls: list[str] | None, reference: str, repeat: int, warmup_s: float, dcn: str) -> int:
+                   impls: list[str] | None, reference: str | None, repeat: int, warmup_s: float, dcn: str) -> int:
+    # Every workload is parsed before anything runs, so a bad --shape/--preset costs nothing.
+    conv = ops.get("deform_conv2d")
+    geos = [conv.parse_shape(s) for s in shapes or []] + [geo for p in presets or [] for geo in ops.preset(p)]
+    from dcnbench import backends as registry
+    from dcnbench import gate as g
+    from dcnbench import results
+    from dcnbench.plugins import load_plugins
+    from dcnbench.speed import SpeedCase
+    from dcnbench.verify import default_suite, run_verify
+
     plugins = load_plugins(impls)
     verify_backends = [b for b in _backends(backends, plugins, ("deformable",)) if b.kind == "deformable"]
+    cases = [SpeedCase(geo, mask=dcn == "v2") for geo in geos or [conv.parse_shape(DEFAULT_GATE_SHAPE)]]
     env = results.environment(device="cpu", seed=0, backends=verify_backends)
     verify_doc = results.document("verify", env, run_verify(backends=verify_backends, cases=default_suite()))
-    geos = [parse_shape(s) for s in shapes or []] + [geo for p in presets or [] for geo in preset_shapes(p)]
-    cases = [SpeedCase(geo, mask=dcn == "v2") for geo in geos or [parse_shape(DEFAULT_GATE_SHAPE)]]
-    speed_backends = verify_backends + registry.select([reference], [], ("deformable", "reference"))[0]
+    speed_backends = verify_backends + registry.select(None, [], ("reference",))[0]
     speed_doc = _measure_speed(cases, speed_backends, repeat, warmup_s, reference)
     results.save(path, results.bundle(g.BASELINE_KIND, env, [verify_doc, speed_doc]))
     console.print(f"wrote baseline {path}: {len(verify_doc['records'])} verify and {len(speed_doc['records'])} speed records",
@@ -59,20 +65,31 @@ def write_baseline(*, path: Path, shapes: list[str] | None, presets: list[str] |
 
 
 def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | None, impls: list[str] | None,
-             settings: g.Settings, performance: str, correctness: bool, summary: Path | None) -> int:
+             settings, performance: str, correctness: bool, summary: Path | None) -> int:
     if performance not in PERFORMANCE_MODES:
         raise UsageError(f"unknown --performance '{performance}'", hint=f"choose from: {', '.join(PERFORMANCE_MODES)}")
+    from dcnbench import gate as g
+    from dcnbench import results
+    from dcnbench.summary import gate_markdown
+
     base_doc = results.load_json(baseline)
-    base_docs = g.expand([base_doc])
+    base_docs = results.expand([base_doc])
     speed_base = next((d for d in base_docs if d["kind"] == "speed"), None)
-    plugins = load_plugins(impls)
     if candidates:
         cand_docs = results.load_many(candidates)
-        cand_env = g.expand(cand_docs)[0]["environment"]
+        cand_env = results.expand(cand_docs)[0]["environment"]
         decision = g.decide(base_docs, cand_docs, settings, performance, correctness)
         name = ", ".join(f"`{p}`" for p in candidates)
     else:
         # Run the baseline's own workloads now, with the backends it names.
+        import torch
+
+        from dcnbench import backends as registry
+        from dcnbench.plugins import load_plugins
+        from dcnbench.speed import SpeedCase
+        from dcnbench.verify import default_suite, run_verify
+
+        plugins = load_plugins(impls)
         wanted = {r["backend"] for d in base_docs for r in d["records"]}
         known = {b.name: b for b in registry.all_backends() if not b.unavailable} | {p.name: p for p in plugins}
         chosen = [known[n] for n in (backends or sorted(wanted)) if n in known]
@@ -85,7 +102,7 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
             cand_docs.append(results.document("verify", env, run_verify(backends=verify_backends, cases=cases)))
         speed_cases, repeat, warmup_s = [], 10, 0.5
         if speed_base is not None and performance != "off":
-            speed_cases = list({r["case_digest"]: SpeedCase.from_dict(r["case"]) for r in speed_base["records"]}.values())
+            speed_cases = list({r["case_digest"]: SpeedCase.from_dict(r["case"], r["op"]) for r in speed_base["records"]}.values())
             repeat, warmup_s = speed_base.get("repeat", repeat), speed_base.get("warmup_s", warmup_s)
             torch.set_num_threads(speed_base["environment"]["threads"])  # the timing mode is part of the workload
             cand_docs.append(_measure_speed(speed_cases, chosen, repeat, warmup_s, settings.reference))
@@ -130,7 +147,8 @@ def command(
     preset: Annotated[list[str] | None, typer.Option("--preset", help="With --write-baseline: preset workloads to time.")] = None,
     backend: BackendOpt = None,
     impl: ImplOpt = None,
-    reference: Annotated[str, typer.Option("--reference", help="Backend every time is divided by, measured in the same run.")] = "conv2d",
+    reference: Annotated[str | None, typer.Option("--reference", help="Backend every time is divided by, measured in the same "
+                                                  "run (default: each workload's reference row, conv2d or roi_align).")] = None,
     factor: Annotated[float, typer.Option("--factor", help="A ratio must grow by more than this to be a regression.")] = 1.10,
     factor_for: Annotated[list[str] | None, typer.Option("--factor-for", help="Per-workload factor: TEXT=FACTOR (repeatable).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the Mann-Whitney U test.")] = 0.01,
@@ -154,6 +172,8 @@ def command(
         raise UsageError("no --baseline given", hint="pass --baseline FILE, or create one with --write-baseline FILE")
     if factor <= 1 or not 0 < alpha < 1 or noise <= 0:
         raise UsageError("--factor must be > 1, --alpha in (0, 1) and --noise > 0", hint="e.g. --factor 1.1 --alpha 0.01")
+    from dcnbench import gate as g
+
     settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
     raise typer.Exit(run_gate(baseline=baseline, candidates=candidates or [], backends=backend, impls=impl,
                               settings=settings, performance=performance, correctness=correctness, summary=summary))

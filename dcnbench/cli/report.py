@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from dcnbench.cli.common import console, user_errors
-from dcnbench.report import write_report
-from dcnbench.results import load_many
 
 
 @user_errors
@@ -19,5 +17,8 @@ def command(
     title: Annotated[str, typer.Option("--title", help="Report title.")] = "dcnbench report",
 ) -> None:
     """Write a comparison report: correctness error matrix, speed ratios, peak memory, environment."""
+    from dcnbench.report import write_report
+    from dcnbench.results import load_many
+
     md, page = write_report(load_many(files), out, title)
     console.print(f"wrote {md} and {page}", highlight=False)

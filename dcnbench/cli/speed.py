@@ -5,36 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from dcnbench import registry, render, results
-from dcnbench.cli.common import (OPS, BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt,
-                                 check_device, check_ops, console, err_console, stamp, user_errors)
+from dcnbench import ops
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt,
+                                 check_device, check_dtype, console, err_console, stamp, user_errors)
 from dcnbench.errors import EXIT_OK, UsageError
-from dcnbench.plugins import load_plugins
-from dcnbench.roi_workloads import POOL_GRAMMAR, POOL_PRESETS, check_user_inputs, load_tensor, parse_pool_shape
 from dcnbench.shard import parse_shard, take_shard
-from dcnbench.speed import DIRECTIONS, SpeedCase, run_speed
-from dcnbench.workloads import PRESETS, SHAPE_GRAMMAR, parse_dtype, parse_shape, preset_shapes
+from dcnbench.timing import DIRECTIONS
 
-DEFAULT_PRESET = {"deform_conv2d": "dcn-56", "deform_roi_pool": "rfcn", "deform_psroi_pool": "rfcn"}
+DEFAULT_OP = "deform_conv2d"
 
 
-def _workloads(op: str | None, shapes: list[str], presets: list[str]) -> list:
-    """Geometries from --shape (in --op's grammar) and --preset (filtered to --op when given)."""
-    geometries = [parse_pool_shape(op, s) if op in POOL_GRAMMAR else parse_shape(s) for s in shapes]
-    for p in presets or ([] if shapes else [DEFAULT_PRESET[op or "deform_conv2d"]]):
-        if p in POOL_PRESETS:
-            found = [g for g in POOL_PRESETS[p] if op in (None, g.op)]
-        elif p in PRESETS:
-            found = preset_shapes(p) if op in (None, "deform_conv2d") else []
-        else:
-            raise UsageError(f"unknown preset '{p}'", hint=f"choose from: {', '.join([*PRESETS, *POOL_PRESETS])}")
-        if not found:
-            raise UsageError(f"preset '{p}' has no {op} workload", hint=f"drop --op, or pick a preset for {op}")
-        geometries += found
+def workloads(op: str | None, shapes: list[str], presets: list[str]) -> list:
+    """Geometries from --shape (in --op's grammar, deform_conv2d's without --op) and --preset (of
+    --op only, when given); with neither, the op's default preset."""
+    grammar = ops.get(op or DEFAULT_OP)
+    geometries = [grammar.parse_shape(s) for s in shapes]
+    for name in presets or ([] if shapes else [grammar.default_preset]):
+        geometries += ops.preset(name, op)
     return geometries
 
 
@@ -51,35 +40,47 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
         raise UsageError(f"unknown --dcn '{dcn}'", hint="use v1 (offset only) or v2 (offset and mask)")
     if repeat < 1 or warmup_s < 0:
         raise UsageError("--repeat must be >= 1 and --warmup >= 0", hint="e.g. --repeat 10 --warmup 0.5")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} is not a thread count", hint="give a positive integer")
+    ops.check_ops([op] if op else None)
+    geometries = workloads(op, shapes or [], presets or [])
+    files = {"rois": str(rois) if rois else None, "offset": str(offset) if offset else None}
+    given = [name for name, path in files.items() if path]
+    if given and not all(set(given) <= set(ops.of(g).file_inputs) for g in geometries):
+        takers = [s.name for s in ops.all_ops() if set(given) <= set(s.file_inputs)]
+        raise UsageError(f"--rois/--offset apply only to {', '.join(takers)} workloads",
+                         hint=f"add --op {takers[0] if takers else '...'} with a --shape")
+    dtype_list = [check_dtype(d) for d in dtypes or ["float32"]]
+    shard_spec = parse_shard(shard)
+
+    import torch
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dcnbench import backends as registry
+    from dcnbench import render, results
+    from dcnbench.plugins import load_plugins
+    from dcnbench.speed import SpeedCase, run_speed
+
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads {threads} is not a thread count", hint="give a positive integer")
         torch.set_num_threads(threads)
-    check_ops([op] if op else None)
-    geometries = _workloads(op, shapes or [], presets or [])
-    if (rois or offset) and not all(g.op in POOL_GRAMMAR for g in geometries):
-        raise UsageError("--rois and --offset apply to RoI pooling workloads only",
-                         hint="add --op deform_roi_pool or --op deform_psroi_pool with a --shape")
-    dtype_list = [parse_dtype(d) for d in dtypes or ["float32"]]
     plugins = load_plugins(impls, device, op)
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable", "reference"))
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
-    if plugins and not backends:
-        chosen += registry.select(["conv2d", "roi_align"], [], kinds=("reference",))[0]  # keep the reference rows
+    if plugins and not backends:  # keep the reference rows
+        chosen += registry.select(None, [], kinds=("reference",))[0]
     names = [b.name for b in chosen]
     if baseline and baseline not in names:
         raise UsageError(f"--baseline '{baseline}' is not among the backends run ({', '.join(names)})",
                          hint="add it with --backend, or pick one of those")
-    files = {"rois_file": str(rois) if rois else None, "offset_file": str(offset) if offset else None}
-    if rois:
-        geometries = [_with_user_rois(g, rois) for g in geometries]
+    if given:
+        geometries = [ops.of(g).geometry_for_files(g, files) for g in geometries]
     cases = take_shard([SpeedCase(geometry=g, dtype=d, device=device, direction=direction, mask=dcn == "v2", seed=seed,
-                                  **(files if g.op in POOL_GRAMMAR else {}))
+                                  rois_file=files["rois"], offset_file=files["offset"])
                         for g in geometries for d in dtype_list], parse_shard(shard))
     for case in cases:
-        if case.rois_file or case.offset_file:
-            check_user_inputs(case.bench_case())
+        if given:
+            ops.of(case).check_files(case.bench_case())
     if not cases:
         raise UsageError(f"shard {shard} has no workload: there are fewer workloads than shards", hint="use fewer shards")
 
@@ -108,21 +109,12 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     return EXIT_OK
 
 
-def _with_user_rois(geo, path: Path):
-    """The workload with K taken from the user's RoI file (its shape is checked with the rest)."""
-    import dataclasses
-
-    t = load_tensor(str(path), "RoIs")
-    return dataclasses.replace(geo, rois=t.shape[0]) if t.dim() == 2 else geo
-
-
 @user_errors
 def command(
-    shape: Annotated[list[str] | None, typer.Option("--shape", help=f"Workload {SHAPE_GRAMMAR} for deform_conv2d; with --op "
-                                                    f"deform_roi_pool {POOL_GRAMMAR['deform_roi_pool']}; with --op deform_psroi_pool "
-                                                    f"{POOL_GRAMMAR['deform_psroi_pool']} (repeatable).")] = None,
-    preset: Annotated[list[str] | None, typer.Option("--preset", help=f"Named workload: {', '.join([*PRESETS, *POOL_PRESETS])} (repeatable).")] = None,
-    op: Annotated[str | None, typer.Option("--op", help=f"The op --shape describes, and the only op presets run: {', '.join(OPS)}.")] = None,
+    shape: Annotated[list[str] | None, typer.Option("--shape", help="Workload in the --op's grammar (repeatable): " + "; ".join(
+        f"{s.name}: {s.shape_grammar}" for s in ops.all_ops()) + ".")] = None,
+    preset: Annotated[list[str] | None, typer.Option("--preset", help=f"Named workload: {', '.join(ops.preset_names())} (repeatable).")] = None,
+    op: Annotated[str | None, typer.Option("--op", help=f"The op --shape describes, and the only op presets run: {', '.join(ops.names())}.")] = None,
     rois: Annotated[Path | None, typer.Option("--rois", help="RoI pooling: time on these RoIs, a (K, 5) .npy, .pt or .csv file.")] = None,
     offset: Annotated[Path | None, typer.Option("--offset", help="RoI pooling: time with these offsets (.npy, .pt or .csv).")] = None,
     backend: BackendOpt = None,

@@ -6,36 +6,40 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dcnbench import registry, render, results
+from dcnbench import ops
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
-                                 check_device, check_ops, console, err_console, plugin_op, stamp, user_errors)
+                                 check_device, check_dtype, console, err_console, plugin_op, stamp, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
-from dcnbench.plugins import load_plugins
 from dcnbench.shard import parse_shard, take_shard
-from dcnbench.suite import default_suite, select_cases
-from dcnbench.verify import failed, run_verify
-from dcnbench.workloads import parse_dtype
 
 
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
-           device: str = "cpu", cases: list[str] | None = None, ops: list[str] | None = None, seed: int = 0, csv: Path | None = None,
+           device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
            shard: str | None = None) -> int:
     """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
     for d in dtypes or []:
-        parse_dtype(d)
-    check_ops(ops)
-    chosen_cases = take_shard(select_cases(default_suite(seed), cases, dtypes, ops), parse_shard(shard))
+        check_dtype(d)
+    ops.check_ops(op_names)
+    shard_spec = parse_shard(shard)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dcnbench import backends as registry
+    from dcnbench import render, results
+    from dcnbench.plugins import load_plugins
+    from dcnbench.verify import default_suite, failed, run_verify, select_cases
+
+    chosen_cases = take_shard(select_cases(default_suite(seed, op_names), cases, dtypes, op_names), shard_spec)
     if not chosen_cases:
         raise UsageError("no case matches the --op/--case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
         for c in chosen_cases:
             console.print(f"{c.case_id}  [dim]{c.op}, {c.check}, {c.variant}, offsets {c.offsets}[/]", highlight=False)
         return EXIT_OK
-    plugins = load_plugins(impls, device, plugin_op(ops))
+    plugins = load_plugins(impls, device, plugin_op(op_names))
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
@@ -88,6 +92,6 @@ def command(
     With --impl and no --backend, only the plugins run; a plugin implements the one --op given
     (or the op its function's `dcnbench_op` names; deform_conv2d otherwise).
     """
-    raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, ops=op, seed=seed, csv=csv,
+    raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, op_names=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
                             shard=shard))

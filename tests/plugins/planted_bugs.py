@@ -7,7 +7,8 @@ name the quantity that gives it away. BUGS maps each kernel to the quantities th
 import torch
 from torchvision.ops import deform_conv2d as tv
 
-from dcnbench.ops import geometry_of, pair
+from dcnbench.ops.contract import pair
+from dcnbench.ops.deform_conv2d.contract import geometry_of
 
 
 def _taps(geo, offset):

@@ -6,8 +6,9 @@ and name the quantity that gives it away. BUGS maps each kernel to (op, quantiti
 
 from unittest import mock
 
-from dcnbench import roi_ops
-from dcnbench.backends.pytorch import deform_psroi_pool, deform_roi_pool
+from dcnbench.ops.deform_psroi_pool import points as psroi_points
+from dcnbench.ops.deform_psroi_pool.oracle import deform_psroi_pool
+from dcnbench.ops.deform_roi_pool.oracle import deform_roi_pool
 
 
 def roi_offset_xy_swapped(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
@@ -30,7 +31,7 @@ def roi_offset_not_differentiated(input, rois, offset, output_size, spatial_scal
 def psroi_rounding_dropped(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
                            sample_per_part=1, trans_std=0.0, no_trans=False):
     """Uses the RoI corners as given instead of rounding them to whole pixels first."""
-    with mock.patch.object(roi_ops, "c_round", lambda x: x):
+    with mock.patch.object(psroi_points, "c_round", lambda x: x):
         return deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
                                  sample_per_part, trans_std, no_trans)
 

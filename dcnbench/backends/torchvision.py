@@ -9,9 +9,7 @@ from __future__ import annotations
 import torchvision
 from torchvision.ops import deform_conv2d
 
-from dcnbench.ops import OP_DEFORM_CONV2D
-from dcnbench.registry import Backend, local_devices
-from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL
+from dcnbench.backends import Backend, local_devices
 
 _DTYPES = ("float64", "float32", "float16")
 NO_POOLING = ("torchvision has no deformable RoI pooling; its roi_align/ps_roi_align serve as the "
@@ -22,9 +20,9 @@ def backend() -> Backend:
     return Backend(
         name="torchvision",
         description="torchvision.ops.deform_conv2d",
-        ops={OP_DEFORM_CONV2D: deform_conv2d},
+        ops={"deform_conv2d": deform_conv2d},
         dtypes=local_devices(_DTYPES),
         unsupported_reasons={"bfloat16": "torchvision has no bfloat16 deform_conv2d kernel",
-                             OP_DEFORM_ROI_POOL: NO_POOLING, OP_DEFORM_PSROI_POOL: NO_POOLING},
+                             "deform_roi_pool": NO_POOLING, "deform_psroi_pool": NO_POOLING},
         version=torchvision.__version__,
     )

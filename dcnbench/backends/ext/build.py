@@ -18,7 +18,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]
 LIBRARY = "dcnbench_ext"
 # cpp_extension warns on import when it finds no CUDA runtime; here that is the expected case.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

@@ -1,8 +1,10 @@
-"""The backend interface and the registry that finds backends.
+"""Backends: the one interface (`Backend`) and the registry that finds them.
 
-A backend is one module exposing `backend() -> Backend`. The registry knows the in-tree modules
-by name, adds installed packages' entry points (group `dcnbench.backends`), and takes `--impl`
-plugins from the caller; the CLI never names a backend itself.
+Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
+(the operators' oracles run as a backend), `torchvision`, `mxnet` (own environment, worker
+process), `ext` (dcnbench's C++/CUDA kernels), and the reference rows `conv2d` and `roi_align`.
+The registry knows these by name, adds installed packages' entry points (group
+`dcnbench.backends`), and takes `--impl` plugins from the caller; the CLI never names a backend.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _load_entry_points() -> list[Backend]:
             obj = ep.load()
             backend = obj() if callable(obj) and not isinstance(obj, Backend) else obj
             if not isinstance(backend, Backend):
-                raise TypeError(f"{ep.value} gave {type(backend).__name__}, expected dcnbench.registry.Backend")
+                raise TypeError(f"{ep.value} gave {type(backend).__name__}, expected dcnbench.backends.Backend")
             found.append(backend)
         except Exception as exc:  # a broken third-party package must not take the tool down
             found.append(unavailable_backend(ep.name, f"entry point {ep.value} failed: {exc}", origin="entry-point"))

@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcnbench.backends import Backend
 from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
-from dcnbench.ops import OP_DEFORM_CONV2D, ConvGeometry, check_call
-from dcnbench.registry import Backend
-from dcnbench.roi_ops import OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL, check_psroi_pool_call
+from dcnbench.ops.case import cotangent
+from dcnbench.ops.deform_conv2d.contract import ConvGeometry, check_call
+from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
+
+OP_DEFORM_CONV2D, OP_DEFORM_ROI_POOL, OP_DEFORM_PSROI_POOL = "deform_conv2d", "deform_roi_pool", "deform_psroi_pool"
 
 NAME = "mxnet"
 DTYPES = ("float64", "float32")
@@ -35,7 +38,7 @@ DEFAULT_TIMEOUT_S = 300.0
 
 
 def env_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / ".venv-mxnet"
+    return Path(__file__).resolve().parents[3] / ".venv-mxnet"
 
 
 def python() -> Path:
@@ -169,12 +172,10 @@ class SelfTimed:
     """Samples timed inside the worker (mx.nd.waitall() around the call), so the pipe costs nothing."""
 
     def __init__(self, case, direction: str, device: str):
-        from dcnbench.speed import cotangent
-
         params = _params_for(case)
         arrays = {k: _numpy(v) for k, v in case.inputs("cpu").items()
                   if not (k == "offset" and params.get("no_trans"))}
-        arrays["cotangent"] = _numpy(cotangent(case))  # the same one the in-process backends get
+        arrays["cotangent"] = _numpy(cotangent(case))  # the one in-process backends get
         self.header = {"cmd": "time", "case": case.digest(), "params": params, "device": device,
                        "direction": direction}
         self.arrays = arrays

@@ -1,4 +1,5 @@
-"""The operator's contract: argument normalisation, output geometry, shape validation and FLOPs.
+"""deform_conv2d's contract: argument normalisation, output geometry, validation, FLOPs, the shape
+grammar and the presets. Torch-free at import.
 
 Every backend is called with torchvision's `deform_conv2d` signature:
 
@@ -12,19 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dcnbench.errors import UsageError
+from dcnbench.ops.contract import geometry_from_dict, hw_text, out_size, pair
 
-OP_DEFORM_CONV2D = "deform_conv2d"
-
-
-def pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    a, b = value
-    return (int(a), int(b))
-
-
-def out_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
-    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+OP = "deform_conv2d"
+SIGNATURE = "(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None)"
 
 
 @dataclass(frozen=True)
@@ -46,12 +39,11 @@ class ConvGeometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ConvGeometry":
-        """The geometry a results record or worker spec describes (JSON turns tuples into lists)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return geometry_from_dict(cls, d)
 
     @property
     def op(self) -> str:
-        return OP_DEFORM_CONV2D
+        return OP
 
     @property
     def ho(self) -> int:
@@ -96,6 +88,10 @@ class ConvGeometry:
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.n, self.o, self.ho, self.wo)
 
+    @property
+    def shape_text(self) -> str:
+        return format_shape(self)
+
     def conv_flops(self) -> int:
         """Forward FLOPs of the equivalent plain convolution (2 per multiply-add).
 
@@ -135,3 +131,73 @@ def check_call(input, offset, weight, bias=None, stride=1, padding=0, dilation=1
         if tuple(got[name].shape) != shape:
             raise ValueError(f"{name} has shape {tuple(got[name].shape)}, expected {shape}")
     return geo
+
+
+# ---- shape grammar and presets -------------------------------------------------------------------
+
+SHAPE_GRAMMAR = "N,C,H,W:O,kh,kw[:stride,pad,dil[,groups[,offset_groups]]]"
+SHAPE_EXAMPLE = "8,64,56,56:64,3,3:1,1,1"
+
+
+def parse_shape(spec: str) -> ConvGeometry:
+    """Parse `N,C,H,W:O,kh,kw[:stride,pad,dil[,groups[,offset_groups]]]`.
+
+    stride, pad and dil are one integer or `AxB` for (height, width), e.g. `2x1`.
+    """
+    hint = f"write {SHAPE_GRAMMAR}, e.g. {SHAPE_EXAMPLE}"
+    parts = spec.strip().split(":")
+    if len(parts) not in (2, 3):
+        raise UsageError(f"malformed --shape '{spec}': expected 2 or 3 ':'-separated parts", hint=hint)
+
+    def ints(text: str, count: tuple[int, ...], what: str) -> list[str]:
+        items = [t.strip() for t in text.split(",")]
+        if len(items) not in count or not all(items):
+            raise UsageError(f"malformed --shape '{spec}': {what} needs {' or '.join(map(str, count))} values", hint=hint)
+        return items
+
+    def num(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"malformed --shape '{spec}': '{text}' is not an integer", hint=hint) from None
+
+    def hw(text: str) -> tuple[int, int]:
+        a, _, b = text.partition("x")
+        return (num(a), num(b or a))
+
+    n, c, h, w = (num(t) for t in ints(parts[0], (4,), "N,C,H,W"))
+    o, kh, kw = (num(t) for t in ints(parts[1], (3,), "O,kh,kw"))
+    stride = pad = dil = (1, 1)
+    if len(parts) == 2:
+        pad = ((kh - 1) // 2, (kw - 1) // 2)  # "same" padding when not given
+    groups = offset_groups = 1
+    if len(parts) == 3:
+        extra = ints(parts[2], (3, 4, 5), "stride,pad,dil[,groups[,offset_groups]]")
+        stride, pad, dil = hw(extra[0]), hw(extra[1]), hw(extra[2])
+        groups = num(extra[3]) if len(extra) > 3 else 1
+        offset_groups = num(extra[4]) if len(extra) > 4 else 1
+    geo = ConvGeometry(n=n, c=c, h=h, w=w, o=o, kh=kh, kw=kw, stride=stride, padding=pad,
+                       dilation=dil, groups=groups, offset_groups=offset_groups)
+    problems = geo.problems()
+    if problems:
+        raise UsageError(f"invalid --shape '{spec}': {'; '.join(problems)}", hint=hint)
+    return geo
+
+
+def format_shape(geo: ConvGeometry) -> str:
+    return (f"{geo.n},{geo.c},{geo.h},{geo.w}:{geo.o},{geo.kh},{geo.kw}:"
+            f"{hw_text(geo.stride)},{hw_text(geo.padding)},{hw_text(geo.dilation)},{geo.groups},{geo.offset_groups}")
+
+
+# Named speed workloads (DCN.md section 3).
+PRESETS: dict[str, tuple[str, ...]] = {
+    # The shape measured in DCN.md's baselines: N=8, C=O=64, 56x56, 3x3.
+    "dcn-56": ("8,64,56,56:64,3,3:1,1,1",),
+    # The paper's placement: ResNet-101 conv5's 3x3 layers, 512->512, dilation 2, ~38x63 map.
+    "resnet101-conv5": ("1,512,38,63:512,3,3:1,2,2",),
+    # DCNv4's benchmark: batch 64, 56x56, 4 groups x 32 channels. DCNv4's core op is depthwise
+    # (channels mix in separate linear layers), so the NCHW equivalent is groups=C, offset_groups=4.
+    "dcnv4-56": ("64,128,56,56:128,3,3:1,1,1,128,4",),
+    # torchvision chunks the batch by its largest divisor <= 32: cliffs at prime and 33.
+    "batch-cliffs": tuple(f"{n},32,28,28:32,3,3:1,1,1" for n in (1, 31, 32, 33, 37, 64)),
+}

@@ -17,11 +17,11 @@ import os
 
 import torch
 
+from dcnbench.backends import Backend, local_devices
 from dcnbench.backends.ext import build
-from dcnbench.ops import OP_DEFORM_CONV2D, check_call
-from dcnbench.registry import Backend, local_devices
-from dcnbench.roi_ops import (OP_DEFORM_PSROI_POOL, OP_DEFORM_ROI_POOL, check_psroi_pool_call,
-                              check_roi_pool_call)
+from dcnbench.ops.deform_conv2d.contract import check_call
+from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
+from dcnbench.ops.deform_roi_pool.contract import check_call as check_roi_pool_call
 
 NAME = "ext"
 _NATIVE = (torch.float64, torch.float32)
@@ -125,7 +125,7 @@ def backend() -> Backend:
     return Backend(
         name=NAME,
         description="dcnbench's C++/CUDA kernels (TORCH_LIBRARY dcnbench_ext), built on first use",
-        ops={OP_DEFORM_CONV2D: deform_conv2d, OP_DEFORM_ROI_POOL: deform_roi_pool, OP_DEFORM_PSROI_POOL: deform_psroi_pool},
+        ops={"deform_conv2d": deform_conv2d, "deform_roi_pool": deform_roi_pool, "deform_psroi_pool": deform_psroi_pool},
         dtypes=devices,
         unsupported_reasons={"float16": "ext runs float16 on CUDA only (the CPU has no fast float16 arithmetic)"},
         version=torch.__version__,

@@ -1,1 +1,0 @@
-"""In-tree backends. Installed as `dcnbench.backends`; each module exposes `backend()`."""

@@ -1,0 +1,102 @@
+"""What every operator's cases share: the frozen case base (id, digest, serialisation), dtypes,
+the seeded cotangent and the non-contiguous view.
+
+A case is hashable and fully describes its inputs (geometry, dtype, offset distribution, seed), so
+it doubles as the key for grouping results and for comparing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import torch
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def digest_of(definition: dict) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a strided, non-contiguous view (every other element of a wider buffer)."""
+    return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """One seeded problem for one operator. Subclasses add the operator's own options and say how
+    to draw the tensors (`inputs`) and how to call a backend with them (`call`)."""
+
+    name: str
+    geometry: object  # the op's frozen geometry dataclass; its `op` names the operator
+    dtype: str = "float64"
+    offsets: str = "uniform"
+    offset_scale: float = 1.0
+    contiguous: bool = True
+    check: str = "oracle"  # "oracle", an identity the op's spec names, or "gradcheck"
+    seed: int = 0
+    # Every sampling coordinate stays at least this far from the op's kinks, so gradients are
+    # two-sided; None leaves coordinates as drawn (identities need integers).
+    kink_margin: float | None = 1e-3
+
+    differentiable: ClassVar[tuple[str, ...]] = ()
+    geometry_type: ClassVar[type]  # the op's geometry dataclass
+
+    @property
+    def op(self) -> str:
+        return self.geometry.op
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.name}/{self.dtype}"
+
+    @property
+    def variant(self) -> str:
+        """A short label of the op's variant (e.g. DCNv1/v2): backends may declare a dialect per variant."""
+        raise NotImplementedError
+
+    @property
+    def shape_text(self) -> str:
+        return self.geometry.shape_text
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.geometry.output_shape
+
+    def inputs(self, device: str = "cpu") -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def call(self, fn, tensors: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def definition(self) -> dict:
+        """The case as plain data (optional fields left at None are not part of it)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "kink_margin"}
+
+    def digest(self, **extra) -> str:
+        """Hash of everything that defines the workload (for comparing runs), plus `extra`."""
+        return digest_of(self.definition() | extra)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Case":
+        """The case a `definition()` describes (a results record's `case`, a worker's spec)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known} | {"geometry": cls.geometry_type.from_dict(d["geometry"])})
+
+    @classmethod
+    def for_speed(cls, s) -> "Case":
+        """The case whose inputs `speed` times every backend on, for the SpeedCase `s`."""
+        raise NotImplementedError
+
+
+def cotangent(case: Case, device: str = "cpu") -> torch.Tensor:
+    """The seeded cotangent every backward receives (verify, speed, out-of-process backends), in
+    the case's dtype. Random, never ones: sum() hides sign and permutation errors."""
+    gen = torch.Generator().manual_seed(case.seed + 104729)
+    c = torch.randn(case.output_shape, generator=gen, dtype=torch.float64)
+    return c.to(DTYPES[case.dtype]).to(device)
+

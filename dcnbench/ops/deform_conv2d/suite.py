@@ -1,0 +1,83 @@
+"""deform_conv2d's default verification suite: small seeded cases, each aimed at a way kernels go wrong.
+
+Every geometry runs in float64 and float32; a few also in float16 and bfloat16. A case's seed is
+written next to it: it is part of the case's identity (results compare by it), so adding a case
+never reseeds the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dcnbench.ops.deform_conv2d.contract import ConvGeometry
+from dcnbench.ops.deform_conv2d.workloads import ConvCase
+
+
+def _geo(n=2, c=4, h=9, w=9, o=6, kh=3, kw=3, stride=1, pad=1, dil=1, groups=1, og=1) -> ConvGeometry:
+    def hw(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    return ConvGeometry(n=n, c=c, h=h, w=w, o=o, kh=kh, kw=kw, stride=hw(stride), padding=hw(pad),
+                        dilation=hw(dil), groups=groups, offset_groups=og)
+
+
+# name -> (seed, geometry, case options). What each case is for is in its name.
+_GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "v2": (0, _geo(), {}),
+    "v1": (1000, _geo(), {"mask": False}),
+    "v2-nobias": (2000, _geo(), {"bias": False}),
+    "v1-nobias": (3000, _geo(), {"mask": False, "bias": False}),
+    "groups2": (4000, _geo(c=8, o=6, groups=2), {}),
+    "offset-groups2": (5000, _geo(c=8, og=2), {"offset_scale": 2.0}),
+    "groups2-offset-groups4": (6000, _geo(c=8, o=4, groups=2, og=4), {}),
+    "stride2": (7000, _geo(h=11, w=11, stride=2), {}),
+    "dilation2": (8000, _geo(h=11, w=11, pad=2, dil=2), {}),
+    "asymmetric-2x3-s21-p10-d12": (9000, _geo(h=10, w=11, kh=2, kw=3, stride=(2, 1), pad=(1, 0), dil=(1, 2)), {}),
+    "rect-kernel-3x1": (10000, _geo(kh=3, kw=1, pad=(1, 0)), {}),
+    "non-square-7x13": (11000, _geo(h=7, w=13), {}),
+    "batch0": (12000, _geo(n=0), {}),
+    "batch1": (13000, _geo(n=1), {}),
+    "batch37": (14000, _geo(n=37, c=2, h=6, w=6, o=3), {}),
+    "non-contiguous": (15000, _geo(c=8, og=2), {"contiguous": False}),
+    "offsets-near-zero": (16000, _geo(), {"offset_scale": 0.01}),
+    "offsets-large": (17000, _geo(h=12, w=12), {"offset_scale": 5.0}),
+    "anisotropic": (18000, _geo(), {"offsets": "anisotropic", "offset_scale": 3.0}),
+    "border-heavy": (19000, _geo(c=4, og=2), {"offsets": "border"}),
+    "interior-only": (20000, _geo(), {"offsets": "interior"}),
+    # One border band at a time (DCN.md's rules Z and C differ only there), DCNv1 and DCNv2.
+    "band-low-v1": (21000, _geo(), {"offsets": "band-low", "mask": False}),
+    "band-high-v1": (22000, _geo(), {"offsets": "band-high", "mask": False}),
+    "band-low-v2": (23000, _geo(), {"offsets": "band-low"}),
+    "band-high-v2": (24000, _geo(), {"offsets": "band-high"}),
+    "interior-only-v1": (25000, _geo(), {"offsets": "interior", "mask": False}),
+}
+
+_HALF_TYPES_FOR = ("v2", "v1", "groups2-offset-groups4", "border-heavy")
+
+# Identities: exact statements about the function that need no oracle. Integer sampling points
+# are the point of these cases, so the kink margin is off.
+_IDENTITIES: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "identity-zero-offset-v2": (500, _geo(c=8, o=4, groups=2, og=2), {"check": "zero_offset", "offsets": "zero"}),
+    "identity-zero-offset-v1": (1500, _geo(h=10, w=8, stride=2, dil=2, pad=2), {"check": "zero_offset", "offsets": "zero", "mask": False}),
+    "identity-integer-offset": (2500, _geo(c=8, o=4, groups=2, og=2, h=8, w=10), {"check": "integer_offset", "offsets": "integer", "offset_scale": 2.0, "mask": False}),
+    "identity-zero-mask": (3500, _geo(c=8, og=2), {"check": "zero_mask"}),
+}
+
+_GRADCHECK: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "gradcheck-v2": (700, _geo(n=1, c=4, h=4, w=5, o=2, groups=2, og=2), {"check": "gradcheck"}),
+    "gradcheck-v1-border": (1700, _geo(n=1, c=2, h=4, w=4, o=2, stride=2), {"check": "gradcheck", "mask": False, "offsets": "border"}),
+}
+
+
+def default_suite(seed: int = 0) -> list[ConvCase]:
+    cases = []
+    for name, (offset, geo, opts) in _GEOMETRIES.items():
+        dtypes = ("float64", "float32") + (("float16", "bfloat16") if name in _HALF_TYPES_FOR else ())
+        base = ConvCase(name=name, geometry=geo, seed=seed + offset, **opts)
+        cases += [replace(base, dtype=d) for d in dtypes]
+    for name, (offset, geo, opts) in _IDENTITIES.items():
+        base = ConvCase(name=name, geometry=geo, seed=seed + offset, kink_margin=None, **opts)
+        cases += [replace(base, dtype=d) for d in ("float64", "float32")]
+    for name, (offset, geo, opts) in _GRADCHECK.items():
+        cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, **opts))
+    return cases

@@ -1,0 +1,45 @@
+"""deform_psroi_pool's default verification suite (float64 and float32 each; gradcheck in float64).
+
+MXNet takes spatial_scale and trans_std as float32 parameters, so the suite uses values float32
+holds exactly (0.5, 0.25, ...). A case's seed is written next to it: it is part of its identity.
+"""
+
+from __future__ import annotations
+
+from dcnbench.ops.deform_psroi_pool.contract import PSRoIPoolGeometry
+from dcnbench.ops.deform_psroi_pool.workloads import PSRoIPoolCase
+
+
+def _psroi(n=2, d=2, group=3, h=10, w=12, k=12, pooled=3, part=3, spp=2, scale=0.5, std=0.25, classes=1) -> PSRoIPoolGeometry:
+    return PSRoIPoolGeometry(n=n, c=d * group * group, h=h, w=w, rois=k, pooled_size=pooled, spatial_scale=scale,
+                             sample_per_part=spp, trans_std=std, group_size=group, part_size=part, classes=classes)
+
+
+# name -> (seed, geometry, case options)
+_CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
+    "psroi-inside": (12300, _psroi(), {"rois": "inside"}),
+    "psroi-border": (13300, _psroi(), {"rois": "border"}),
+    "psroi-outside": (14300, _psroi(), {"rois": "outside"}),
+    "psroi-tiny-degenerate": (15300, _psroi(scale=1.0), {"rois": "tiny"}),
+    "psroi-large": (16300, _psroi(h=6, w=7, scale=0.25), {"rois": "large"}),
+    "psroi-many-3-images-2-classes": (17300, _psroi(n=3, d=4, k=60, classes=2), {"rois": "mixed"}),
+    "psroi-group1-plain": (18300, _psroi(d=4, group=1, pooled=3, part=3), {"rois": "mixed"}),
+    "psroi-part2-pooled4-spp3": (19300, _psroi(d=2, group=2, pooled=4, part=2, spp=3), {"rois": "mixed"}),
+    "psroi-offsets-zero": (20300, _psroi(), {"rois": "mixed", "offsets": "zero"}),
+    "psroi-offsets-small": (21300, _psroi(), {"rois": "mixed", "offset_scale": 0.1}),
+    "psroi-offsets-large": (22300, _psroi(std=0.5), {"rois": "mixed", "offset_scale": 3.0}),
+    "psroi-no-trans": (23300, _psroi(), {"rois": "mixed", "no_offset": True, "check": "no_offset"}),
+    "psroi-non-contiguous": (24300, _psroi(), {"rois": "mixed", "contiguous": False}),
+    # With zero offsets MXNet's operator is (ps_)roi_align on moved RoIs, where every sample lies inside the map.
+    "identity-psroi-ps-roi-align": (27300, _psroi(spp=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
+    "identity-psroi-group1-roi-align": (28300, _psroi(group=1, d=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
+}
+
+_GRADCHECK: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
+    "gradcheck-psroi": (1900, _psroi(n=2, d=1, group=2, h=6, w=7, k=4, pooled=2, part=2, scale=1.0, classes=1),
+                        {"rois": "mixed", "check": "gradcheck"}),
+}
+
+
+def default_suite(seed: int = 0) -> list[PSRoIPoolCase]:
+    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK)

@@ -1,0 +1,41 @@
+"""deform_roi_pool's default verification suite (float64 and float32 each; gradcheck in float64).
+
+A case's seed is written next to it: it is part of the case's identity (results compare by it).
+"""
+
+from __future__ import annotations
+
+from dcnbench.ops.deform_roi_pool.contract import RoIPoolGeometry
+from dcnbench.ops.deform_roi_pool.workloads import RoIPoolCase
+
+
+def _roi(n=2, c=3, h=10, w=12, k=12, out=(3, 4), scale=0.5, sr=2, gamma=0.1) -> RoIPoolGeometry:
+    return RoIPoolGeometry(n=n, c=c, h=h, w=w, rois=k, output_size=out, spatial_scale=scale, sampling_ratio=sr, gamma=gamma)
+
+
+# name -> (seed, geometry, case options)
+_CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
+    "roi-inside": (300, _roi(), {"rois": "inside"}),
+    "roi-border-adaptive": (1300, _roi(sr=0), {"rois": "border"}),
+    "roi-outside": (2300, _roi(), {"rois": "outside"}),
+    "roi-tiny-degenerate": (3300, _roi(sr=0, scale=1.0), {"rois": "tiny"}),
+    "roi-tiny-degenerate-sr2": (4300, _roi(sr=2, scale=1.0), {"rois": "tiny"}),
+    "roi-large-adaptive": (5300, _roi(sr=0, h=6, w=7, scale=0.25), {"rois": "large"}),
+    "roi-many-3-images": (6300, _roi(n=3, k=60, out=(2, 2), sr=0), {"rois": "mixed"}),
+    "roi-offsets-zero": (7300, _roi(), {"rois": "mixed", "offsets": "zero"}),
+    "roi-offsets-small": (8300, _roi(), {"rois": "mixed", "offset_scale": 0.1}),
+    "roi-offsets-large": (9300, _roi(gamma=0.5), {"rois": "mixed", "offset_scale": 3.0}),
+    "roi-no-offset": (10300, _roi(), {"rois": "mixed", "no_offset": True, "check": "no_offset"}),
+    "roi-non-contiguous": (11300, _roi(), {"rois": "mixed", "contiguous": False}),
+    # With zero offsets mmcv's operator is roi_align(aligned=True), in any setting.
+    "identity-roi-align": (25300, _roi(sr=0), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
+    "identity-roi-align-sr2": (26300, _roi(), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
+}
+
+_GRADCHECK: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
+    "gradcheck-roi": (900, _roi(n=2, c=2, h=6, w=7, k=4, out=(2, 2), sr=0, scale=1.0), {"rois": "mixed", "check": "gradcheck"}),
+}
+
+
+def default_suite(seed: int = 0) -> list[RoIPoolCase]:
+    return RoIPoolCase.suite(seed, _CASES, _GRADCHECK)
