@@ -98,9 +98,9 @@ def dialect_table(results: list[VerifyResult]) -> Table | None:
         table.add_column(name, justify=justify)
     for r in rows:
         d = r.dialect
-        worst = max((q.rel_err for q in r.quantities if q.reference == d.rule and q.rel_err is not None), default=None)
+        worst_rel = worst(q.rel_err for q in r.quantities if q.reference == d.rule)
         verdict = {"pass": "agrees with the paper everywhere", "dialect": "diverges from the paper only in the border bands"}
-        table.add_row(r.case.case_id, r.backend, d.rule, ("agrees" if d.matches_rule else "differs") + f" ({_fmt_err(worst)})",
+        table.add_row(r.case.case_id, r.backend, d.rule, ("agrees" if d.matches_rule else "differs") + f" ({_fmt_err(worst_rel)})",
                       str(d.interior_outputs), _fmt_err(d.interior_max_abs_vs_z), str(d.band_outputs),
                       _fmt_err(d.band_max_abs_vs_z), Text(verdict.get(r.status, r.status), style=STATUS_STYLE[r.status]))
     return table

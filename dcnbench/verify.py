@@ -106,28 +106,71 @@ class _Run:
     output: torch.Tensor
     grads: dict[str, torch.Tensor | None]
     mutated: list[str] = field(default_factory=list)
+    # Gradients under each other cotangent layout (COTANGENT_LAYOUTS), when they were asked for.
+    layout_grads: dict[str, dict[str, torch.Tensor | None]] = field(default_factory=dict)
+
+
+# Cotangents as training hands them to a backward, besides the fresh contiguous random one:
+#   expanded:      stride 0 along the batch axis (a loss broadcast over the batch; out.sum() is stride 0
+#                  everywhere). Random along the other axes, so the gradient's conditioning, and so the
+#                  half-precision tolerances, stay those of a random cotangent.
+#   transposed:    the random values, stored transposed (a permute or transpose after the layer)
+#   channels_last: the random values in channels-last memory (a channels-last network)
+# A backward that reads its incoming gradient as if it were contiguous fails these and only these.
+COTANGENT_LAYOUTS = ("expanded", "transposed", "channels_last")
+
+
+def cotangents(case: Case, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The cotangent of every layout this case's output shape allows, "random" (contiguous) first."""
+    base = cotangent(case, device)
+    found = {"random": base}
+    if base.dim() < 2 or not base.numel():
+        return found
+    gen = torch.Generator().manual_seed(case.seed + 7919)
+    small = torch.randn((1, *base.shape[1:]), generator=gen, dtype=torch.float64).to(base.dtype).to(device)
+    layouts = {"expanded": small.expand(base.shape),
+               "transposed": base.transpose(-1, -2).contiguous().transpose(-1, -2)}
+    if base.dim() == 4:
+        layouts["channels_last"] = base.contiguous(memory_format=torch.channels_last)
+    # A layout the shape makes contiguous anyway (size-1 axes) tests nothing new: leave it out.
+    return found | {k: v for k, v in layouts.items() if not v.is_contiguous()}
 
 
 def leaves(case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fresh buffers laid out like the inputs (non-contiguous stays so); gradients where the op has them."""
-    return {k: (v.detach().clone() if v.is_contiguous() else noncontiguous(v.detach())).requires_grad_(k in case.differentiable)
-            for k, v in inputs.items()}
+    """Fresh buffers laid out like the inputs (channels-last and non-contiguous stay so); gradients
+    where the op has them."""
+
+    def like(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach()
+        if v.is_contiguous() or v.is_contiguous(memory_format=torch.channels_last):
+            return v.clone(memory_format=torch.preserve_format)
+        return noncontiguous(v)
+
+    return {k: like(v).requires_grad_(k in case.differentiable) for k, v in inputs.items()}
 
 
-def _run(fn: Callable, case: Case, inputs: dict[str, torch.Tensor], cot: torch.Tensor,
-         backward: bool = True) -> _Run:
-    """One forward (+backward) on fresh leaves holding the inputs' values, with mutation checks."""
+def _run(fn: Callable, case: Case, inputs: dict[str, torch.Tensor], cots: dict[str, torch.Tensor],
+         backward: bool = True, layouts: bool = False) -> _Run:
+    """One forward (+backward under the random cotangent, and with `layouts` under every other
+    layout in `cots`) on fresh leaves holding the inputs' values, with mutation checks."""
     fresh = leaves(case, inputs)
-    cot = cot.clone()
-    snapshots = {k: v.detach().clone() for k, v in fresh.items()} | {"cotangent": cot.clone()}
+    cots = {k: v.clone(memory_format=torch.preserve_format) if k != "expanded" else v for k, v in cots.items()}
+    snapshots = {k: v.detach().clone() for k, v in fresh.items()} | {f"cotangent:{k}": v.clone() for k, v in cots.items()}
     out = case.call(fn, fresh)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"returned {type(out).__name__}, expected a torch.Tensor")
+    cot = cots["random"]
+    layout_grads = {}
     if backward and out.requires_grad and out.shape == cot.shape:
+        wrt = [a for a in case.differentiable if a in fresh]
+        for name in (n for n in COTANGENT_LAYOUTS if layouts and n in cots):
+            grads = torch.autograd.grad(out, [fresh[a] for a in wrt], cots[name].to(out.dtype), retain_graph=True,
+                                        allow_unused=True)
+            layout_grads[name] = {f"grad_{a}": g for a, g in zip(wrt, grads)}
         out.backward(cot.to(out.dtype))
-    current = {k: v.detach() for k, v in fresh.items()} | {"cotangent": cot}
-    mutated = [k for k, v in snapshots.items() if not torch.equal(v, current[k])]
-    return _Run(out.detach(), {f"grad_{a}": fresh[a].grad for a in case.differentiable if a in fresh}, mutated)
+    current = {k: v.detach() for k, v in fresh.items()} | {f"cotangent:{k}": v for k, v in cots.items()}
+    mutated = [k.replace("cotangent:random", "cotangent") for k, v in snapshots.items() if not torch.equal(v, current[k])]
+    return _Run(out.detach(), {f"grad_{a}": fresh[a].grad for a in case.differentiable if a in fresh}, mutated, layout_grads)
 
 
 # ---- references ------------------------------------------------------------------------------
@@ -140,39 +183,69 @@ def reference(case: Case, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
     """
     spec = ops.of(case)
     inputs = {k: v.double().cpu() for k, v in case.inputs("cpu").items()}
-    cot = cotangent(case).double()
+    # The same values the backend's cotangents hold, contiguous and in float64 (only "expanded"
+    # holds other values than "random"; the other layouts compare with the random gradients).
+    cots = {k: v.double().contiguous() for k, v in cotangents(case).items() if k in ("random", "expanded")}
     if case.check == "oracle":
         fn, quantities = (spec.oracle if rule == "Z" else partial(spec.oracle, rule=rule)), spec.quantities
     else:
         ref = spec.references[case.check]
         fn, quantities = ref.make(case), ref.quantities
-    return _run(fn, case, inputs, cot), quantities
+    return _run(fn, case, inputs, cots, layouts=True), quantities
 
 
 # ---- comparison ------------------------------------------------------------------------------
 
 
 def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str) -> QuantityError:
+    """Normwise relative error of `got` against the float64 `ref`, and whether it is within tolerance.
+
+    Where the reference is exactly zero there is no relative error: the error reported is the max
+    abs error, and only an exact zero passes. A failure says how when it is not by size alone:
+    NaN or Inf where the reference is finite, or all zeros where it is not.
+    """
     tol = tolerance(dtype, name)
     if got is None:
         return QuantityError(name, None, None, tol, False, "missing (None)")
     if tuple(got.shape) != tuple(ref.shape):
         return QuantityError(name, None, None, tol, False, f"shape {tuple(got.shape)}, expected {tuple(ref.shape)}")
-    diff = got.detach().double().cpu() - ref
+    got = got.detach().double().cpu()
+    if not bool(ref.isfinite().all()):
+        return _compare_nonfinite(name, got, ref, dtype)
+    diff = got - ref
     ref_norm = float(torch.linalg.vector_norm(ref)) if ref.numel() else 0.0
     diff_norm = float(torch.linalg.vector_norm(diff)) if diff.numel() else 0.0
     max_abs = float(diff.abs().max()) if diff.numel() else 0.0
     if ref_norm == 0.0:
-        rel = 0.0 if diff_norm == 0.0 else math.inf  # nothing is allowed where the answer is exactly 0
+        rel, ok = max_abs, diff_norm == 0.0
     else:
         rel = diff_norm / ref_norm
-    ok = rel <= tol  # NaN compares False, so NaN fails
+        ok = rel <= tol  # NaN compares False, so NaN fails
     note = ""
-    if not ok and ref_norm > 0 and got.numel() and not bool(got.detach().ne(0).any()):
-        note = "zero where the reference is not"
-    elif not ok and not math.isfinite(rel):
-        note = "not finite"
+    finite_ref = ref.isfinite()
+    if not ok and bool((got.isnan() & finite_ref).any()):
+        note = "nan: NaN where the reference is finite"
+    elif not ok and bool((got.isinf() & finite_ref).any()):
+        note = "inf: infinite where the reference is finite"
+    elif not ok and ref_norm > 0 and got.numel() and not bool(got.ne(0).any()):
+        note = "zero: all zero where the reference is not"
+    elif not ok and ref_norm == 0.0:
+        note = "the reference is exactly zero: the error shown is the max abs error"
     return QuantityError(name, rel, max_abs, tol, ok, note)
+
+
+def _compare_nonfinite(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: str) -> QuantityError:
+    """A reference holding NaN/Inf (a non-finite input read by some outputs): the non-finite entries
+    must be exactly the reference's (a bad value reaches exactly what reads it, never others,
+    quantity `nonfinite:<name>`), and the finite ones must agree as usual."""
+    bad_ref, bad_got = ~ref.isfinite(), ~got.isfinite()
+    leaked, lost = int((bad_got & ~bad_ref).sum()), int((bad_ref & ~bad_got).sum())
+    finite = compare(name, got[~bad_ref], ref[~bad_ref], dtype)
+    if leaked or lost:
+        what = "; ".join(filter(None, [f"{leaked} non-finite where the reference is finite (a leak)" if leaked else "",
+                                       f"{lost} finite where the reference is not" if lost else ""]))
+        return QuantityError(f"nonfinite:{name}", None, None, finite.tolerance, False, what)
+    return finite
 
 
 def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], label: str,
@@ -190,6 +263,12 @@ def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], l
                 found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))
             else:
                 found.append(replace(compare(q, run.grads.get(q), ref.grads[q], case.dtype), reference=label))
+    for layout, grads in run.layout_grads.items():
+        expected = ref.layout_grads["expanded"] if layout == "expanded" else ref.grads
+        for q, got in grads.items():
+            if q in quantities and expected.get(q) is not None:
+                err = compare(q, got, expected[q], case.dtype)
+                found.append(replace(err, quantity=f"{q}@{layout}", reference=label))
     for name in run.mutated:
         found.append(QuantityError(f"unchanged:{name}", None, None, tol, False, f"the backend modified the caller's {name}", label))
     return found
@@ -238,10 +317,92 @@ def _gradcheck(fn: Callable, case: Case, device: str) -> list[QuantityError]:
         return [QuantityError("gradcheck", None, None, 1e-4, False, str(exc).strip().splitlines()[0])]
 
 
+def _compiled_check(fn: Callable, case: Case, device: str, backward: bool) -> list[QuantityError]:
+    """The backend under torch.compile(fullgraph=True) against itself eager, output and gradients.
+
+    Dynamo traces the call and AOTAutograd traces its backward through the ops' fake kernels
+    (backend "aot_eager": what `torch.compile` and `torch.export` need from a kernel, without
+    inductor's code generation for the ops around it, which a kernel does not own). Raises
+    CannotCompile when the call cannot be traced whole.
+    """
+    import torch._dynamo
+
+    inputs = case.inputs(device)
+    cot = cotangent(case, device)
+    eager = _run(fn, case, inputs, {"random": cot}, backward=backward)
+    fresh = leaves(case, inputs)
+    names = list(fresh)
+
+    def call(*tensors):
+        return case.call(fn, dict(zip(names, tensors)))
+
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+        out = compiled(*fresh.values())
+        if backward and out.requires_grad:
+            out.backward(cot.to(out.dtype))
+    except Exception as exc:
+        if not _untraceable(exc):
+            raise
+        raise CannotCompile(f"torch.compile(fullgraph=True) cannot trace it: {one_line(exc)}") from None
+    finally:
+        torch._dynamo.reset()
+    found = [replace(compare("output", out, eager.output.double().cpu(), case.dtype), reference="eager")]
+    for q, ref in eager.grads.items():
+        if ref is not None:
+            got = fresh[q.removeprefix("grad_")].grad
+            found.append(replace(compare(q, got, ref.double().cpu(), case.dtype), reference="eager"))
+    return found
+
+
+def _untraceable(exc: BaseException) -> bool:
+    """A graph break or a data-dependent shape (the call cannot be traced whole), as opposed to a
+    kernel that traces and then fails."""
+    import torch._dynamo
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    kinds = (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError, GuardOnDataDependentSymNode)
+    return any(isinstance(e, kinds) for e in (exc, exc.__cause__, exc.__context__))
+
+
+class CannotCompile(Exception):
+    """torch.compile cannot trace the backend's call whole (a graph break under fullgraph=True)."""
+
+
 # ---- driver ----------------------------------------------------------------------------------
 
 
-def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> VerifyResult:
+def _knob_errors(case: Case, default: _Run, again: _Run, label: str, bitwise: bool) -> list[QuantityError]:
+    """The run under a knob setting against the default run: within tolerance, or bitwise equal."""
+    found = []
+    for q, got in [("output", again.output)] + list(again.grads.items()):
+        ref = default.output if q == "output" else default.grads.get(q)
+        if ref is None:
+            continue
+        err = replace(compare(q, got, ref.double().cpu(), case.dtype), quantity=f"{q}~{label}", reference="knob")
+        if bitwise and err.ok and not torch.equal(got, ref):
+            err = replace(err, ok=False, note="not bitwise equal to the default run (the backend claims it is)")
+        found.append(err)
+    return found
+
+
+def _knob_runs(backend: Backend, fn: Callable, case: Case, inputs: dict, cot: torch.Tensor, first: _Run, device: str,
+               backward: bool) -> list[QuantityError]:
+    from dcnbench.knobs import threads_knob
+
+    bitwise_threads = bool(backend.thread_invariant and backend.thread_invariant(device))
+    knobs = ([] if backend.self_timed else [threads_knob(bitwise_threads)]) + list(backend.knobs(device) if backend.knobs else ())
+    found = []
+    for knob in knobs:
+        for value in knob.values:
+            with knob.apply(value):
+                again = _run(fn, case, inputs, {"random": cot}, backward=backward)
+            found += _knob_errors(case, first, again, f"{knob.name}={value}", knob.bitwise)
+    return found
+
+
+def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
     start = time.perf_counter()
     reason = backend.support(case.op, device, case.dtype, case.geometry)
     if reason:
@@ -250,6 +411,15 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> V
     fn = backend.ops[case.op]
     rule = backend.dialect(case) if case.check == "oracle" else "Z"
     try:
+        if case.check == "compile":
+            try:
+                quantities = _compiled_check(fn, case, device, not no_backward)
+            except CannotCompile as exc:
+                return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=str(exc),
+                                    elapsed_s=time.perf_counter() - start)
+            status = Status.PASS if all(q.ok for q in quantities) else Status.FAIL
+            return VerifyResult(case, backend.name, status, tuple(quantities), _mode_note(backend, device),
+                                time.perf_counter() - start)
         if case.check == "gradcheck":
             if no_backward:
                 return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=no_backward)
@@ -261,14 +431,15 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> V
             if (case, r) not in ref_cache:
                 ref_cache[(case, r)] = reference(case, r)
         inputs = case.inputs(device)
-        cot = cotangent(case, inputs["input"].device.type)
-        first = _run(fn, case, inputs, cot, backward=not no_backward)
-        second = _run(fn, case, inputs, cot, backward=not no_backward)
+        cots = cotangents(case, inputs["input"].device.type)
+        first = _run(fn, case, inputs, cots, backward=not no_backward, layouts=True)
+        second = _run(fn, case, inputs, {"random": cots["random"]}, backward=not no_backward)
+        by_knob = _knob_runs(backend, fn, case, inputs, cots["random"], first, device, not no_backward) if knobs else []
     except Exception as exc:  # a backend that raises becomes an error row; the run goes on
         return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
     ref_z, covered = ref_cache[(case, "Z")]
     label = "Z" if case.check == "oracle" else case.check
-    vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward)
+    vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward) + by_knob
     vs_rule, report = [], None
     if rule != "Z":
         vs_rule = _compare_runs(case, first, ref_cache[(case, rule)][0], covered, rule, no_backward)
@@ -304,14 +475,15 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}{loc}"
 
 
-def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu",
+def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu", knobs: bool = False,
                on_result: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
-    """Every case on every backend, case-major so each reference is computed once and dropped."""
+    """Every case on every backend, case-major so each reference is computed once and dropped;
+    with `knobs`, each also under every knob setting (dcnbench.knobs)."""
     results = []
     for case in cases:
         cache: dict = {}
         for backend in backends:
-            result = verify_case(backend, case, device, cache)
+            result = verify_case(backend, case, device, cache, knobs)
             results.append(result)
             if on_result:
                 on_result(result)

@@ -40,7 +40,7 @@ def test_plugins_are_timed_next_to_the_reference(tmp_path):
     (["--device", "cuda"], "no usable GPU"),
     (["--direction", "sideways"], "unknown --direction"),
     (["--backend", "pytorch", "--baseline", "torchvision"], "--baseline 'torchvision' is not among"),
-    (["--threads", "0"], "not a thread count"),
+    (["--threads", "0"], "--threads 0 is out of range"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):
     out = invoke("speed", *args, "--no-memory", *FAST)

@@ -24,8 +24,11 @@ def results():
 
 def test_oracle_passes_every_pooling_case_and_torchvision_says_why_not(results):
     bad = [(r.case.case_id, r.backend, r.status, r.message) for r in results
-           if r.backend == "pytorch" and r.status != "pass"]
+           if r.backend == "pytorch" and r.status != "pass" and r.case.check != "compile"]
     assert not bad
+    # The oracles' sampling loops depend on the RoIs' values: torch.compile cannot trace them whole.
+    compiled = [r for r in results if r.backend == "pytorch" and r.case.check == "compile"]
+    assert len(compiled) == 2 and all(r.status == "unsupported" and "cannot trace" in r.message for r in compiled)
     tv = [r for r in results if r.backend == "torchvision"]
     assert tv and all(r.status == "unsupported" and "no deformable RoI pooling" in r.message for r in tv)
     assert not failed(results)
@@ -33,10 +36,14 @@ def test_oracle_passes_every_pooling_case_and_torchvision_says_why_not(results):
 
 def test_identity_and_no_offset_cases_compare_output_and_input_gradient(results):
     for r in results:
+        base = {q.quantity for q in r.quantities if "@" not in q.quantity}
         if r.backend == "pytorch" and r.case.check in ("roi_align", "ps_roi_align", "no_offset"):
-            assert {q.quantity for q in r.quantities} == {"output", "grad_input"}, r.case.case_id
+            assert base == {"output", "grad_input"}, r.case.case_id
         elif r.backend == "pytorch" and r.case.check == "oracle":
-            assert {q.quantity for q in r.quantities} == {"output", "grad_input", "grad_offset"}, r.case.case_id
+            assert base == {"output", "grad_input", "grad_offset"}, r.case.case_id
+            if r.case.geometry.rois > 1:  # and each gradient again under every cotangent layout
+                assert {"grad_input@expanded", "grad_offset@transposed", "grad_offset@channels_last"} <= \
+                    {q.quantity for q in r.quantities}, r.case.case_id
 
 
 def test_suite_covers_what_the_issue_lists():
@@ -108,7 +115,7 @@ def test_mxnet_runs_the_psroi_suite_and_declines_mmcv_pooling_with_a_reason():
     mx = get("mxnet")
     assert mx.unavailable is None, mx.unavailable
     found = run_verify(backends=[mx], cases=SUITE)
-    psroi = [r for r in found if r.case.op == OP_DEFORM_PSROI_POOL]
+    psroi = [r for r in found if r.case.op == OP_DEFORM_PSROI_POOL and r.case.check != "compile"]
     assert psroi and all(r.status == "pass" for r in psroi), [(r.case.case_id, r.status, r.message) for r in psroi if r.status != "pass"]
     assert any(q.quantity == "grad_offset" for r in psroi for q in r.quantities)  # the CPU backward is checked
     roi = [r for r in found if r.case.op == OP_DEFORM_ROI_POOL]

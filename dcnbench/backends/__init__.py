@@ -52,6 +52,15 @@ class Backend:
     environment: Callable[[], str] | None = None
     # device -> the kernel mode that runs there (e.g. deterministic or atomic backward), shown by `verify`.
     mode: Callable[[str], str] | None = None
+    # (op, geometry) -> images per internal batch chunk, for a backend that processes the batch in
+    # chunks (None where it does not): the suite must hold a batch one image past a chunk.
+    batch_chunk: Callable[[str, object], int | None] | None = None
+    # Settings that must not change its results (dcnbench.knobs), besides the thread count every
+    # in-process backend has; `verify --knobs` checks them. device -> knobs.
+    knobs: Callable[[str], tuple] | None = None
+    # device -> whether its results are bitwise independent of the thread count (a claim verify
+    # --knobs holds it to).
+    thread_invariant: Callable[[str], bool] | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -10,13 +10,14 @@ import torch
 
 from dcnbench import ops
 from dcnbench.backends import ALL_DTYPES, Backend, local_devices
+from dcnbench.ops.spec import resolved
 
 
 def backend() -> Backend:
     return Backend(
         name="pytorch",
         description="pure PyTorch, vectorised, autograd backward; float64 on the CPU is the oracle",
-        ops={spec.name: spec.oracle for spec in ops.all_ops()},
+        ops={spec.name: resolved(spec.oracle) for spec in ops.all_ops()},
         dtypes=local_devices(ALL_DTYPES),
         version=torch.__version__,
     )

@@ -25,4 +25,6 @@ def backend() -> Backend:
         unsupported_reasons={"bfloat16": "torchvision has no bfloat16 deform_conv2d kernel",
                              "deform_roi_pool": NO_POOLING, "deform_psroi_pool": NO_POOLING},
         version=torchvision.__version__,
+        # deform_conv2d runs the batch in chunks of its largest divisor <= 32 (n_parallel_imgs).
+        batch_chunk=lambda op, geometry: 32 if op == "deform_conv2d" else None,
     )

@@ -9,7 +9,8 @@ import typer
 
 from dcnbench import ops
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
-                                 check_device, check_dtype, check_seed, console, err_console, output_paths, plugin_op,
+                                 check_count, check_device, check_dtype, check_seconds, check_seed, console, err_console,
+                                 output_paths, plugin_op,
                                  run_writing, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
@@ -18,15 +19,23 @@ from dcnbench.shard import parse_shard, take_shard
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
-           shard: str | None = None) -> int:
-    """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
+           shard: str | None = None, knobs: bool = False, fuzz: int = 0, fuzz_time: float = 60.0,
+           case_json: str | None = None) -> int:
+    """Run the suite (or `fuzz` random problems per operator, or the one case `case_json` names);
+    returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
     for d in dtypes or []:
         check_dtype(d)
     ops.check_ops(op_names)
     shard_spec = parse_shard(shard)
     check_seed(seed)
+    if fuzz:
+        check_count("--fuzz", fuzz, high=10**6)
+        check_seconds("--fuzz-time", fuzz_time, high=7 * 86400)
     csv_path, json_path = (None, None) if list_cases else output_paths("verify", csv, json)
+    if fuzz:
+        return run_fuzz_command(backends=backends, impls=impls, device=device, op_names=op_names, examples=fuzz,
+                                seconds=fuzz_time, seed=seed, csv_path=csv_path, json_path=json_path)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -35,7 +44,12 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     from dcnbench.plugins import load_plugins
     from dcnbench.verify import default_suite, failed, run_verify, select_cases
 
-    chosen_cases = take_shard(select_cases(default_suite(seed, op_names), cases, dtypes, op_names), shard_spec)
+    if case_json:
+        from dcnbench.fuzz import case_from_json
+
+        chosen_cases = [case_from_json(case_json)]
+    else:
+        chosen_cases = take_shard(select_cases(default_suite(seed, op_names), cases, dtypes, op_names), shard_spec)
     if not chosen_cases:
         raise UsageError("no case matches the --op/--case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
@@ -62,7 +76,7 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
                 writer.add(r)
                 progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}")
 
-            return run_verify(backends=chosen, cases=chosen_cases, device=device, on_result=done)
+            return run_verify(backends=chosen, cases=chosen_cases, device=device, knobs=knobs, on_result=done)
 
     found = run_writing(writer, run, "case x backend results")
 
@@ -76,6 +90,57 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
             console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
     return EXIT_FAILED if failed(found, allow_nondeterministic) else EXIT_OK
+
+
+def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, seed, csv_path, json_path) -> int:
+    """`verify --fuzz`: per operator and backend, how many problems ran and the smallest that failed."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from dcnbench import backends as registry
+    from dcnbench import results
+    from dcnbench.fuzz import case_json, repro_command, run_fuzz
+    from dcnbench.plugins import load_plugins
+
+    plugins = load_plugins(impls, device, plugin_op(op_names))
+    chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
+    for note in skipped:
+        err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
+    env = results.environment(device=device, seed=seed, backends=chosen)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  transient=True) as progress:
+        task = progress.add_task("fuzz", total=None)
+        counts: dict[str, int] = {}
+
+        def tick(label: str) -> None:
+            counts[label] = counts.get(label, 0) + 1
+            progress.update(task, description=f"fuzz {label}: problem {counts[label]}")
+
+        findings = run_fuzz(backends=chosen, op_names=op_names, examples=examples, seconds=seconds, seed=seed,
+                            device=device, on_problem=tick)
+    table = Table(title=f"dcnbench verify --fuzz {examples} --seed {seed}", title_justify="left")
+    for name, justify in (("op", "left"), ("backend", "left"), ("problems", "right"), ("seconds", "right"),
+                          ("result", "left")):
+        table.add_column(name, justify=justify)
+    for f in findings:
+        result = "no failure" if f.failure is None else \
+            f"{f.failure.status}: {', '.join(q.quantity for q in f.failure.failing) or f.failure.message}"
+        table.add_row(f.op, f.backend, str(f.tried), f"{f.seconds:.0f}", result)
+    console.print(table)
+    arg = {p.name: f"--impl {spec}" for p, spec in zip(plugins, impls or [])}
+    for f in (f for f in findings if f.failure):
+        console.print(f"\nsmallest failing {f.op} problem on {f.backend} ({f.failure.case.shape_text}, "
+                      f"{f.failure.case.dtype}):\n  {case_json(f.failure.case)}\nre-run it with:\n  "
+                      f"{repro_command(f, arg.get(f.backend, f'--backend {f.backend}'))}", highlight=False, soft_wrap=True)
+    failures = [f.failure for f in findings if f.failure]
+    fuzz_summary = [{"op": f.op, "backend": f.backend, "problems": f.tried, "seconds": f.seconds,
+                     "failed": f.failure is not None} for f in findings]
+    writer = results.ResultsWriter(kind="verify", env=env, csv_path=csv_path, json_path=json_path,
+                                   expected=len(failures), extra={"fuzz": fuzz_summary})
+    writer.results = failures
+    writer.flush(partial=False)
+    console.print(f"wrote {csv_path} and {json_path} (the smallest failing problems)", highlight=False)
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 @user_errors
@@ -92,6 +157,14 @@ def command(
     allow_nondeterministic: Annotated[bool, typer.Option("--allow-nondeterministic", help="Do not fail the run on a nondeterministic backward.")] = False,
     list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
     shard: ShardOpt = None,
+    fuzz: Annotated[int, typer.Option("--fuzz", help="Instead of the suite: N random valid problems per operator and "
+                                      "backend (hypothesis), each failure shrunk to the smallest failing problem.")] = 0,
+    fuzz_time: Annotated[float, typer.Option("--fuzz-time", help="With --fuzz: seconds per operator and backend before no "
+                                             "new problem is drawn.")] = 60.0,
+    case_json: Annotated[str | None, typer.Option("--case-json", help="Run exactly this case (the JSON a --fuzz run prints "
+                                                  "for a failure).")] = None,
+    knobs: Annotated[bool, typer.Option("--knobs", help="Also re-run every case under each setting of the backends' knobs "
+                                        "(thread count, batch chunking) and require the same results.")] = False,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
@@ -101,4 +174,4 @@ def command(
     """
     raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, op_names=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
-                            shard=shard))
+                            shard=shard, knobs=knobs, fuzz=fuzz, fuzz_time=fuzz_time, case_json=case_json))

@@ -42,6 +42,9 @@ class Case:
     # Every sampling coordinate stays at least this far from the op's kinks, so gradients are
     # two-sided; None leaves coordinates as drawn (identities need integers).
     kink_margin: float | None = 1e-3
+    # "channels_last": every 4-D tensor the backend receives is in channels-last memory (None: as
+    # `contiguous` says). Left out of the definition when None, so older cases keep their digests.
+    memory_format: str | None = None
 
     differentiable: ClassVar[tuple[str, ...]] = ()
     geometry_type: ClassVar[type]  # the op's geometry dataclass
@@ -72,6 +75,12 @@ class Case:
 
     def call(self, fn, tensors: dict[str, torch.Tensor]):
         raise NotImplementedError
+
+    def arrange(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor laid out as the case asks: contiguous, a strided view, or channels-last."""
+        if self.memory_format == "channels_last" and t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t if self.contiguous else noncontiguous(t)
 
     def definition(self) -> dict:
         """The case as plain data (optional fields left at None are not part of it)."""

@@ -30,7 +30,7 @@ def check_rois(input, rois) -> None:
     if rois.dtype != input.dtype or rois.device != input.device:
         raise ValueError(f"rois must match input's dtype and device, got {rois.dtype} on {rois.device}, "
                          f"expected {input.dtype} on {input.device}")
-    if rois.shape[0]:
+    if rois.shape[0] and not _tracing():
         index = rois[:, 0].detach()
         bad = (index != index.floor()) | (index < 0) | (index > input.shape[0] - 1)
         if bool(bad.any()):
@@ -39,6 +39,14 @@ def check_rois(input, rois) -> None:
                              f"expected an integer in [0, {input.shape[0] - 1}]")
         if not bool(rois.detach().isfinite().all()):
             raise ValueError("rois contain NaN or infinity")
+
+
+def _tracing() -> bool:
+    """Under torch.compile the values are symbolic: the checks that read them (batch indices,
+    finiteness) cannot run, and would break the graph; the shape checks still do."""
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def check_offset(name: str, offset, input, expected: tuple[int, ...]) -> None:
@@ -103,4 +111,5 @@ def pool_spec(*, here: str, case_class: str, identity: str, **fields):
         geometry_for_files=lazy("dcnbench.ops.rois:geometry_for_files"),
         check_files=lazy("dcnbench.ops.rois:check_files"),
         cost=lazy("dcnbench.ops.rois:cost"),
+        fuzz=lazy(f"{here}.fuzz:cases"),
     )

@@ -20,7 +20,7 @@ import torch
 
 from dcnbench.errors import UsageError
 from dcnbench.limits import Cost
-from dcnbench.ops.case import DTYPES, Case, noncontiguous
+from dcnbench.ops.case import DTYPES, Case
 from dcnbench.ops.contract import ITEMSIZE
 
 # Where RoIs lie, in image coordinates (map size / spatial_scale):
@@ -90,13 +90,13 @@ class PoolCase(Case):
                    seed=s.seed, kink_margin=None, rois_file=s.rois_file, offset_file=s.offset_file)
 
     @classmethod
-    def suite(cls, seed: int, cases: dict[str, tuple[int, object, dict]], gradcheck: dict[str, tuple[int, object, dict]]) -> list:
-        """Each of `cases` (name -> (seed, geometry, options)) in float64 and float32, `gradcheck` in float64."""
+    def suite(cls, seed: int, cases: dict[str, tuple[int, object, dict]], once: dict[str, tuple[int, object, dict]]) -> list:
+        """Each of `cases` (name -> (seed, geometry, options)) in float64 and float32, each of `once` in float64 only."""
         found = []
         for name, (offset, geo, opts) in cases.items():
             base = cls(name=name, geometry=geo, seed=seed + offset, **opts)
             found += [replace(base, dtype=d) for d in ("float64", "float32")]
-        for name, (offset, geo, opts) in gradcheck.items():
+        for name, (offset, geo, opts) in once.items():
             found.append(cls(name=name, geometry=geo, seed=seed + offset, **opts))
         return found
 
@@ -214,7 +214,7 @@ def make_pool_inputs(case: PoolCase, device: str = "cpu") -> dict[str, torch.Ten
     out = {}
     for name, t in tensors.items():
         t = t.to(dtype).to(device)
-        out[name] = t if case.contiguous else noncontiguous(t)
+        out[name] = case.arrange(t)
     return out
 
 

@@ -18,15 +18,25 @@ def lazy(target: str) -> Callable:
     the module on its first call."""
     module, _, name = target.partition(":")
 
-    def call(*args, **kwargs):
+    def resolve() -> Callable:
         found = importlib.import_module(module)
         for part in name.split("."):
             found = getattr(found, part)
-        return found(*args, **kwargs)
+        return found
 
+    def call(*args, **kwargs):
+        return resolve()(*args, **kwargs)
+
+    # Code that must see the function itself (torch.compile cannot trace an import) resolves it.
+    call.resolve = resolve
     call.__qualname__ = call.__name__ = name
     call.__doc__ = f"{target}, imported on first call"
     return call
+
+
+def resolved(fn: Callable) -> Callable:
+    """The function a `lazy` callable stands for (imported now), or `fn` itself."""
+    return fn.resolve() if hasattr(fn, "resolve") else fn
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class OpSpec:
     probe_cases: Callable | None = None  # (dtype) -> tiny cases a --impl plugin must pass before it runs
     flops: Callable = lambda geometry: None  # forward FLOPs of the equivalent plain layer; None if meaningless
     cost: Callable | None = None  # (case) -> limits.Cost: what one call needs, estimated before it runs
+    fuzz: Callable | None = None  # () -> a hypothesis strategy of small valid float64 cases (verify --fuzz)
     # Tensors `speed` may read from files instead of drawing them (e.g. ("rois", "offset")), the
     # workload adjusted to them, and their validation.
     file_inputs: tuple[str, ...] = ()

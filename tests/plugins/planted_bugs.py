@@ -126,6 +126,75 @@ def mutates_offset(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 
 
 
 # kernel -> quantities of which at least one must fail (any of them is acceptable proof).
+def _as_if_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """What a kernel sees when it takes t's storage as a contiguous array of t's shape: the first
+    t.numel() elements of memory (zeros past the end of the storage, where C would read garbage)."""
+    raw = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage())
+    flat = torch.zeros(t.numel(), dtype=t.dtype, device=t.device)
+    have = max(0, min(t.numel(), raw.numel() - t.storage_offset()))
+    flat[:have] = raw[t.storage_offset():t.storage_offset() + have]
+    return flat.view(t.shape)
+
+
+class _ReadsGradAsContiguous(torch.autograd.Function):
+    """Identity forward; the backward reads its incoming gradient's memory as if contiguous
+    (vision#2560's bug class: right for a fresh gradient, wrong for expanded or permuted ones)."""
+
+    @staticmethod
+    def forward(ctx, out):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _as_if_contiguous(grad)
+
+
+def grad_output_read_as_contiguous(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                                   mask=None):
+    return _ReadsGradAsContiguous.apply(tv(input, offset, weight, bias, stride, padding, dilation, mask))
+
+
+def last_column_chunk_off_by_one(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                                 mask=None):
+    """Runs the batch in column chunks of 2^23 elements, like ext's CPU kernel, but the last partial
+    chunk reads its offsets one image early: right for every batch that fits one chunk."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    chunk = max(1, (1 << 23) // max(1, geo.c * geo.taps * geo.ho * geo.wo))
+    outs = []
+    for n0 in range(0, geo.n, chunk):
+        b = min(chunk, geo.n - n0)
+        at = n0 - 1 if n0 and b < chunk else n0
+        outs.append(tv(input[n0:n0 + b], offset[at:at + b], weight, bias, stride, padding, dilation,
+                       None if mask is None else mask[n0:n0 + b]))
+    return torch.cat(outs) if outs else tv(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def serial_path_drops_bias(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """A separate single-thread code path that forgets the bias: right under the default thread
+    count, wrong on a one-core machine (found only by `verify --knobs`)."""
+    drop = torch.get_num_threads() == 1 and bias is not None
+    return tv(input, offset, weight, None if drop else bias, stride, padding, dilation, mask)
+
+
+def corner_stride_w3_dilation_h2(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                                 mask=None):
+    """Right everywhere except one corner of the parameter space no suite case sits in (a
+    specialised path for horizontal stride 3 with vertical dilation 2 that shifts x by half a pixel);
+    only `verify --fuzz` finds it."""
+    if pair(stride)[1] == 3 and pair(dilation)[0] == 2:
+        geo = geometry_of(input, offset, weight, stride, padding, dilation)
+        shift = torch.zeros_like(_taps(geo, offset))
+        shift[:, :, :, :, 1] = 0.5
+        offset = offset + shift.reshape(offset.shape)
+    return tv(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+corner_stride_w3_dilation_h2.dcnbench_dtypes = ("float64", "float32", "float16")
+
+# Bugs that only `verify --knobs` finds (the default suite passes them).
+KNOB_BUGS = {"serial_path_drops_bias": {"output~threads=1", "grad_bias~threads=1"}}
+serial_path_drops_bias.dcnbench_dtypes = ("float64", "float32", "float16")
+
 BUGS = {
     "swapped_offsets": {"output"},
     "missing_offset_grad": {"grad_offset"},
@@ -140,6 +209,8 @@ BUGS = {
     "half_precision_accumulation": {"output"},
     "nondeterministic_backward": set(),  # caught as its own status, not a quantity
     "mutates_offset": {"unchanged:offset"},
+    "last_column_chunk_off_by_one": {"output"},
+    "grad_output_read_as_contiguous": {"grad_input@expanded", "grad_input@transposed", "grad_input@channels_last"},
 }
 
 # torchvision has no bfloat16 kernel: declare what the wrapped kernels run, so bfloat16 cases are

@@ -132,4 +132,28 @@ def backend() -> Backend:
         check=check,
         environment=lambda: f"built in {build.build_dir()}",
         mode=mode,
+        batch_chunk=batch_chunk,
+        knobs=knobs,
+        thread_invariant=lambda device: device == "cpu",
     )
+
+
+# The CPU deform_conv2d kernel's column buffer holds at most this many elements (csrc/cpu/deform_conv2d.cpp).
+CPU_COLUMN_BUDGET = 1 << 23
+
+
+def knobs(device: str) -> tuple:
+    """The CPU column budget: chunking the batch differently must not change a bit of the result."""
+    from dcnbench.knobs import env_knob
+
+    if device != "cpu":
+        return ()
+    return (env_knob("column_budget", "DCNBENCH_EXT_COLUMN_BUDGET", (str(1 << 12),), bitwise=True),)
+
+
+def batch_chunk(op: str, geometry) -> int | None:
+    """Images per column chunk of the CPU deform_conv2d kernel (C*K*L column elements per image)."""
+    if op != "deform_conv2d":
+        return None
+    per_image = max(1, geometry.c * geometry.taps * geometry.ho * geometry.wo)
+    return max(1, CPU_COLUMN_BUDGET // per_image)

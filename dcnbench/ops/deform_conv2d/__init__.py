@@ -5,6 +5,7 @@
     suite.py       the default verification suite
     oracle.py      the float64 oracle (rules Z and C)
     references.py  identities with conv2d, and the conv2d reference row
+    fuzz.py        the strategy `verify --fuzz` draws problems from
 """
 
 from dcnbench.ops.deform_conv2d.contract import OP, PRESETS, ConvGeometry, SHAPE_EXAMPLE, SHAPE_GRAMMAR, SIGNATURE, parse_shape
@@ -40,4 +41,5 @@ SPEC = OpSpec(
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.conv_flops(),
     cost=lazy(f"{_HERE}.workloads:cost"),
+    fuzz=lazy(f"{_HERE}.fuzz:cases"),
 )

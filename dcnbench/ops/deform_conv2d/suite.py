@@ -50,6 +50,19 @@ _GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
     "band-low-v2": (23000, _geo(), {"offsets": "band-low"}),
     "band-high-v2": (24000, _geo(), {"offsets": "band-high"}),
     "interior-only-v1": (25000, _geo(), {"offsets": "interior", "mask": False}),
+    # Every 4-D argument in channels-last memory (non-contiguous covers strided views).
+    "channels-last": (26000, _geo(c=8, og=2), {"memory_format": "channels_last"}),
+    # Batch sizes at the 32-image boundary, where kernels that chunk the batch go wrong (torchvision
+    # runs chunks of the largest divisor <= 32, so 33 is one image past a chunk).
+    "batch31": (27000, _geo(n=31, c=2, h=6, w=6, o=3), {}),
+    "batch32": (28000, _geo(n=32, c=2, h=6, w=6, o=3), {}),
+    "batch33": (29000, _geo(n=33, c=2, h=6, w=6, o=3), {}),
+}
+
+# One image past ext's CPU column chunk (2^23 column elements: 14 images of 64x9x32x32): the
+# batch runs as 14 + 1. Large, so float32 only (the reference is float64 either way).
+_LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "batch15-past-column-chunk": (30000, _geo(n=15, c=64, h=32, w=32, o=8), {"offset_scale": 2.0}),
 }
 
 _HALF_TYPES_FOR = ("v2", "v1", "groups2-offset-groups4", "border-heavy")
@@ -61,6 +74,11 @@ _IDENTITIES: dict[str, tuple[int, ConvGeometry, dict]] = {
     "identity-zero-offset-v1": (1500, _geo(h=10, w=8, stride=2, dil=2, pad=2), {"check": "zero_offset", "offsets": "zero", "mask": False}),
     "identity-integer-offset": (2500, _geo(c=8, o=4, groups=2, og=2, h=8, w=10), {"check": "integer_offset", "offsets": "integer", "offset_scale": 2.0, "mask": False}),
     "identity-zero-mask": (3500, _geo(c=8, og=2), {"check": "zero_mask"}),
+}
+
+# Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
+_COMPILE: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "compile-v2": (31000, _geo(c=4, og=2), {"check": "compile"}),
 }
 
 _GRADCHECK: dict[str, tuple[int, ConvGeometry, dict]] = {
@@ -75,9 +93,11 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         dtypes = ("float64", "float32") + (("float16", "bfloat16") if name in _HALF_TYPES_FOR else ())
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, **opts)
         cases += [replace(base, dtype=d) for d in dtypes]
+    for name, (offset, geo, opts) in _LARGE.items():
+        cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
     for name, (offset, geo, opts) in _IDENTITIES.items():
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, kink_margin=None, **opts)
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
-    for name, (offset, geo, opts) in _GRADCHECK.items():
+    for name, (offset, geo, opts) in (_GRADCHECK | _COMPILE).items():
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, **opts))
     return cases

@@ -10,7 +10,7 @@ import torch
 
 from dcnbench.errors import UsageError
 from dcnbench.limits import Cost
-from dcnbench.ops.case import DTYPES, Case, noncontiguous
+from dcnbench.ops.case import DTYPES, Case
 from dcnbench.ops.contract import ITEMSIZE
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 
@@ -149,7 +149,7 @@ def make_inputs(case: ConvCase, device: str = "cpu") -> dict[str, torch.Tensor]:
     out = {}
     for name, t in tensors.items():
         t = t.to(dtype).to(device)
-        out[name] = t if case.contiguous else noncontiguous(t)
+        out[name] = case.arrange(t)
     return out
 
 

@@ -19,6 +19,8 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
     out_dtype = input.dtype
     compute = compute_dtype(out_dtype)
     g, p, d, h, w, k = geo.group_size, geo.pooled_size, geo.output_dim, geo.h, geo.w, geo.rois
+    if k == 0:  # no RoI: an empty output, still connected to the input for autograd
+        return (input.sum() * 0).expand(0, d, p, p)
     classes = 1 if no_trans else geo.classes
     # Input channel (c * g + gh) * g + gw: a (N, g*g, HW, output_dim) table per channel group.
     table = input.to(compute).reshape(geo.n, d, g * g, h * w).permute(0, 2, 3, 1)

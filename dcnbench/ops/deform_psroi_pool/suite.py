@@ -35,6 +35,9 @@ _CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
     "identity-psroi-group1-roi-align": (28300, _psroi(group=1, d=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
 }
 
+# Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
+_COMPILE = {"compile-psroi": (32300, _psroi(), {"rois": "mixed", "check": "compile"})}
+
 _GRADCHECK: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
     "gradcheck-psroi": (1900, _psroi(n=2, d=1, group=2, h=6, w=7, k=4, pooled=2, part=2, scale=1.0, classes=1),
                         {"rois": "mixed", "check": "gradcheck"}),
@@ -42,4 +45,4 @@ _GRADCHECK: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
 
 
 def default_suite(seed: int = 0) -> list[PSRoIPoolCase]:
-    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK)
+    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE)

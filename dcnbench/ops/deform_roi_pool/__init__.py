@@ -5,6 +5,7 @@
     workloads.py   the case spec (call, kinks) and the plugin probe
     suite.py       the default verification suite
     oracle.py      the float64 oracle
+    fuzz.py        the strategy `verify --fuzz` draws problems from
     references.py  the identity with torchvision's roi_align (also the `roi_align` reference row)
 RoI drawing and the no-offset identity are shared with deform_psroi_pool (ops/rois.py).
 """

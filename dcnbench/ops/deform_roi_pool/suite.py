@@ -32,10 +32,13 @@ _CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
     "identity-roi-align-sr2": (26300, _roi(), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
 }
 
+# Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
+_COMPILE = {"compile-roi": (31300, _roi(), {"rois": "mixed", "check": "compile"})}
+
 _GRADCHECK: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
     "gradcheck-roi": (900, _roi(n=2, c=2, h=6, w=7, k=4, out=(2, 2), sr=0, scale=1.0), {"rois": "mixed", "check": "gradcheck"}),
 }
 
 
 def default_suite(seed: int = 0) -> list[RoIPoolCase]:
-    return RoIPoolCase.suite(seed, _CASES, _GRADCHECK)
+    return RoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE)

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "../geometry.h"
 #include "../sampling.h"
@@ -21,11 +22,19 @@ namespace {
 constexpr int64_t kBlock = 32;                       // output positions per task
 constexpr int64_t kColumnBudget = int64_t(1) << 23;  // column elements per batch chunk (32 MiB in float32)
 
+// DCNBENCH_EXT_COLUMN_BUDGET replaces the budget for a call (read each call, so `verify --knobs`
+// can check that results do not depend on how the batch is chunked; Python validates the value).
+int64_t column_budget() {
+  const char* text = std::getenv("DCNBENCH_EXT_COLUMN_BUDGET");
+  const long long value = text ? std::atoll(text) : 0;
+  return value > 0 ? value : kColumnBudget;
+}
+
 using Geo = ConvGeo;
 
 int64_t chunk_of(const Geo& g) {
   const int64_t per_image = std::max<int64_t>(1, g.c * g.k * g.l);
-  return std::max<int64_t>(1, std::min<int64_t>(g.n, kColumnBudget / per_image));
+  return std::max<int64_t>(1, std::min<int64_t>(g.n, column_budget() / per_image));
 }
 
 template <typename T>

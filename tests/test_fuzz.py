@@ -1,0 +1,48 @@
+"""`verify --fuzz`: random problems, shrunk failures, and a one-line repro that fails again."""
+
+import json
+
+from dcnbench import ops
+from dcnbench.backends import get
+from dcnbench.fuzz import case_from_json, case_json, run_fuzz
+from dcnbench.plugins import load_plugin
+from dcnbench.verify import default_suite
+from tests.conftest import PLANTED, run_cli
+
+CORNER = "corner_stride_w3_dilation_h2"
+
+
+def test_the_default_suite_cannot_see_the_planted_corner():
+    # Outside its corner the planted kernel is torchvision itself, so no suite case can fail it.
+    suite = default_suite(op_names=["deform_conv2d"])
+    assert not [c for c in suite if c.geometry.stride[1] == 3 and c.geometry.dilation[0] == 2]
+
+
+def test_fuzz_finds_a_geometry_corner_bug_shrinks_it_and_the_repro_fails_again(tmp_path):
+    res = run_cli("verify", "--fuzz", "100", "--seed", "0", "--op", "deform_conv2d", "--impl", f"{PLANTED}:{CORNER}",
+                  "--json", str(tmp_path / "f.json"), "--csv", str(tmp_path / "f.csv"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    doc = json.loads((tmp_path / "f.json").read_text())
+    [summary] = doc["fuzz"]
+    assert summary["failed"] and 1 <= summary["problems"] <= 100
+    [failure] = doc["records"]
+    geo = failure["case"]["geometry"]
+    assert geo["stride"][1] == 3 and geo["dilation"][0] == 2  # the corner, and shrunk: nothing bigger than it needs
+    assert geo["n"] <= 1 and geo["c"] <= 2 and geo["o"] <= 2 and geo["kh"] * geo["kw"] <= 4
+    line = next(ln.strip() for ln in res.stdout.splitlines() if ln.strip().startswith("dcnbench verify --impl"))
+    again = run_cli(*__import__("shlex").split(line)[1:], "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"))
+    assert again.returncode == 1 and "fuzz/" in again.stdout, again.stdout + again.stderr
+
+
+def test_builtin_backends_survive_a_short_seeded_fuzz():
+    backends = [get("pytorch"), get("torchvision"), get("ext")]
+    found = run_fuzz(backends=backends, op_names=None, examples=8, seconds=20, seed=7)
+    assert {f.op for f in found} == {s.name for s in ops.all_ops() if s.fuzz}
+    assert all(f.tried > 0 for f in found)
+    assert not [(f.op, f.backend, f.failure.message) for f in found if f.failure]
+
+
+def test_case_json_round_trips_every_operator():
+    for spec in ops.all_ops():
+        case = spec.suite(0)[0]
+        assert case_from_json(case_json(case)) == case
