@@ -108,6 +108,15 @@ class _Run:
     mutated: list[str] = field(default_factory=list)
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN matching NaN (inputs may hold NaN on purpose: lanes an op must not read)."""
+    if torch.equal(a, b):
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or not a.is_floating_point():
+        return False
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def leaves(case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fresh buffers laid out like the inputs (non-contiguous stays so); gradients where the op has them."""
     return {k: (v.detach().clone() if v.is_contiguous() else noncontiguous(v.detach())).requires_grad_(k in case.differentiable)
@@ -126,7 +135,7 @@ def _run(fn: Callable, case: Case, inputs: dict[str, torch.Tensor], cot: torch.T
     if backward and out.requires_grad and out.shape == cot.shape:
         out.backward(cot.to(out.dtype))
     current = {k: v.detach() for k, v in fresh.items()} | {"cotangent": cot}
-    mutated = [k for k, v in snapshots.items() if not torch.equal(v, current[k])]
+    mutated = [k for k, v in snapshots.items() if not same_bits(v, current[k])]
     return _Run(out.detach(), {f"grad_{a}": fresh[a].grad for a in case.differentiable if a in fresh}, mutated)
 
 
@@ -213,11 +222,11 @@ def _dialect_report(case: Case, rule: str, run: _Run, ref_z: _Run, vs_rule: list
 
 
 def _bitwise_equal(a: _Run, b: _Run) -> bool:
-    if not torch.equal(a.output, b.output):
+    if not same_bits(a.output, b.output):
         return False
     for q, g in a.grads.items():
         h = b.grads.get(q)
-        if (g is None) != (h is None) or (g is not None and not torch.equal(g, h)):
+        if (g is None) != (h is None) or (g is not None and not same_bits(g, h)):
             return False
     return True
 
@@ -243,7 +252,7 @@ def _gradcheck(fn: Callable, case: Case, device: str) -> list[QuantityError]:
 
 def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> VerifyResult:
     start = time.perf_counter()
-    reason = backend.support(case.op, device, case.dtype, case.geometry)
+    reason = backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
     no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
