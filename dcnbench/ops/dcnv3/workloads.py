@@ -61,7 +61,7 @@ def placed(case: Case, t: torch.Tensor, device: str) -> torch.Tensor:
     return t if case.contiguous else noncontiguous(t)
 
 
-def _grid(geo: GroupGeometry) -> tuple[torch.Tensor, torch.Tensor, float]:
+def grid(geo: GroupGeometry) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The coordinates p0 + k·dil·os where zero offsets sample, as y (1, Ho, 1, 1, P) and x (1, 1, Wo, 1, P)."""
     os_ = float32(geo.offset_scale)
     pts = kernel_points(geo.kh, geo.kw, geo.remove_center)
@@ -79,7 +79,7 @@ def offsets(case: Case, gen: torch.Generator) -> torch.Tensor:
     kept at least the kink margin (and two ulps of the dtype, scaled by os) from an integer."""
     geo = case.geometry
     shape = (geo.n, geo.ho, geo.wo, geo.group, geo.points)
-    gy, gx, os_ = _grid(geo)
+    gy, gx, os_ = grid(geo)
     s = case.offset_scale
 
     def uniform(lo, hi):

@@ -51,7 +51,8 @@ _IDENTITIES: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
 
 _GRADCHECK: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
     "v4-gradcheck": (43000, _geo(n=1, h=4, w=5, g=1, d=2, stride=(1, 2), pad=(0, 1), os=0.5), {"check": "gradcheck"}),
-    "v4-gradcheck-softmax": (43100, _geo(n=1, h=4, w=4, g=1, d=2, softmax=True), {"check": "gradcheck", "mask": "logits"}),
+    "v4-gradcheck-softmax": (43100, _geo(n=1, h=4, w=4, g=1, d=2, stride=2, softmax=True),
+                             {"check": "gradcheck", "mask": "logits"}),
 }
 
 

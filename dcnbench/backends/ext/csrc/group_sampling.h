@@ -50,9 +50,11 @@ DCN_HD GroupPoint<T> group_point(T y, T x, int64_t h, int64_t w) {
   GroupPoint<T> pt;
   pt.count = 0;
   if (!(y > T(-1) && x > T(-1) && y < T(h) && x < T(w))) return pt;
-  const T y0f = floor(y), x0f = floor(x);
-  const T ly = y - y0f, lx = x - x0f;
-  const int64_t y0 = static_cast<int64_t>(y0f), x0 = static_cast<int64_t>(x0f);
+  // floor by truncation (y and x are bounded by the pre-test): no libm call on the CPU.
+  int64_t y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x);
+  y0 -= T(y0) > y;
+  x0 -= T(x0) > x;
+  const T ly = y - T(y0), lx = x - T(x0);
   const T wy[2] = {T(1) - ly, ly}, wx[2] = {T(1) - lx, lx}, s[2] = {T(-1), T(1)};
   for (int a = 0; a < 2; ++a) {
     const int64_t yi = y0 + a;

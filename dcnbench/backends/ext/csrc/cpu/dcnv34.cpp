@@ -94,11 +94,32 @@ GroupPoint<T> point_at(const GroupGeo& g, const std::pair<int64_t, int64_t>& tap
   return group_point<T>(y, x, g.h, g.w);
 }
 
+// A point's in-map corners as four (row, weight) slots; a missing corner points at `zeros` (a
+// buffer of D zeros, not the map) with weight 0, so the channel loop stays one fused pass.
+template <typename T>
+struct Slots {
+  const T* row[4];
+  T w[4], dy[4], dx[4];
+};
+
+template <typename T>
+Slots<T> slots(const GroupPoint<T>& pt, const T* base, int64_t c, const T* zeros) {
+  Slots<T> s;
+  for (int k = 0; k < 4; ++k) {
+    const bool in = k < pt.count;
+    s.row[k] = in ? base + pt.pix[k] * c : zeros;
+    s.w[k] = in ? pt.w[k] : T(0);
+    s.dy[k] = in ? pt.dy[k] : T(0);
+    s.dx[k] = in ? pt.dx[k] : T(0);
+  }
+  return s;
+}
+
 template <typename T>
 void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, bool softmax, T os, T* out) {
   const auto tap = taps(g);
   at::parallel_for(0, g.n * g.q, kPositionsPerTask, [&](int64_t begin, int64_t end) {
-    std::vector<T> m(g.p);
+    std::vector<T> m(g.p), zeros(g.d, T(0));
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t n = pos / g.q, ho = (pos % g.q) / g.wo, wo = pos % g.wo;
       const T* xn = x + n * g.h * g.w * g.c;
@@ -108,12 +129,12 @@ void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, boo
         T* dst = out + pos * g.c + gi * g.d;
         for (int64_t k = 0; k < g.p; ++k) {
           const GroupPoint<T> pt = point_at(g, tap[k], o, ho, wo, k, os);
-          for (int c = 0; c < pt.count; ++c) {
-            const T wt = pt.w[c] * m[k];
-            const T* src = xn + pt.pix[c] * g.c + gi * g.d;
+          if (pt.count == 0) continue;
+          const Slots<T> s = slots(pt, xn + gi * g.d, g.c, zeros.data());
+          const T w0 = s.w[0] * m[k], w1 = s.w[1] * m[k], w2 = s.w[2] * m[k], w3 = s.w[3] * m[k];
+          const T *r0 = s.row[0], *r1 = s.row[1], *r2 = s.row[2], *r3 = s.row[3];
 #pragma omp simd
-            for (int64_t d = 0; d < g.d; ++d) dst[d] += wt * src[d];
-          }
+          for (int64_t d = 0; d < g.d; ++d) dst[d] += w0 * r0[d] + w1 * r1[d] + w2 * r2[d] + w3 * r3[d];
         }
       }
     }
@@ -127,7 +148,7 @@ void offset_mask_grad_cpu(const GroupGeo& g, const T* grad, const T* x, const T*
                           T* grad_off, T* grad_mask) {
   const auto tap = taps(g);
   at::parallel_for(0, g.n * g.q, kPositionsPerTask, [&](int64_t begin, int64_t end) {
-    std::vector<T> m(g.p), gm(g.p);
+    std::vector<T> m(g.p), gm(g.p), zeros(g.d, T(0));
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t n = pos / g.q, ho = (pos % g.q) / g.wo, wo = pos % g.wo;
       const T* xn = x + n * g.h * g.w * g.c;
@@ -138,16 +159,21 @@ void offset_mask_grad_cpu(const GroupGeo& g, const T* grad, const T* x, const T*
         T* goff = grad_off + pos * g.off_row + gi * g.off_group;
         for (int64_t k = 0; k < g.p; ++k) {
           const GroupPoint<T> pt = point_at(g, tap[k], o, ho, wo, k, os);
-          T sm = 0, sy = 0, sx = 0;
-          for (int c = 0; c < pt.count; ++c) {
-            const T* src = xn + pt.pix[c] * g.c + gi * g.d;
-            T dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < g.d; ++d) dot += go[d] * src[d];
-            sm += pt.w[c] * dot;
-            sy += pt.dy[c] * dot;
-            sx += pt.dx[c] * dot;
+          gm[k] = T(0);
+          if (pt.count == 0) continue;  // the gradient buffers start at 0
+          const Slots<T> s = slots(pt, xn + gi * g.d, g.c, zeros.data());
+          const T *r0 = s.row[0], *r1 = s.row[1], *r2 = s.row[2], *r3 = s.row[3];
+          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+          for (int64_t d = 0; d < g.d; ++d) {
+            a0 += go[d] * r0[d];
+            a1 += go[d] * r1[d];
+            a2 += go[d] * r2[d];
+            a3 += go[d] * r3[d];
           }
+          const T sm = s.w[0] * a0 + s.w[1] * a1 + s.w[2] * a2 + s.w[3] * a3;
+          const T sy = s.dy[0] * a0 + s.dy[1] * a1 + s.dy[2] * a2 + s.dy[3] * a3;
+          const T sx = s.dx[0] * a0 + s.dx[1] * a1 + s.dx[2] * a2 + s.dx[3] * a3;
           goff[2 * k] = sx * m[k] * os;
           goff[2 * k + 1] = sy * m[k] * os;
           gm[k] = sm;
@@ -174,7 +200,7 @@ void input_grad_cpu(const GroupGeo& g, const T* grad, const T* off, const T* mas
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(g.d / kMinChannelSlice, 1),
                                                                 (threads + g.n * g.group - 1) / (g.n * g.group)));
   at::parallel_for(0, g.n * g.group * slices, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> m(g.p);
+    std::vector<T> m(g.p), sink(4 * g.d);  // a missing corner's share (weight 0) lands in `sink`, not the map
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / (g.group * slices), gi = (t / slices) % g.group, s = t % slices;
       const int64_t lo = s * g.d / slices, hi = (s + 1) * g.d / slices;
@@ -186,11 +212,24 @@ void input_grad_cpu(const GroupGeo& g, const T* grad, const T* off, const T* mas
         const T* go = grad + pos * g.c + gi * g.d;
         for (int64_t k = 0; k < g.p; ++k) {
           const GroupPoint<T> pt = point_at(g, tap[k], o, ho, wo, k, os);
-          for (int c = 0; c < pt.count; ++c) {
-            const T wt = pt.w[c] * m[k];
-            T* dst = gxn + pt.pix[c] * g.c;
+          if (pt.count == 0) continue;
+          T* row[4];
+          T w[4];
+          for (int c = 0; c < 4; ++c) {
+            const bool in = c < pt.count;
+            row[c] = in ? gxn + pt.pix[c] * g.c : sink.data() + c * g.d;
+            w[c] = in ? pt.w[c] * m[k] : T(0);
+          }
+          // The four rows are distinct pixels or distinct sink rows: one pass over the channel slice.
+          T *r0 = row[0], *r1 = row[1], *r2 = row[2], *r3 = row[3];
+          const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
 #pragma omp simd
-            for (int64_t d = lo; d < hi; ++d) dst[d] += wt * go[d];
+          for (int64_t d = lo; d < hi; ++d) {
+            const T v = go[d];
+            r0[d] += w0 * v;
+            r1[d] += w1 * v;
+            r2[d] += w2 * v;
+            r3[d] += w3 * v;
           }
         }
       }
