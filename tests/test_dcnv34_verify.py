@@ -157,6 +157,17 @@ def test_planted_bug_is_caught(planted, bug):
     assert expected <= failing, f"{bug}: expected {expected} to fail, got {failing}"
 
 
+def test_the_new_ops_reach_the_report(results, tmp_path):
+    from dcnbench.results import environment, write_json
+
+    chosen = [r for r in results if r.case.name in ("v3-default", "v4-default")]
+    write_json(tmp_path / "v.json", "verify", environment(device="cpu", seed=0, backends=[get("pytorch")]), chosen)
+    res = invoke("report", str(tmp_path / "v.json"), "-o", str(tmp_path / "report"))
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "grad_offset_mask" in md and "grad_mask" in md and (tmp_path / "report" / "plots" / "error-matrix.png").exists()
+
+
 def test_reading_padding_lanes_is_caught_by_the_nan_and_only_by_it(planted):
     status = {r.case.name: r.status for r in planted["dcnv4"] if r.backend == "padding_lanes_read"}
     assert status["v4-zero-lanes"] == "pass"  # finite lanes times 0: invisible
