@@ -194,7 +194,7 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
         base_name = baseline or next((b.name for b in here if b.kind == "reference"
                                       and not b.support(case.op, case.device, case.dtype)), None)
         for b in here:
-            reason = b.support(case.op, case.device, case.dtype, case.geometry)
+            reason = b.support(case.op, case.device, case.dtype, case.geometry) or conv.unsupported_by(b.ops[case.op])
             if not reason and case.direction != "fwd" and b.backward_unsupported:
                 reason = b.backward_unsupported(conv, case.device)
             if reason:

@@ -136,6 +136,15 @@ def cotangents(case: Case, device: str = "cpu") -> dict[str, torch.Tensor]:
     return found | {k: v for k, v in layouts.items() if not v.is_contiguous()}
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN matching NaN (inputs may hold NaN on purpose: lanes an op must not read)."""
+    if torch.equal(a, b):
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or not a.is_floating_point():
+        return False
+    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def leaves(case: Case, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fresh buffers laid out like the inputs (channels-last and non-contiguous stay so); gradients
     where the op has them."""
@@ -169,7 +178,7 @@ def _run(fn: Callable, case: Case, inputs: dict[str, torch.Tensor], cots: dict[s
             layout_grads[name] = {f"grad_{a}": g for a, g in zip(wrt, grads)}
         out.backward(cot.to(out.dtype))
     current = {k: v.detach() for k, v in fresh.items()} | {f"cotangent:{k}": v for k, v in cots.items()}
-    mutated = [k.replace("cotangent:random", "cotangent") for k, v in snapshots.items() if not torch.equal(v, current[k])]
+    mutated = [k.replace("cotangent:random", "cotangent") for k, v in snapshots.items() if not same_bits(v, current[k])]
     return _Run(out.detach(), {f"grad_{a}": fresh[a].grad for a in case.differentiable if a in fresh}, mutated, layout_grads)
 
 
@@ -292,11 +301,11 @@ def _dialect_report(case: Case, rule: str, run: _Run, ref_z: _Run, vs_rule: list
 
 
 def _bitwise_equal(a: _Run, b: _Run) -> bool:
-    if not torch.equal(a.output, b.output):
+    if not same_bits(a.output, b.output):
         return False
     for q, g in a.grads.items():
         h = b.grads.get(q)
-        if (g is None) != (h is None) or (g is not None and not torch.equal(g, h)):
+        if (g is None) != (h is None) or (g is not None and not same_bits(g, h)):
             return False
     return True
 
@@ -404,7 +413,7 @@ def _knob_runs(backend: Backend, fn: Callable, case: Case, inputs: dict, cot: to
 
 def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
     start = time.perf_counter()
-    reason = backend.support(case.op, device, case.dtype, case.geometry)
+    reason = backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
     no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None

@@ -1,4 +1,8 @@
-"""torchvision.ops.deform_conv2d, called as it is.
+"""torchvision.ops.deform_conv2d, called as it is, and DCNv3/DCNv4 through it.
+
+DCNv3 is a depthwise deform_conv2d with ones as weights once the layouts are converted
+(ops/dcnv3/references.py, InternImage#107); DCNv4 is DCNv3 once its offset_mask is unpacked.
+That is what a user without the CUDA ops would run, so it is verified and timed like the rest.
 
 torchvision has no deformable RoI pooling; its roi_align and ps_roi_align are the identity
 references for the pooling ops' zero-offset cases (verify) and the `roi_align` reference row.
@@ -10,6 +14,8 @@ import torchvision
 from torchvision.ops import deform_conv2d
 
 from dcnbench.backends import Backend, local_devices
+from dcnbench.ops.dcnv3.references import via_deform_conv2d
+from dcnbench.ops.dcnv4.references import via_deform_conv2d_v4
 
 _DTYPES = ("float64", "float32", "float16")
 NO_POOLING = ("torchvision has no deformable RoI pooling; its roi_align/ps_roi_align serve as the "
@@ -19,8 +25,8 @@ NO_POOLING = ("torchvision has no deformable RoI pooling; its roi_align/ps_roi_a
 def backend() -> Backend:
     return Backend(
         name="torchvision",
-        description="torchvision.ops.deform_conv2d",
-        ops={"deform_conv2d": deform_conv2d},
+        description="torchvision.ops.deform_conv2d (DCNv3/DCNv4 through the depthwise identity)",
+        ops={"deform_conv2d": deform_conv2d, "dcnv3": via_deform_conv2d, "dcnv4": via_deform_conv2d_v4},
         dtypes=local_devices(_DTYPES),
         unsupported_reasons={"bfloat16": "torchvision has no bfloat16 deform_conv2d kernel",
                              "deform_roi_pool": NO_POOLING, "deform_psroi_pool": NO_POOLING},

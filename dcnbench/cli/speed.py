@@ -158,7 +158,8 @@ def command(
 ) -> None:
     """Time backends side by side (interleaved), with the conv2d reference row, GFLOP/s and peak memory.
 
-    With neither --shape nor --preset, runs the dcn-56 preset (with --op for RoI pooling: rfcn).
+    With neither --shape nor --preset, runs the dcn-56 preset (with --op, that op's own: rfcn for RoI
+    pooling, dcnv4-bench for DCNv3/DCNv4).
     """
     raise typer.Exit(speed(shapes=shape, presets=preset, backends=backend, impls=impl, dtypes=dtype, device=device,
                            direction=direction, baseline=baseline or None, repeat=repeat, warmup_s=warmup,

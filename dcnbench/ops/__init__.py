@@ -1,6 +1,6 @@
 """The operators dcnbench knows: one folder each, listed once here.
 
-Each folder (`deform_conv2d/`, `deform_roi_pool/`, `deform_psroi_pool/`) holds the operator's
+Each folder (`deform_conv2d/`, `deform_roi_pool/`, `deform_psroi_pool/`, `dcnv3/`, `dcnv4/`) holds the operator's
 contract (geometry, validation, shape grammar, presets), its workloads (case spec and seeded
 inputs), its default suite, its references and identities, and its float64 oracle; its
 `__init__` exposes one `SPEC` (spec.py). Adding an operator is adding a folder and one line below.
@@ -14,7 +14,13 @@ from dcnbench.errors import UsageError
 from dcnbench.ops.spec import OpSpec
 
 # Display and suite order.
-_BUILTIN = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+_BUILTIN = (
+    "deform_conv2d",
+    "deform_roi_pool",
+    "deform_psroi_pool",
+    "dcnv3",
+    "dcnv4",
+)
 
 _registry: dict[str, OpSpec] = {}
 

@@ -82,6 +82,11 @@ class Case:
             return t.contiguous(memory_format=torch.channels_last)
         return t if self.contiguous else noncontiguous(t)
 
+    def unsupported_by(self, fn) -> str | None:
+        """Why the callable `fn` cannot take this case although its backend runs the op (e.g. an
+        optional argument its signature lacks), or None."""
+        return None
+
     def definition(self) -> dict:
         """The case as plain data (optional fields left at None are not part of it)."""
         return {k: v for k, v in asdict(self).items() if v is not None or k == "kink_margin"}

@@ -1,4 +1,5 @@
-"""`ext`: dcnbench's own C++/CUDA kernels for all three ops, built on first use (build.py).
+"""`ext`: dcnbench's own C++/CUDA kernels, built on first use (build.py): deform_conv2d and both RoI
+pooling ops on the CPU and CUDA, DCNv3 and DCNv4 on the CPU.
 
 Laid out like torchvision's csrc/ops: one schema file (csrc/ext.cpp), one kernel file per device
 and op family (csrc/cpu/, csrc/cuda/), the per-sample math in one header of inline
@@ -19,6 +20,8 @@ import torch
 
 from dcnbench.backends import Backend, local_devices
 from dcnbench.backends.ext import build
+from dcnbench.ops.dcnv3.contract import check_call as check_dcnv3_call
+from dcnbench.ops.dcnv4.contract import check_call as check_dcnv4_call
 from dcnbench.ops.deform_conv2d.contract import check_call
 from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
 from dcnbench.ops.deform_roi_pool.contract import check_call as check_roi_pool_call
@@ -109,6 +112,62 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
     return _Pool.apply("psroi_pool", x, r, t, params).to(input.dtype)
 
 
+# ---- DCNv3 and DCNv4 (csrc/cpu/dcnv34.cpp; CPU only) ---------------------------------------------
+
+
+class _GroupDeform(torch.autograd.Function):
+    """Either op: `name` picks the `<name>_forward`/`<name>_backward` kernels; `tensors` are
+    (offset, mask) for DCNv3 and (offset_mask,) for DCNv4."""
+
+    @staticmethod
+    def forward(ctx, name, params, input, *tensors):
+        ctx.save_for_backward(input, *tensors)
+        ctx.name, ctx.params = name, params
+        return getattr(_ops(), f"{name}_forward")(input, *tensors, *params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads = getattr(_ops(), f"{ctx.name}_backward")(grad, *ctx.saved_tensors, *ctx.params)
+        return (None, None, *grads)
+
+
+def _group_params(geo) -> tuple:
+    return (geo.kh, geo.kw, *geo.stride, *geo.padding, *geo.dilation, geo.group, geo.group_channels, geo.offset_scale,
+            geo.remove_center)
+
+
+def dcnv3(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+          group_channels, offset_scale, im2col_step, remove_center):
+    """DCNv3 (DCNv3Function.apply's arguments). im2col_step is checked and otherwise unused: the
+    kernel has no column buffer to bound."""
+    geo = check_dcnv3_call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                           dilation_w, group, group_channels, offset_scale, im2col_step, remove_center)
+    for name, t in (("offset", offset), ("mask", mask)):
+        _same(name, t, input)
+    if input.device.type != "cpu":
+        raise ValueError(f"ext has DCNv3 kernels for the CPU only, got input on {input.device}")
+    out = _GroupDeform.apply("dcnv3", _group_params(geo), *_compute(input, offset, mask))
+    return out.to(input.dtype)
+
+
+def dcnv4(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+          group_channels, offset_scale, im2col_step, remove_center, softmax=False):
+    """DCNv4 (DCNv4Function.apply's arguments and the extension's softmax flag)."""
+    geo = check_dcnv4_call(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                           dilation_w, group, group_channels, offset_scale, im2col_step, remove_center, softmax=softmax)
+    _same("offset_mask", offset_mask, input)
+    if input.device.type != "cpu":
+        raise ValueError(f"ext has DCNv4 kernels for the CPU only, got input on {input.device}")
+    out = _GroupDeform.apply("dcnv4", (*_group_params(geo), geo.softmax), *_compute(input, offset_mask))
+    return out.to(input.dtype)
+
+
+def _group_ops_unsupported(geometry, device: str) -> str | None:
+    if getattr(geometry, "op", None) in ("dcnv3", "dcnv4") and device != "cpu":
+        return "ext has DCNv3/DCNv4 kernels for the CPU only"
+    return None
+
+
 def check() -> str | None:
     """Build (or load the cached build); None when the library loads, else why not and how to fix it."""
     try:
@@ -125,7 +184,8 @@ def backend() -> Backend:
     return Backend(
         name=NAME,
         description="dcnbench's C++/CUDA kernels (TORCH_LIBRARY dcnbench_ext), built on first use",
-        ops={"deform_conv2d": deform_conv2d, "deform_roi_pool": deform_roi_pool, "deform_psroi_pool": deform_psroi_pool},
+        ops={"deform_conv2d": deform_conv2d, "deform_roi_pool": deform_roi_pool, "deform_psroi_pool": deform_psroi_pool,
+             "dcnv3": dcnv3, "dcnv4": dcnv4},
         dtypes=devices,
         unsupported_reasons={"float16": "ext runs float16 on CUDA only (the CPU has no fast float16 arithmetic)"},
         version=torch.__version__,
@@ -135,6 +195,7 @@ def backend() -> Backend:
         batch_chunk=batch_chunk,
         knobs=knobs,
         thread_invariant=lambda device: device == "cpu",
+        workload_unsupported=_group_ops_unsupported,
     )
 
 

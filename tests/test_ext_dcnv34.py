@@ -1,0 +1,112 @@
+"""ext's DCNv3/DCNv4 CPU kernels beyond the suite (which test_ext.py runs): a NaN pixel reaches only
+the outputs that read it, results do not depend on the thread count, arguments are checked before
+any kernel runs; and `speed` times them next to the oracle and the reference rows."""
+
+import json
+
+import pytest
+import torch
+
+from dcnbench.backends import ext, get
+from dcnbench.ops.dcnv3.contract import GroupGeometry
+from dcnbench.ops.dcnv3.oracle import dcnv3 as oracle_v3
+from dcnbench.ops.dcnv3.suite import group_geometry
+from dcnbench.ops.dcnv3.workloads import Dcnv3Case, grid
+from dcnbench.ops.dcnv4.contract import Dcnv4Geometry
+from dcnbench.ops.dcnv4.oracle import dcnv4 as oracle_v4
+from dcnbench.ops.dcnv4.oracle import pack
+from dcnbench.ops.dcnv4.workloads import Dcnv4Case
+from tests.conftest import invoke
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    b = get("ext")
+    assert b.check() is None, b.check()
+    return b
+
+
+def _grads(fn, case, t):
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    out = case.call(fn, leaves)
+    out.backward(torch.ones_like(out).cos())
+    return [out.detach()] + [leaves[k].grad for k in sorted(leaves)]
+
+
+@pytest.mark.parametrize("op", ["dcnv3", "dcnv4"])
+def test_a_bad_pixel_reaches_only_the_outputs_that_read_it(op):
+    # Every point samples the last row's band (H-1 < y < H), so its lower corners are off the map:
+    # a kernel that clamps their index and multiplies by a zero weight reads pixel (0, 0).
+    geo = group_geometry(n=1, h=6, w=7, g=2, d=8)
+    t = Dcnv3Case(name="bad-pixel", geometry=geo, offsets="interior").inputs()
+    gy, _, os_ = grid(geo)
+    off = t["offset"].view(1, geo.ho, geo.wo, geo.group, geo.points, 2)
+    target = geo.h - 0.8 + 0.6 * torch.rand(off[..., 1].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    off[..., 1] = (target - gy) / os_
+    t["input"][0, 0, 0, :] = float("nan")  # read by no point
+    t["input"][0, 5, 3, 8:] = float("inf")  # on the last row: read, by group 1 only
+    if op == "dcnv4":
+        case = Dcnv4Case(name="bad-pixel", geometry=Dcnv4Geometry(**vars(geo)))
+        t = {"input": t["input"], "offset_mask": pack(t["offset"], t["mask"], geo.group, fill=float("nan"))}
+    else:
+        case = Dcnv3Case(name="bad-pixel", geometry=geo)
+    got = _grads(getattr(ext, op), case, t)
+    want = _grads(oracle_v4 if op == "dcnv4" else oracle_v3, case, t)
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+        assert torch.allclose(a.nan_to_num(0, 0, 0), b.nan_to_num(0, 0, 0), atol=1e-12, rtol=0)
+    out = got[0]
+    assert out[..., :8].isfinite().all()  # group 0 never reads the infinite channels, nobody reads (0, 0)
+    assert (~out[..., 8:].isfinite()).any()
+
+
+@pytest.mark.parametrize("op", ["dcnv3", "dcnv4"])
+def test_results_are_bitwise_the_same_on_one_and_two_threads(op):
+    cls, gcls = (Dcnv4Case, Dcnv4Geometry) if op == "dcnv4" else (Dcnv3Case, GroupGeometry)
+    geo = group_geometry(gcls, n=3, h=12, w=11, g=2, d=32, stride=(2, 1), os=0.5)
+    case = cls(name="threads", geometry=geo, dtype="float32", offset_scale=3.0)
+    t = case.inputs()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _grads(getattr(ext, op), case, t)
+        torch.set_num_threads(2)
+        two, again = _grads(getattr(ext, op), case, t), _grads(getattr(ext, op), case, t)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, two, again))
+
+
+def test_arguments_are_checked_before_any_kernel_runs():
+    x = torch.zeros(1, 5, 5, 8)
+    with pytest.raises(ValueError, match=r"mask has shape \(1, 5, 5, 9\), expected \(1, 5, 5, 18\)"):
+        ext.dcnv3(x, torch.zeros(1, 5, 5, 36), torch.zeros(1, 5, 5, 9), 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 256, 0)
+    with pytest.raises(ValueError, match="offset is torch.float64 on cpu, expected torch.float32"):
+        ext.dcnv3(x, torch.zeros(1, 5, 5, 36, dtype=torch.float64), torch.zeros(1, 5, 5, 18), 3, 3, 1, 1, 1, 1, 1, 1, 2, 4,
+                  1.0, 256, 0)
+    with pytest.raises(ValueError, match=r"offset_mask has 54 lanes, expected a multiple of 8"):
+        ext.dcnv4(x, torch.zeros(1, 5, 5, 54), 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 256, 0)
+
+
+def test_im2col_step_changes_nothing():
+    geo = group_geometry(n=5, h=6, w=6, g=2, d=8)
+    case = Dcnv3Case(name="steps", geometry=geo, dtype="float64")
+    t = case.inputs()
+    base = case.call(ext.dcnv3, t)
+    for step in (1, 2, 3, 64):
+        args = list(geo.args())
+        args[11] = step
+        assert torch.equal(ext.dcnv3(t["input"], t["offset"], t["mask"], *args), base)
+
+
+def test_speed_times_ext_the_oracle_and_both_reference_rows(tmp_path):
+    out = tmp_path / "speed.json"
+    res = invoke("speed", "--op", "dcnv4", "--shape", "2,10,10,2,16:3,3", "--backend", "ext", "--backend", "pytorch",
+                 "--backend", "conv2d",
+                 "--backend", "torchvision", "--repeat", "2", "--warmup", "0", "--no-memory", "--direction", "fwd",
+                 "--json", str(out), "--csv", str(tmp_path / "s.csv"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    records = json.loads(out.read_text())["records"]
+    assert {r["backend"]: r["status"] for r in records} == {"ext": "ok", "pytorch": "ok", "torchvision": "ok", "conv2d": "ok"}
+    assert all(r["baseline"] == "conv2d" and r["ratio_to_baseline"] > 0 for r in records)
+    assert {r["op"] for r in records} == {"dcnv4"} and "x conv2d" in res.stdout
