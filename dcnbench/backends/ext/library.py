@@ -40,6 +40,32 @@ def check_environment() -> None:
                          hint="set it to 1 for deterministic CUDA input gradients, or unset it")
 
 
+# torch.use_deterministic_algorithms(True) made every cuBLAS GEMM raise unless CUBLAS_WORKSPACE_CONFIG
+# was :4096:8 or :16:8, until pytorch PR #161749 removed that check (torch 2.15 has neither the check
+# nor the message) and, in the same change, the docstring's mention of the variable: so the
+# docstring tells whether the installed torch still checks. ext's CUDA kernels run at::matmul.
+CUBLAS_CHECKED = "CUBLAS_WORKSPACE_CONFIG" in (torch.use_deterministic_algorithms.__doc__ or "")
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+def cublas_problem(device_type: str, torch_deterministic: bool, workspace: str | None,
+                   checked: bool = CUBLAS_CHECKED) -> str | None:
+    """Why the CUDA GEMMs would die under torch's deterministic mode here (None when they would not)."""
+    if device_type != "cuda" or not torch_deterministic or not checked or workspace in CUBLAS_DETERMINISTIC:
+        return None
+    return (f"torch.use_deterministic_algorithms(True) is on and torch {torch.__version__} then refuses cuBLAS GEMMs "
+            f"unless CUBLAS_WORKSPACE_CONFIG is {' or '.join(CUBLAS_DETERMINISTIC)}; fix: export "
+            "CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python (or use DCNBENCH_EXT_DETERMINISTIC=1 instead)")
+
+
+def _check_cublas(input: torch.Tensor) -> None:
+    if input.is_cuda:
+        problem = cublas_problem("cuda", torch.are_deterministic_algorithms_enabled(),
+                                 os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        if problem:
+            raise RuntimeError(problem)
+
+
 # ---- autograd formulas, registered on the ops --------------------------------------------------
 
 
@@ -125,6 +151,7 @@ class OpLibrary:
         geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
         for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
             _same(name, t, input)
+        _check_cublas(input)
         x, o, w, m, b = _compute(input, offset, weight, mask, bias)
         out = self.ops().deform_conv2d_forward(x, w, o, m, b, *geo.stride, *geo.padding, *geo.dilation, geo.groups,
                                                geo.offset_groups)
