@@ -46,8 +46,10 @@ def bilinear_sample(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor, scale: 
     flat = x.reshape(b, cg, h * w)
     point_y, point_x = py, px
     y0, x0 = torch.floor(py), torch.floor(px)
+    support = None
     if rule == "C":
-        inside_map = ((py >= 0) & (py < h) & (px >= 0) & (px < w)).to(py.dtype)
+        support = (py >= 0) & (py < h) & (px >= 0) & (px < w)  # a sample outside reads nothing
+        inside_map = support.to(py.dtype)
         scale = inside_map if scale is None else scale * inside_map
         py, y0 = _clamp_high(py, y0, h)
         px, x0 = _clamp_high(px, x0, w)
@@ -59,6 +61,8 @@ def bilinear_sample(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor, scale: 
         for dx, wx in ((0, 1 - lx), (1, lx)):
             yi, xi = y0 + dy, x0 + dx
             inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)  # False for a point that is not finite
+            if support is not None:
+                inside = inside & support
             index = (torch.nan_to_num(yi).clamp(0, h - 1) * w + torch.nan_to_num(xi).clamp(0, w - 1)).long()
             weight, _ = nan_if_not_finite(wy * wx * inside.to(py.dtype), point_y, point_x)
             if scale is not None:
