@@ -267,9 +267,15 @@ def _compile(target: Target, work: Path, verbose: bool) -> None:
                            with_cuda=target.cuda, is_python_module=False, is_standalone=target.executable,
                            verbose=verbose)
     except Exception as exc:
-        text = str(exc).strip()
-        raise BuildError(f"building {target.description} failed: {text.splitlines()[-1] if text else type(exc).__name__}",
-                         f"run `dcnbench build --verbose` to see the compiler's output") from exc
+        raise BuildError(f"building {target.description} failed: {_first_error(str(exc)) or type(exc).__name__}",
+                         "run `dcnbench build --verbose` to see the compiler's output") from exc
+
+
+def _first_error(text: str) -> str:
+    """The compiler's first error line in cpp_extension's exception text (else its last line)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith(("Error building extension", "FAILED:"))]
+    return (errors or lines or [""])[0][:300]
 
 
 def load_target(target: Target, verbose: bool = False) -> Path:
