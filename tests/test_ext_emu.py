@@ -5,13 +5,16 @@ The race check is tests/test_race.py."""
 
 import contextlib
 import os
+import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 import torch
 
 from dcnbench.backends import get
 from dcnbench.backends.ext import build, emu
+from dcnbench.backends.ext.library import OpLibrary
 from dcnbench.errors import UsageError
 from dcnbench.verify import default_suite, verify_case
 from tests.conftest import invoke
@@ -193,3 +196,32 @@ def test_the_kernels_check_their_knobs_too(backend):
     x = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
     with environment(DCNBENCH_EMU_THREADS="zero"), pytest.raises(RuntimeError, match="DCNBENCH_EMU_THREADS=zero"):
         backend.ops["deform_conv2d"](x, torch.zeros(1, 18, 2, 2, dtype=torch.float64), torch.zeros(3, 2, 3, 3, dtype=torch.float64))
+
+
+# ---- the knobs catch what a GPU with more blocks would hide ----------------------------------------
+
+
+def without_grid_stride(csrc, dest):
+    """A copy of csrc/ whose deform_conv2d kernels handle one element per thread (no grid-stride loop):
+    correct while the host launches enough blocks, wrong when the grid is capped (65535 blocks on a
+    GPU for a large enough input; 1 block here)."""
+    shutil.copytree(csrc, dest)
+    path = dest / "cuda" / "deform_conv2d.cu"
+    loop = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
+    text = path.read_text()
+    assert text.count(loop) == 4, "the planted bug no longer matches deform_conv2d.cu's grid-stride loops"
+    path.write_text(text.replace(loop, "if (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total)"))
+    return dest
+
+
+def test_capping_the_grid_catches_a_kernel_without_grid_stride_loops(tmp_path_factory):
+    csrc = without_grid_stride(build.CSRC, tmp_path_factory.mktemp("nostride") / "csrc")
+    name = "dcnbench_ext_emu_nostride"
+    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in build.EMU_CFLAGS)
+    target = build.Target("emu", name, (csrc / "ext.cpp", csrc / "cuda" / "deform_conv2d.cu"), flags, csrc=csrc)
+    library = OpLibrary(lambda: target)
+    planted = replace(get("ext-cuda-emu"), name="nostride", ops=library.op_table())
+    cases = [c for c in default_suite() if c.case_id in ("v2/float64", "groups2-offset-groups4/float32")]
+    for knobs, expected in (({}, "pass"), ({"DCNBENCH_EMU_MAX_BLOCKS": "1"}, "fail")):
+        with environment(**knobs, DCNBENCH_EXT_DETERMINISTIC="1"):
+            assert [verify_case(planted, c, "cpu", {}).status for c in cases] == [expected] * len(cases), knobs

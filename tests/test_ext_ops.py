@@ -148,3 +148,16 @@ def test_mismatched_dtypes_are_a_contract_error(ops):
     x = torch.zeros(1, 4, 5, 5)
     with pytest.raises(RuntimeError, match="weight is torch.float64 on cpu, expected torch.float32"):
         ext.deform_conv2d(x, torch.zeros(1, 18, 3, 3), torch.zeros(2, 4, 3, 3, dtype=F64))
+
+
+def test_a_torch_that_still_checks_cublas_gets_the_one_line_fix():
+    from dcnbench.backends.ext.library import CUBLAS_CHECKED, cublas_problem
+
+    # torch 2.15 dropped the check (pytorch PR #161749) and the docstring that announced it.
+    assert CUBLAS_CHECKED is ("CUBLAS_WORKSPACE_CONFIG" in torch.use_deterministic_algorithms.__doc__)
+    problem = cublas_problem("cuda", True, None, checked=True)
+    assert "export CUBLAS_WORKSPACE_CONFIG=:4096:8" in problem and "\n" not in problem
+    assert cublas_problem("cuda", True, ":16:8", checked=True) is None
+    assert cublas_problem("cuda", False, None, checked=True) is None  # torch's flag is what the check keys on
+    assert cublas_problem("cpu", True, None, checked=True) is None
+    assert cublas_problem("cuda", True, None, checked=False) is None
