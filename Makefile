@@ -46,9 +46,11 @@ demo: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) speed --preset dcn-56 --repeat 5 --warmup 0.3
 	$(DCNBENCH) speed --preset faster-rcnn --repeat 3 --warmup 0.3
 
-# Every CUDA source compiled with nvcc (no GPU here, so objects only: a broken .cu fails CI), the
-# tests, then the project's own gate against the committed baseline: correctness is hard,
-# performance is printed only (a shared machine is too noisy to fail CI on).
+# The CUDA library built exactly as a GPU user's first run builds it (compiled and linked for sm_80
+# and sm_90; no GPU here, so it is not run: a build that fails for a user fails CI), the tests
+# (they run the CUDA kernels emulated on the CPU, under ThreadSanitizer too), then the project's
+# own gate against the committed baseline: correctness is hard, performance is printed only (a
+# shared machine is too noisy to fail CI on).
 test: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
 	$(VENV)/bin/pytest

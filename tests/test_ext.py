@@ -1,6 +1,8 @@
 """The ext backend (C++ kernels) on the CPU: the whole suite against the oracle, chunking,
 determinism, argument checks and the build's error paths. Speed is measured by `dcnbench speed`."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,7 +77,7 @@ def test_backward_is_bitwise_deterministic_with_several_threads(backend):
 
 def test_arguments_are_checked_before_any_kernel_runs(backend):
     x = torch.zeros(1, 4, 5, 5)
-    with pytest.raises(ValueError, match=r"offset has shape \(1, 18, 5, 5\), expected \(1, 18, 3, 3\)"):
+    with pytest.raises(RuntimeError, match=r"offset has shape \(1, 18, 5, 5\), expected \(1, 18, 3, 3\)"):
         ext.deform_conv2d(x, torch.zeros(1, 18, 5, 5), torch.zeros(2, 4, 3, 3))
     with pytest.raises(ValueError, match="weight is torch.float64 on cpu, expected torch.float32"):
         ext.deform_conv2d(x, torch.zeros(1, 18, 3, 3), torch.zeros(2, 4, 3, 3, dtype=torch.float64))
@@ -90,15 +92,33 @@ def test_a_missing_compiler_is_one_clear_line_and_exit_2(tmp_path):
     assert "apt-get install g++" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_missing_ninja_and_nvcc_are_named_with_their_fix(monkeypatch):
+def test_missing_ninja_and_nvcc_are_named_with_their_fix(monkeypatch, tmp_path):
     from torch.utils import cpp_extension
 
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
     problem = build.problems(cuda=False)
     assert "ninja is not available" in str(problem) and "make env" in problem.hint
+    monkeypatch.undo()
     monkeypatch.setattr(build, "nvcc", lambda: None)
-    with pytest.raises(build.BuildError, match="nvcc is not found"):
-        build.compile_cuda_objects(build.ROOT / "build" / "never")
+    res = invoke("build", "--cuda-objects", str(tmp_path / "cuda"))
+    assert res.returncode == 2
+    assert "error: nvcc is not found (CUDA_HOME unset and no nvcc on the PATH)" in res.stderr
+    assert "hint: install the CUDA toolkit" in res.stderr
+
+
+def test_the_cuda_build_takes_only_the_headers_its_toolkit_lacks_from_the_wheel(tmp_path):
+    toolkit = build.toolkit_root()
+    if toolkit is None or not build.wheel_cuda_includes():
+        pytest.skip("no CUDA toolkit or no CUDA wheel headers here")
+    includes, ldflags = build._cuda_arguments(tmp_path)
+    (folder,) = includes
+    names = {p.name for p in Path(folder).iterdir()}
+    # The wheel's runtime headers (another CUDA version, maybe) must not shadow nvcc's own ...
+    assert (toolkit / "include" / "cuda_runtime_api.h").exists() and "cuda_runtime_api.h" not in names
+    # ... while the library headers ATen's CUDA headers include, which this toolkit may lack, come from the wheel.
+    assert all((toolkit / "include" / n).exists() or n in names for n in ("cublas_v2.h", "cusparse.h", "cusolverDn.h"))
+    # cudart is linked from the toolkit of that nvcc, not from torch's guess of CUDA_HOME.
+    assert ldflags and (Path(ldflags[0][2:]) / "libcudart.so").exists()
 
 
 def test_build_command_reports_the_cached_library(backend):

@@ -6,6 +6,8 @@ Each test runs the real entry point in a subprocess and checks the exit code, th
 
 import json
 import math
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,3 +175,65 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     if proc.returncode != 0:  # it may have finished first on a fast machine
         assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "interrupted", repr(err)
+
+
+# ---- the ext build cache (issue 16 item 6) -----------------------------------------------------------
+
+
+def _cache_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the built CPU ext library's cache folder: (cache base, the .so in it)."""
+    from dcnbench.backends.ext import build
+
+    target = build.native(False)
+    lib = build.ensure(target)
+    base = tmp_path / "cache"
+    shutil.copytree(lib.parent, base / lib.parent.name)
+    return base, base / lib.parent.name / lib.name
+
+
+def test_the_build_cache_names_what_is_wrong_with_a_damaged_library(tmp_path):
+    from dcnbench.backends.ext import build
+
+    target = build.native(False)
+    base, lib = _cache_copy(tmp_path)
+    assert build.damage(lib.parent, target) is None
+    data = lib.read_bytes()
+    lib.write_bytes(data[: len(data) // 2])
+    assert "bytes" in build.damage(lib.parent, target) and "truncated" in build.damage(lib.parent, target)
+    lib.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert "SHA-256" in build.damage(lib.parent, target)
+    (lib.parent / build.MANIFEST).unlink()
+    assert "no integrity record" in build.damage(lib.parent, target)
+
+
+def test_a_truncated_cached_library_is_rebuilt_once_with_one_line_even_by_concurrent_runs(tmp_path):
+    base, lib = _cache_copy(tmp_path)
+    lib.write_bytes(lib.read_bytes()[:100_000])  # as an interrupted link or a full disk leaves it (was SIGBUS)
+    env = dict(os.environ, DCNBENCH_EXT_BUILD_DIR=str(base), COLUMNS="200", NO_COLOR="1")
+    commands = ([EXE, "verify", "--backend", "ext", "--case", "v2/float64", "--json", str(tmp_path / "v.json"), "--csv",
+                 str(tmp_path / "v.csv")], [EXE, "build"])
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for c in commands]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    err = "".join(e for _, e in outs)
+    damaged = [ln for ln in err.splitlines() if "is damaged" in ln]
+    assert len(damaged) == 1 and "bytes" in damaged[0] and "rebuilding it" in damaged[0], err
+    assert err.count("dcnbench: building the ext backend") == 1, err  # the other run waited for it
+    assert "Traceback" not in err and "v2/float64 " in outs[0][0] and "ext backend ready" in outs[1][0]
+
+
+def test_an_interrupted_build_leaves_no_library_behind(tmp_path):
+    base = tmp_path / "cache"
+    env = dict(os.environ, DCNBENCH_EXT_BUILD_DIR=str(base))
+    proc = subprocess.Popen([EXE, "build"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(base.glob(".torch-*.tmp*/build.ninja")) and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2)  # the compilers are running
+    os.killpg(proc.pid, signal.SIGKILL)  # the process and its compilers, like a power cut
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not [p for p in base.iterdir() if p.name.startswith("torch-")]  # nothing under a final name
+    assert list(base.glob(".torch-*.tmp*"))  # only the temporary folder, which the next build deletes

@@ -2,7 +2,8 @@
 
 Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
 (the operators' oracles run as a backend), `torchvision`, `mxnet` (own environment, worker
-process), `ext` (dcnbench's C++/CUDA kernels), and the reference rows `conv2d` and `roi_align`.
+process), `ext` (dcnbench's C++/CUDA kernels) and `ext-cuda-emu` (ext's CUDA kernels emulated on
+the CPU, `ext.emu`), and the reference rows `conv2d` and `roi_align`.
 The registry knows these by name, adds installed packages' entry points (group
 `dcnbench.backends`), and takes `--impl` plugins from the caller; the CLI never names a backend.
 """
@@ -20,7 +21,7 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "ext", "conv2d", "roi_align")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "ext", "ext.emu", "conv2d", "roi_align")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Backend:
     unsupported_reasons: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     # "deformable": verified and timed. "reference": timed only (plain conv2d ignores offsets).
+    # "emulated": runs only when named (--backend): a test vehicle (ext's CUDA kernels on the CPU), slow.
     kind: str = "deformable"
     origin: str = "builtin"
     unavailable: str | None = None  # the reason it cannot run here; None when it can

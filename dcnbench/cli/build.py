@@ -1,7 +1,8 @@
-"""`dcnbench build`: build the `ext` backend ahead of first use, or compile its CUDA sources to objects."""
+"""`dcnbench build`: build the `ext` backend ahead of first use, or (CI) its CUDA build without a GPU."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +17,9 @@ def build(*, verbose: bool = False, cuda_objects: Path | None = None) -> int:
 
     try:
         if cuda_objects is not None:
-            objects = ext_build.compile_cuda_objects(cuda_objects)
-            console.print(f"compiled {len(objects)} CUDA sources with {ext_build.nvcc()}: "
-                          f"{', '.join(str(o) for o in objects)}", highlight=False)
+            lib = ext_build.build_cuda_without_gpu(cuda_objects, verbose=verbose)
+            console.print(f"built the CUDA ext library as a first --device cuda run does, with {ext_build.nvcc()} "
+                          f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}: {lib}", highlight=False)
             return EXIT_OK
         lib = ext_build.load(verbose=verbose)
     except ext_build.BuildError as exc:
@@ -30,8 +31,10 @@ def build(*, verbose: bool = False, cuda_objects: Path | None = None) -> int:
 @user_errors
 def command(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show the compiler's output.")] = False,
-    cuda_objects: Annotated[Path | None, typer.Option("--cuda-objects", help="Only compile every .cu file to objects in "
-                                                      "this folder with nvcc (no GPU needed; what CI runs).")] = None,
+    cuda_objects: Annotated[Path | None, typer.Option("--cuda-objects", help="Build the CUDA library exactly as a first "
+                                                      "--device cuda run does (compile and link, sm_80 and sm_90 unless "
+                                                      "TORCH_CUDA_ARCH_LIST says), fresh in this folder; no GPU needed "
+                                                      "(what CI runs).")] = None,
 ) -> None:
     """Build the ext backend's kernels now (they are otherwise built, and cached, on first use).
 

@@ -6,6 +6,13 @@ from __future__ import annotations
 from dataclasses import fields
 
 
+class ContractError(RuntimeError, ValueError):
+    """A call that breaks an operator's contract, with what was got and what was expected.
+
+    A RuntimeError, as torchvision raises for the same mistakes (code written for torchvision
+    catches that), and a ValueError, as dcnbench raised before."""
+
+
 # Bytes per element of each dtype a case may name (torch-free, for cost estimates).
 ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from dcnbench.errors import UsageError
+from dcnbench.ops.contract import ContractError
 
 
 def map_problems(geo) -> list[str]:
@@ -24,21 +25,27 @@ def map_problems(geo) -> list[str]:
 
 def check_rois(input, rois) -> None:
     if input.dim() != 4:
-        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+        raise ContractError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
     if rois.dim() != 2 or rois.shape[1] != 5:
-        raise ValueError(f"rois must have shape (K, 5), rows (batch_index, x1, y1, x2, y2), got {tuple(rois.shape)}")
+        raise ContractError(f"rois must have shape (K, 5), rows (batch_index, x1, y1, x2, y2), got {tuple(rois.shape)}")
     if rois.dtype != input.dtype or rois.device != input.device:
-        raise ValueError(f"rois must match input's dtype and device, got {rois.dtype} on {rois.device}, "
+        raise ContractError(f"rois must match input's dtype and device, got {rois.dtype} on {rois.device}, "
                          f"expected {input.dtype} on {input.device}")
     if rois.shape[0] and not _tracing():
         index = rois[:, 0].detach()
         bad = (index != index.floor()) | (index < 0) | (index > input.shape[0] - 1)
+        import torch
+
+        if torch.compiler.is_compiling():  # no branch on values in a traced graph: checked when it runs
+            torch._assert_async(~bad.any(), "rois hold a batch index that is not an integer in [0, N)")
+            torch._assert_async(rois.detach().isfinite().all(), "rois contain NaN or infinity")
+            return
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0])
-            raise ValueError(f"rois[{k}, 0] = {float(index[k]):g} is not a batch index of the {input.shape[0]}-image input, "
+            raise ContractError(f"rois[{k}, 0] = {float(index[k]):g} is not a batch index of the {input.shape[0]}-image input, "
                              f"expected an integer in [0, {input.shape[0] - 1}]")
         if not bool(rois.detach().isfinite().all()):
-            raise ValueError("rois contain NaN or infinity")
+            raise ContractError("rois contain NaN or infinity")
 
 
 def _tracing() -> bool:
@@ -53,9 +60,9 @@ def check_offset(name: str, offset, input, expected: tuple[int, ...]) -> None:
     if offset is None:
         return
     if tuple(offset.shape) != expected:
-        raise ValueError(f"{name} has shape {tuple(offset.shape)}, expected {expected}")
+        raise ContractError(f"{name} has shape {tuple(offset.shape)}, expected {expected}")
     if offset.dtype != input.dtype or offset.device != input.device:
-        raise ValueError(f"{name} must match input's dtype and device, got {offset.dtype} on {offset.device}")
+        raise ContractError(f"{name} must match input's dtype and device, got {offset.dtype} on {offset.device}")
 
 
 def parse_roi_shape(op: str, spec: str, grammar: str, example: str, extra_names: tuple[str, ...],

@@ -4,8 +4,10 @@ pooling ops on the CPU and CUDA, DCNv3 and DCNv4 on the CPU.
 Laid out like torchvision's csrc/ops: one schema file (csrc/ext.cpp), one kernel file per device
 and op family (csrc/cpu/, csrc/cuda/), the per-sample math in one header of inline
 __host__ __device__ helpers (csrc/sampling.h), and here the autograd wrappers and the argument
-checks ("got X, expected Y") made before any kernel runs. float64 and float32 run natively;
-bfloat16 (and float16 on CUDA) are computed in float32 and rounded once at the end.
+checks ("got X, expected Y") made before any kernel runs (library.py: the wrappers, and each op's
+autograd formula registered on the op; fake.py: the ops' fake kernels for torch.compile/export).
+float64 and float32 run natively; bfloat16 (and float16 on CUDA) are computed in float32 and
+rounded once at the end.
 
 The CPU backward is deterministic. On CUDA the input gradient is accumulated with atomicAdd unless
 deterministic mode is on (DCNBENCH_EXT_DETERMINISTIC=1, or torch.use_deterministic_algorithms(True)),
@@ -14,24 +16,19 @@ which gives each thread whole channel planes instead; `verify` reports the mode 
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from dcnbench.backends import Backend, local_devices
 from dcnbench.backends.ext import build
+from dcnbench.backends.ext.library import OpLibrary, _compute, _same, check_environment, deterministic
 from dcnbench.ops.dcnv3.contract import check_call as check_dcnv3_call
 from dcnbench.ops.dcnv4.contract import check_call as check_dcnv4_call
-from dcnbench.ops.deform_conv2d.contract import check_call
-from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
-from dcnbench.ops.deform_roi_pool.contract import check_call as check_roi_pool_call
 
 NAME = "ext"
-_NATIVE = (torch.float64, torch.float32)
-
-
-def deterministic() -> bool:
-    return os.environ.get("DCNBENCH_EXT_DETERMINISTIC") == "1" or torch.are_deterministic_algorithms_enabled()
+LIBRARY = OpLibrary(lambda: build.native(build.with_cuda()))
+deform_conv2d = LIBRARY.deform_conv2d
+deform_roi_pool = LIBRARY.deform_roi_pool
+deform_psroi_pool = LIBRARY.deform_psroi_pool
 
 
 def mode(device: str) -> str:
@@ -41,75 +38,7 @@ def mode(device: str) -> str:
 
 
 def _ops():
-    build.load()
-    return torch.ops.dcnbench_ext
-
-
-def _same(name: str, t: torch.Tensor | None, ref: torch.Tensor) -> None:
-    if t is not None and (t.dtype != ref.dtype or t.device != ref.device):
-        raise ValueError(f"{name} is {t.dtype} on {t.device}, expected {ref.dtype} on {ref.device} like input")
-
-
-def _compute(*tensors):
-    """float64/float32 as they are; half types in float32 (the result is rounded back once)."""
-    return tuple(None if t is None else (t if t.dtype in _NATIVE else t.float()) for t in tensors)
-
-
-class _DeformConv2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, offset, weight, mask, bias, params):
-        ctx.save_for_backward(input, offset, weight, mask)
-        ctx.params, ctx.has_bias = params, bias is not None
-        return _ops().deform_conv2d_forward(input, weight, offset, mask, bias, *params)
-
-    @staticmethod
-    def backward(ctx, grad):
-        input, offset, weight, mask = ctx.saved_tensors
-        gi, gw, go, gm = _ops().deform_conv2d_backward(grad, input, weight, offset, mask, *ctx.params, deterministic())
-        gb = grad.sum((0, 2, 3)) if ctx.has_bias else None
-        return gi, go, gw, (gm if mask is not None else None), gb, None
-
-
-def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
-    geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
-    for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
-        _same(name, t, input)
-    params = (*geo.stride, *geo.padding, *geo.dilation, geo.groups, geo.offset_groups)
-    out = _DeformConv2d.apply(*_compute(input, offset, weight, mask, bias), params)
-    return out.to(input.dtype)
-
-
-class _Pool(torch.autograd.Function):
-    """Either pooling op: `name` picks the `<name>_forward`/`<name>_backward` kernels."""
-
-    @staticmethod
-    def forward(ctx, name, input, rois, offset, params):
-        ctx.save_for_backward(input, rois, offset)
-        ctx.name, ctx.params = name, params
-        return getattr(_ops(), f"{name}_forward")(input, rois, offset, *params)
-
-    @staticmethod
-    def backward(ctx, grad):
-        input, rois, offset = ctx.saved_tensors
-        gi, go = getattr(_ops(), f"{ctx.name}_backward")(grad, input, rois, offset, *ctx.params, deterministic())
-        return None, gi, None, (go if offset is not None else None), None
-
-
-def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
-    geo = check_roi_pool_call(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
-    params = (*geo.output_size, geo.spatial_scale, geo.sampling_ratio, geo.gamma)
-    x, r, o = _compute(input, rois.detach(), offset)
-    return _Pool.apply("roi_pool", x, r, o, params).to(input.dtype)
-
-
-def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
-                      sample_per_part=1, trans_std=0.0, no_trans=False):
-    geo = check_psroi_pool_call(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
-                                sample_per_part, trans_std, no_trans)
-    params = (geo.spatial_scale, geo.output_dim, geo.group_size, geo.pooled_size, geo.part_size, geo.sample_per_part,
-              geo.trans_std)
-    x, r, t = _compute(input, rois.detach(), None if no_trans else trans)
-    return _Pool.apply("psroi_pool", x, r, t, params).to(input.dtype)
+    return LIBRARY.ops()
 
 
 # ---- DCNv3 and DCNv4 (csrc/cpu/dcnv34.cpp; CPU only) ---------------------------------------------
@@ -170,8 +99,9 @@ def _group_ops_unsupported(geometry, device: str) -> str | None:
 
 def check() -> str | None:
     """Build (or load the cached build); None when the library loads, else why not and how to fix it."""
+    check_environment()  # raises UsageError on a bad DCNBENCH_EXT_DETERMINISTIC
     try:
-        build.load()
+        LIBRARY.ops()
     except build.BuildError as exc:
         return f"{exc} (fix: {exc.hint})"
     return None
@@ -184,8 +114,7 @@ def backend() -> Backend:
     return Backend(
         name=NAME,
         description="dcnbench's C++/CUDA kernels (TORCH_LIBRARY dcnbench_ext), built on first use",
-        ops={"deform_conv2d": deform_conv2d, "deform_roi_pool": deform_roi_pool, "deform_psroi_pool": deform_psroi_pool,
-             "dcnv3": dcnv3, "dcnv4": dcnv4},
+        ops=LIBRARY.op_table() | {"dcnv3": dcnv3, "dcnv4": dcnv4},
         dtypes=devices,
         unsupported_reasons={"float16": "ext runs float16 on CUDA only (the CPU has no fast float16 arithmetic)"},
         version=torch.__version__,

@@ -1,17 +1,32 @@
-"""Build the `ext` backend's C++ (and, where CUDA is present, CUDA) sources, once, and load them.
+"""Build the `ext` backend's C++ sources once per version of them, keep the result, and load it.
 
-torch's cpp_extension compiles with ninja into a cache folder keyed by the torch version, the
-device kind and a hash of the sources, so a rebuild happens only when one of them changes. The
-first build prints one line on stderr (it takes a minute or two); `dcnbench build` builds ahead.
+What is built (a `Target` each), always with torch's cpp_extension and ninja:
+- `native(cuda)`: the op library `dcnbench_ext`, ext.cpp + cpu/*.cpp, plus cuda/*.cu compiled by nvcc
+  where torch sees a GPU and nvcc exists (or when CI asks for it: `dcnbench build --cuda-objects`);
+- `emulated()`: `dcnbench_ext_emu`, ext.cpp + cuda/*.cu compiled by the host C++ compiler through
+  csrc/emu/cuda_emu.h, the CUDA kernels registered for CPU tensors (emu.py is its backend);
+- the ThreadSanitizer harness of the emulated kernels (race.py), an executable.
+
+The cache (`.cache/ext`, or $DCNBENCH_EXT_BUILD_DIR) holds one folder per target, keyed by the torch
+version, the kind and a hash of the sources and flags. It is written atomically: a build runs in a
+temporary folder under a lock, records the size and SHA-256 of what it made, and is renamed into
+place, so concurrent first builds build once and an interrupted build leaves nothing. A cached
+file that fails its recorded size or hash (a truncated .so would crash the process that maps it)
+is rebuilt, with one line saying why, and never loaded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 ROOT = HERE.parents[2]
 LIBRARY = "dcnbench_ext"
+MANIFEST = "dcnbench-build.json"
 # cpp_extension warns on import when it finds no CUDA runtime; here that is the expected case.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
@@ -32,12 +48,53 @@ class BuildError(RuntimeError):
         self.hint = hint
 
 
+@dataclass(frozen=True)
+class Target:
+    """One thing built from csrc/: an op library (loaded as torch.ops.<name>) or an executable."""
+
+    kind: str  # names the cache folder: cpu, cuda, emu, race, ...
+    name: str  # the library's op namespace, or the executable's name
+    sources: tuple[Path, ...]
+    cflags: tuple[str, ...] = ()
+    cuda_cflags: tuple[str, ...] = ()
+    ldflags: tuple[str, ...] = ()
+    cuda: bool = False  # .cu sources go to nvcc (else to the host compiler, with the cflags)
+    executable: bool = False
+    csrc: Path = CSRC  # the tree whose headers the sources include (hashed with them)
+
+    @property
+    def filename(self) -> str:
+        return self.name if self.executable else f"{self.name}.so"
+
+    @property
+    def description(self) -> str:
+        return {"cpu": "the ext backend (CPU)", "cuda": "the ext backend (CPU and CUDA)",
+                "emu": "the emulated CUDA kernels (ext-cuda-emu)",
+                "race": f"the race check's ThreadSanitizer build ({self.name})"}.get(self.kind, f"{self.name} ({self.kind})")
+
+
 def cpp_sources() -> list[Path]:
     return [CSRC / "ext.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
 
 
-def cuda_sources() -> list[Path]:
-    return sorted((CSRC / "cuda").glob("*.cu"))
+def cuda_sources(csrc: Path = CSRC) -> list[Path]:
+    return sorted((csrc / "cuda").glob("*.cu"))
+
+
+def native(cuda: bool) -> Target:
+    sources = cpp_sources() + (cuda_sources() if cuda else [])
+    return Target("cuda" if cuda else "cpu", LIBRARY, tuple(sources), ("-O3", "-fopenmp"), ("-O3",), cuda=cuda)
+
+
+# The .cu files as C++ (`-x c++` precedes them on the compiler's command line), through the
+# emulation header, into a library of their own registered for the CPU dispatch key. Hidden
+# visibility keeps its copies of the inline helpers (sampling.h) from binding to dcnbench_ext's.
+EMU_CFLAGS = ("-x", "c++", "-O2", "-DDCN_LIBRARY=dcnbench_ext_emu", "-DDCN_CUDA_KEY=CPU", "-fvisibility=hidden",
+              "-fvisibility-inlines-hidden")
+
+
+def emulated() -> Target:
+    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS)
 
 
 def with_cuda() -> bool:
@@ -47,19 +104,38 @@ def with_cuda() -> bool:
     return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
 
 
-def _digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths + list(CSRC.glob("*.h")) + [Path(__file__)]):
-        h.update(p.name.encode())
+# Part of every cache key: bump it when a change here changes what a build produces.
+BUILD_VERSION = "2"
+
+
+def _digest(target: Target) -> str:
+    h = hashlib.sha256(BUILD_VERSION.encode())
+    headers = sorted(target.csrc.rglob("*.h"))
+    for p in sorted(set(target.sources)) + headers:
+        h.update(str(p.relative_to(target.csrc) if p.is_relative_to(target.csrc) else p.name).encode())
         h.update(p.read_bytes())
+    h.update(repr((target.cflags, target.cuda_cflags, target.ldflags, target.executable)).encode())
+    if target.cuda:  # the GPU architectures compiled for
+        h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
+        if torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            h.update(repr([torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]).encode())
     return h.hexdigest()[:12]
 
 
+def cache_base() -> Path:
+    return Path(os.environ.get("DCNBENCH_EXT_BUILD_DIR", ROOT / ".cache" / "ext"))
+
+
+def target_dir(target: Target, base: Path | None = None) -> Path:
+    return (base or cache_base()) / f"torch-{torch.__version__}-{target.kind}-{_digest(target)}"
+
+
 def build_dir(cuda: bool | None = None) -> Path:
-    cuda = with_cuda() if cuda is None else cuda
-    base = Path(os.environ.get("DCNBENCH_EXT_BUILD_DIR", ROOT / ".cache" / "ext"))
-    sources = cpp_sources() + (cuda_sources() if cuda else [])
-    return base / f"torch-{torch.__version__}-{'cuda' if cuda else 'cpu'}-{_digest(sources)}"
+    return target_dir(native(with_cuda() if cuda is None else cuda))
+
+
+def library_path(directory: Path) -> Path:
+    return directory / f"{LIBRARY}.so"
 
 
 def problems(cuda: bool | None = None) -> BuildError | None:
@@ -73,106 +149,216 @@ def problems(cuda: bool | None = None) -> BuildError | None:
     if not cpp_extension.is_ninja_available():
         return BuildError("ninja is not available to torch.utils.cpp_extension",
                           "run `make env` (ninja is a locked dependency), or pip install ninja")
-    if (with_cuda() if cuda is None else cuda) and shutil.which(str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc")) is None:
-        return BuildError("a GPU is visible but nvcc is not found under CUDA_HOME",
-                          "install the CUDA toolkit or set CUDA_HOME to it")
+    if (with_cuda() if cuda is None else cuda) and nvcc() is None:
+        return BuildError("nvcc is not found (CUDA_HOME unset and no nvcc on the PATH)",
+                          "install the CUDA toolkit (it provides nvcc) or set CUDA_HOME to it")
     return None
 
 
-_loaded: Path | None = None
+# ---- the cache: verified, built under a lock in a temporary folder, renamed into place -------------
 
 
-def library_path(directory: Path) -> Path:
-    return directory / f"{LIBRARY}.so"
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def damage(directory: Path, target: Target) -> str | None:
+    """Why the cached build in `directory` must not be used (None when it is intact)."""
+    try:
+        record = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "it has no integrity record (an interrupted or older build)"
+    built = directory / target.filename
+    if record.get("file") != target.filename or not built.is_file():
+        return f"{target.filename} is missing"
+    size = built.stat().st_size
+    if size != record.get("bytes"):
+        return f"{target.filename} is {size} bytes, {record.get('bytes')} were built (truncated or overwritten)"
+    if _sha256(built) != record.get("sha256"):
+        return f"{target.filename} does not match the SHA-256 recorded when it was built"
+    return None
+
+
+@contextmanager
+def _locked(final: Path):
+    """An exclusive lock for building `final`; the kernel releases it if this process dies."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _discard(directory: Path) -> None:
+    """Move aside, then delete: a reader never sees a half-deleted folder under the final name."""
+    if directory.exists():
+        trash = directory.with_name(f".{directory.name}.trash{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        directory.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _record(directory: Path, target: Target) -> None:
+    built = directory / target.filename
+    with built.open("rb") as f:
+        os.fsync(f.fileno())
+    record = {"file": target.filename, "bytes": built.stat().st_size, "sha256": _sha256(built),
+              "torch": torch.__version__, "kind": target.kind}
+    with (directory / MANIFEST).open("w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_loaded: dict[str, Path] = {}  # op namespace -> the library loaded into this process
+
+
+def ensure(target: Target, base: Path | None = None, verbose: bool = False, quiet: bool = False) -> Path:
+    """The built file of `target`, verified; built first when the cache has no intact copy.
+
+    A library built here is also loaded into this process (cpp_extension.load does both)."""
+    final = target_dir(target, base)
+    if damage(final, target) is None:
+        return final / target.filename
+    with _locked(final):
+        why = damage(final, target)  # another process may have built it while this one waited
+        if why is None:
+            return final / target.filename
+        if final.exists():
+            print(f"dcnbench: the cached build {final / target.filename} is damaged ({why}); rebuilding it",
+                  file=sys.stderr, flush=True)
+            _discard(final)
+        problem = problems(target.cuda)
+        if problem:
+            raise problem
+        for stale in final.parent.glob(f".{final.name}.tmp*"):  # left by an interrupted build
+            shutil.rmtree(stale, ignore_errors=True)
+        work = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        work.mkdir(parents=True)
+        if not quiet:
+            print(f"dcnbench: building {target.description} in {final}; this takes a minute or two, once",
+                  file=sys.stderr, flush=True)
+        try:
+            _compile(target, work, verbose)
+            _record(work, target)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        work.rename(final)
+    if not target.executable:  # cpp_extension.load loaded it (from the folder now renamed: the mapping stays)
+        _loaded[target.name] = final / target.filename
+    return final / target.filename
+
+
+def _compile(target: Target, work: Path, verbose: bool) -> None:
+    from torch.utils import cpp_extension
+
+    includes, ldflags = (_cuda_arguments(work) if target.cuda else ([], []))
+    try:
+        cpp_extension.load(name=target.name, sources=[str(p) for p in target.sources], build_directory=str(work),
+                           extra_cflags=list(target.cflags), extra_cuda_cflags=list(target.cuda_cflags),
+                           extra_include_paths=includes, extra_ldflags=list(target.ldflags) + ldflags,
+                           with_cuda=target.cuda, is_python_module=False, is_standalone=target.executable,
+                           verbose=verbose)
+    except Exception as exc:
+        raise BuildError(f"building {target.description} failed: {_first_error(str(exc)) or type(exc).__name__}",
+                         "run `dcnbench build --verbose` to see the compiler's output") from exc
+
+
+def _first_error(text: str) -> str:
+    """The compiler's first error line in cpp_extension's exception text (else its last line)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith(("Error building extension", "FAILED:"))]
+    return (errors or lines or [""])[0][:300]
+
+
+def load_target(target: Target, verbose: bool = False) -> Path:
+    """Build if needed and load an op library into torch.ops.<target.name>; returns the .so's path."""
+    if target.name in _loaded:
+        return _loaded[target.name]
+    lib = ensure(target, verbose=verbose)
+    if target.name not in _loaded:  # not loaded by a build just now
+        torch.ops.load_library(str(lib))
+        _loaded[target.name] = lib
+    return lib
 
 
 def load(verbose: bool = False) -> Path:
     """Build if needed and load the library into torch.ops.dcnbench_ext; returns the .so's path."""
-    global _loaded
-    if _loaded is not None:
-        return _loaded
-    cuda = with_cuda()
-    directory = build_dir(cuda)
-    lib = library_path(directory)
-    if not lib.exists():
-        problem = problems(cuda)
-        if problem:
-            raise problem
-        directory.mkdir(parents=True, exist_ok=True)
-        print(f"dcnbench: building the ext backend ({'CPU and CUDA' if cuda else 'CPU'}) in {directory}; "
-              "this takes a minute or two, once", file=sys.stderr, flush=True)
-        from torch.utils import cpp_extension
-
-        sources = [str(p) for p in cpp_sources() + (cuda_sources() if cuda else [])]
-        try:
-            cpp_extension.load(name=LIBRARY, sources=sources, build_directory=str(directory),
-                               extra_cflags=["-O3", "-fopenmp"], extra_cuda_cflags=["-O3"],
-                               extra_include_paths=[str(p) for p in _wheel_cuda_includes()] if cuda else None,
-                               is_python_module=False, verbose=verbose)
-        except Exception as exc:
-            raise BuildError(f"building the ext backend failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
-                             f"run `dcnbench build --verbose` to see the compiler's output (build folder {directory})") from exc
-        _loaded = lib
-        return lib
-    torch.ops.load_library(str(lib))
-    _loaded = lib
-    return lib
+    return load_target(native(with_cuda()), verbose)
 
 
-# ---- CUDA sources on a machine without a GPU: compile to objects only (CI) ------------------------
+# ---- CUDA: the toolkit's own headers first, the wheel's only for what the toolkit lacks ------------
+
+CI_ARCHS = "8.0;9.0"  # GPU architectures CI compiles for (Ampere and Hopper), unless TORCH_CUDA_ARCH_LIST says
+
+
+def build_cuda_without_gpu(directory: Path, verbose: bool = False) -> Path:
+    """Build what a user's first `--device cuda` run builds, on a machine without a GPU (CI).
+
+    The same target and the same call (`ensure(native(cuda=True))`, i.e. cpp_extension.load with the
+    same sources, flags, include folders and link flags), so a build that fails for a user fails
+    here; only the GPU architectures are fixed ($TORCH_CUDA_ARCH_LIST, else 8.0 and 9.0) since none
+    can be asked. It compiles and links (loading needs no GPU), fresh in `directory` every time."""
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", CI_ARCHS)
+    shutil.rmtree(directory, ignore_errors=True)
+    return ensure(native(True), base=directory, verbose=verbose)
+
 
 
 def nvcc() -> Path | None:
-    """The CUDA compiler: $CUDA_HOME/bin/nvcc, else the one on the PATH."""
-    home = os.environ.get("CUDA_HOME")
+    """The CUDA compiler cpp_extension runs: $CUDA_HOME/bin/nvcc (CUDA_HOME as torch finds it)."""
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
     if home and (Path(home) / "bin" / "nvcc").exists():
         return Path(home) / "bin" / "nvcc"
     found = shutil.which("nvcc")
     return Path(found) if found else None
 
 
-def _cuda_includes(compiler: Path) -> list[str]:
-    from torch.utils import cpp_extension
+def toolkit_root() -> Path | None:
+    """The toolkit the nvcc that compiles belongs to: nvcc's own TOP (`nvcc --dryrun`).
 
-    dirs = [Path(p) for p in cpp_extension.include_paths()]
-    homes = [Path(os.environ["CUDA_HOME"])] if os.environ.get("CUDA_HOME") else []
-    homes += [compiler.resolve().parent.parent, Path("/usr/local/cuda")]
-    dirs += [h / "include" for h in homes if (h / "include" / "cuda_runtime.h").exists()][:1]
-    dirs += _wheel_cuda_includes()
-    return [f"-I{d}" for d in dirs]
+    Not always cpp_extension's CUDA_HOME: from a wrapper script /usr/local/bin/nvcc torch guesses
+    /usr/local, and would link -L/usr/local/lib64 -lcudart, which is not there."""
+    compiler = nvcc()
+    if compiler is None:
+        return None
+    out = subprocess.run([str(compiler), "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True)
+    tops = [ln.split("=", 1)[1].strip() for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("#$ TOP=")]
+    return Path(tops[0]).resolve() if tops else None
 
 
-def _wheel_cuda_includes() -> list[Path]:
+def wheel_cuda_includes() -> list[Path]:
     """torch's CUDA wheels bring the CUDA library headers (cusparse.h, cublas_v2.h, ...) as packages."""
     site = Path(torch.__file__).resolve().parents[1]
     return sorted(p for p in (site / "nvidia").glob("*/include") if p.is_dir())
 
 
-def compile_cuda_objects(out_dir: Path, arch: str = "90") -> list[Path]:
-    """nvcc -c every .cu against torch's headers (no GPU needed), so a broken CUDA source fails CI."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+def _wheel_only_includes(directory: Path, toolkit: Path | None) -> Path:
+    """A folder of links to the wheel's CUDA headers that the toolkit lacks (cublas_v2.h, cusparse.h,
+    ... which ATen/cuda/CUDAContext.h includes). Only those: as `-I` they come before nvcc's own
+    include folder, and a wheel of another CUDA version must not shadow the toolkit's runtime headers
+    (nvcc 13.0 stops at cccl's cuda_toolkit.h #error when it reads the 13.2 wheel's cuda_runtime_api.h)."""
+    have = {p.name for p in (toolkit / "include").iterdir()} if toolkit and (toolkit / "include").is_dir() else set()
+    out = directory / "wheel_cuda_include"
+    out.mkdir(parents=True, exist_ok=True)
+    for inc in wheel_cuda_includes():
+        for entry in inc.iterdir():
+            if entry.name not in have and not (out / entry.name).exists():
+                (out / entry.name).symlink_to(entry)
+    return out
 
-    compiler = nvcc()
-    if compiler is None:
-        raise BuildError("nvcc is not found (CUDA_HOME unset and no nvcc on the PATH)",
-                         "install the CUDA toolkit (it provides nvcc) or set CUDA_HOME")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-             f"-gencode=arch=compute_{arch},code=sm_{arch}", "-DTORCH_API_INCLUDE_EXTENSION_H",
-             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", *_cuda_includes(compiler)]
 
-    def one(src: Path) -> tuple[Path, subprocess.CompletedProcess]:
-        obj = out_dir / (src.stem + ".o")
-        return obj, subprocess.run([str(compiler), "-c", str(src), "-o", str(obj), *flags], capture_output=True, text=True)
-
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        done = list(pool.map(one, cuda_sources()))
-    failed = [(obj, p) for obj, p in done if p.returncode != 0]
-    if failed:
-        obj, p = failed[0]
-        errors = [ln for ln in (p.stdout + p.stderr).splitlines() if "error" in ln] or (p.stdout + p.stderr).splitlines()[-1:]
-        sys.stderr.write(p.stdout + p.stderr)
-        raise BuildError(f"nvcc failed on {obj.stem}.cu: {errors[0].strip() if errors else 'see above'}",
-                         "fix the CUDA source; the full compiler output is above")
-    return [obj for obj, _ in done]
+def _cuda_arguments(directory: Path) -> tuple[list[str], list[str]]:
+    """(extra_include_paths, extra_ldflags) for a CUDA build in `directory`."""
+    toolkit = toolkit_root()
+    lib = next((toolkit / d for d in ("lib64", "lib") if toolkit and (toolkit / d / "libcudart.so").exists()), None)
+    return [str(_wheel_only_includes(directory, toolkit))], ([f"-L{lib}"] if lib else [])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcnbench.errors import UsageError
-from dcnbench.ops.contract import geometry_from_dict, hw_text, out_size, pair
+from dcnbench.ops.contract import ContractError, geometry_from_dict, hw_text, out_size, pair
 
 OP = "deform_conv2d"
 SIGNATURE = "(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None)"
@@ -116,20 +116,20 @@ def check_call(input, offset, weight, bias=None, stride=1, padding=0, dilation=1
     """Validate a call the way torchvision does, with "got X, expected Y" messages."""
     for name, t, dims in (("input", input, 4), ("offset", offset, 4), ("weight", weight, 4)):
         if t.dim() != dims:
-            raise ValueError(f"{name} must be {dims}-D, got shape {tuple(t.shape)}")
+            raise ContractError(f"{name} must be {dims}-D, got shape {tuple(t.shape)}")
     geo = geometry_of(input, offset, weight, stride, padding, dilation)
     if geo.groups == 0 or geo.c % weight.shape[1]:
-        raise ValueError(f"weight.shape[1]={weight.shape[1]} must divide the {geo.c} input channels")
+        raise ContractError(f"weight.shape[1]={weight.shape[1]} must divide the {geo.c} input channels")
     if offset.shape[1] % (2 * geo.taps) or geo.offset_groups == 0:
-        raise ValueError(f"offset has {offset.shape[1]} channels, expected a positive multiple of 2*kh*kw={2 * geo.taps}")
+        raise ContractError(f"offset has {offset.shape[1]} channels, expected a positive multiple of 2*kh*kw={2 * geo.taps}")
     problems = geo.problems()
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ContractError("; ".join(problems))
     expected = geo.shapes(mask is not None, bias is not None)
     got = {"input": input, "offset": offset, "weight": weight, "mask": mask, "bias": bias}
     for name, shape in expected.items():
         if tuple(got[name].shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(got[name].shape)}, expected {shape}")
+            raise ContractError(f"{name} has shape {tuple(got[name].shape)}, expected {shape}")
     return geo
 
 

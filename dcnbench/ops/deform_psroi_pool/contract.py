@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dcnbench.ops.contract import geometry_from_dict
+from dcnbench.ops.contract import ContractError, geometry_from_dict
 from dcnbench.ops.roi_contract import check_offset, check_rois, map_problems, parse_roi_shape
 
 OP = "deform_psroi_pool"
@@ -88,18 +88,18 @@ def check_call(input, rois, trans, spatial_scale, output_dim, group_size, pooled
     n, c, h, w = input.shape
     part = int(part_size) or int(pooled_size)
     if trans is not None and not no_trans and (trans.dim() != 4 or trans.shape[1] < 2 or trans.shape[1] % 2):
-        raise ValueError(f"trans must be (K, 2 * classes, part_size, part_size), got shape {tuple(trans.shape)}")
+        raise ContractError(f"trans must be (K, 2 * classes, part_size, part_size), got shape {tuple(trans.shape)}")
     classes = 1 if no_trans or trans is None else trans.shape[1] // 2
     if not no_trans and trans is None:
-        raise ValueError("trans is None but no_trans is False: pass offsets, or no_trans=True")
+        raise ContractError("trans is None but no_trans is False: pass offsets, or no_trans=True")
     geo = PSRoIPoolGeometry(n=n, c=c, h=h, w=w, rois=rois.shape[0], pooled_size=int(pooled_size),
                             spatial_scale=float(spatial_scale), sample_per_part=int(sample_per_part),
                             trans_std=float(trans_std), group_size=int(group_size), part_size=part, classes=classes)
     problems = geo.problems()
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ContractError("; ".join(problems))
     if geo.output_dim != output_dim:
-        raise ValueError(f"output_dim={output_dim} does not match the input's {c} channels: expected "
+        raise ContractError(f"output_dim={output_dim} does not match the input's {c} channels: expected "
                          f"C / group_size^2 = {geo.output_dim}")
     if not no_trans:
         check_offset("trans", trans, input, geo.offset_shape)

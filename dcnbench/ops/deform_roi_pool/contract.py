@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dcnbench.ops.contract import geometry_from_dict, pair
+from dcnbench.ops.contract import ContractError, geometry_from_dict, pair
 from dcnbench.ops.roi_contract import check_offset, check_rois, map_problems, parse_roi_shape
 
 OP = "deform_roi_pool"
@@ -72,7 +72,7 @@ def check_call(input, rois, offset, output_size, spatial_scale=1.0, sampling_rat
                           spatial_scale=float(spatial_scale), sampling_ratio=int(sampling_ratio), gamma=float(gamma))
     problems = geo.problems()
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ContractError("; ".join(problems))
     check_offset("offset", offset, input, geo.offset_shape)
     return geo
 

@@ -1,9 +1,9 @@
 // The schema of every op in the `dcnbench_ext` library. Kernels register per device in cpu/ and
 // cuda/; the autograd wrapper and argument checks live in Python (backends/ext/__init__.py).
 // Half types are cast to float32 by the wrapper, so kernels see float64 or float32.
-#include <torch/library.h>
+#include "library.h"
 
-TORCH_LIBRARY(dcnbench_ext, m) {
+TORCH_LIBRARY(DCN_LIBRARY, m) {
   m.def("deform_conv2d_forward(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
         "int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int offset_groups) -> Tensor");
   m.def("deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, Tensor? mask, "

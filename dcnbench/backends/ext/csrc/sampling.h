@@ -14,9 +14,15 @@
 
 namespace dcnbench_ext {
 
-// Bilinear read at (y, x) under the paper's rule Z: a corner outside the map contributes zero.
-// idx: the four corners' offsets inside the plane (0 for an invalid corner, whose weights are 0);
-// w: the corners' weights; dy/dx: d w / d y and d w / d x (for the offset gradient).
+// Non-finite values (DCN.md section 6, README "Non-finite values"): a sample reads the
+// pixels at the corners of its bilinear cell that lie inside the map, and nothing else. A corner
+// outside the map has idx -1 and must never be read (its weight is 0, but 0 * inf is NaN): read
+// with corner() and interpolate(), and skip idx < 0 when scattering. A sampling point that is not
+// finite (a NaN or infinite offset) has no cell: every corner has idx -1 and NaN weights, so the
+// outputs (and offset gradients) that use the sample are NaN and the map gets no gradient from it.
+//
+// idx: the four corners' offsets inside the plane; w: their weights; dy/dx: d w / d y and d w / d x
+// (for the offset gradient).
 template <typename T>
 struct Corners {
   int64_t idx[4];
@@ -26,7 +32,32 @@ struct Corners {
 };
 
 template <typename T>
+DCN_HD bool finite(T v) {
+#if defined(__CUDACC__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
+// A sample that reads no pixel: weights 0 (no corner in the map) or NaN (a point that is not finite).
+template <typename T>
+DCN_HD Corners<T> nowhere(T fill) {
+  Corners<T> c;
+  for (int j = 0; j < 4; ++j) { c.idx[j] = -1; c.w[j] = fill; c.dy[j] = fill; c.dx[j] = fill; }
+  return c;
+}
+
+template <typename T>
+DCN_HD T not_a_number() { return T(NAN); }
+
+// Bilinear read at (y, x) under the paper's rule Z: a corner outside the map contributes zero. The
+// cell of y is [floor(y), floor(y) + 1]: at y = -1 exactly it holds row 0 (weight 0, but the
+// one-sided derivative reads it); from y = h on it holds no row.
+template <typename T>
 DCN_HD Corners<T> bilinear_z(T y, T x, int64_t h, int64_t w) {
+  if (!finite(y) || !finite(x)) return nowhere<T>(not_a_number<T>());
+  if (y < T(-1) || y >= T(h) || x < T(-1) || x >= T(w)) return nowhere<T>(T(0));  // before the integer cast
   Corners<T> c;
   T y0f = floor(y), x0f = floor(x);
   T ly = y - y0f, lx = x - x0f, hy = T(1) - ly, hx = T(1) - lx;
@@ -37,13 +68,26 @@ DCN_HD Corners<T> bilinear_z(T y, T x, int64_t h, int64_t w) {
       int j = a * 2 + b;
       int64_t yi = y0 + a, xi = x0 + b;
       bool ok = yi >= 0 && yi < h && xi >= 0 && xi < w;
-      c.idx[j] = ok ? yi * w + xi : 0;
+      c.idx[j] = ok ? yi * w + xi : -1;
       c.w[j] = ok ? wy[a] * wx[b] : T(0);
       c.dy[j] = ok ? sy[a] * wx[b] : T(0);
       c.dx[j] = ok ? wy[a] * sy[b] : T(0);
     }
   }
   return c;
+}
+
+// Corner j's value in `plane`; 0 for a corner outside the map, which is not read.
+template <typename T>
+DCN_HD T corner(const T* plane, const Corners<T>& q, int j) {
+  return q.idx[j] < 0 ? T(0) : plane[q.idx[j]];
+}
+
+// The bilinear value w0 v0 + w1 v1 + w2 v2 + w3 v3 (in that order), corners outside the map skipped.
+template <typename T>
+DCN_HD T interpolate(const T* plane, const Corners<T>& q) {
+  return q.w[0] * corner(plane, q, 0) + q.w[1] * corner(plane, q, 1) + q.w[2] * corner(plane, q, 2) +
+         q.w[3] * corner(plane, q, 3);
 }
 
 // The four corners of rows ys and columns xs, with the weights of each axis and their derivatives.
@@ -61,12 +105,13 @@ DCN_HD void fill_corners(Corners<T>& c, const int64_t ys[2], const int64_t xs[2]
 }
 
 // mmcv's / RoIAlign's read: 0 outside [-1, size]; a coordinate in [-1, 0] reads as 0 and one
-// past size-1 as size-1, where it is a constant (no derivative).
+// past size-1 as size-1, where it is a constant (no derivative). All four corners of a point
+// inside are in the map (they may coincide at the clamped edge).
 template <typename T>
 DCN_HD Corners<T> bilinear_roialign(T y, T x, int64_t h, int64_t w) {
+  if (!finite(y) || !finite(x)) return nowhere<T>(not_a_number<T>());
+  if (y < T(-1) || y > T(h) || x < T(-1) || x > T(w)) return nowhere<T>(T(0));
   Corners<T> c;
-  for (int j = 0; j < 4; ++j) { c.idx[j] = 0; c.w[j] = T(0); c.dy[j] = T(0); c.dx[j] = T(0); }
-  if (y < T(-1) || y > T(h) || x < T(-1) || x > T(w)) return c;
   T gy = T(1), gx = T(1);  // derivative of the clamped coordinate
   if (y <= T(0)) { y = T(0); gy = T(0); }
   if (x <= T(0)) { x = T(0); gx = T(0); }
@@ -94,6 +139,23 @@ DCN_HD Corners<T> bilinear_floor_ceil(T y, T x, int64_t w, T gy, T gx) {
   const T sy[2] = {-same_y, same_y}, sx[2] = {-same_x, same_x};
   fill_corners(c, ys, xs, wy, wx, sy, sx, w);
   return c;
+}
+
+// MXNet's DeformablePSROIPooling point (y, x) on an h x w map: false when it is skipped (outside
+// [-0.5, size-0.5]), else its corners after clamping into the map. A point that is not finite (a
+// NaN or infinite trans) is kept, with NaN weights and no corner: its bin is NaN, it reads nothing.
+template <typename T>
+DCN_HD bool psroi_corners(T y, T x, int64_t h, int64_t w, Corners<T>& q) {
+  if (!finite(y) || !finite(x)) {
+    q = nowhere<T>(not_a_number<T>());
+    return true;
+  }
+  if (x < T(-0.5) || x > T(w) - T(0.5) || y < T(-0.5) || y > T(h) - T(0.5)) return false;
+  const T gx = (x < T(0) || x > T(w - 1)) ? T(0) : T(1), gy = (y < T(0) || y > T(h - 1)) ? T(0) : T(1);
+  x = x < T(0) ? T(0) : (x > T(w - 1) ? T(w - 1) : x);
+  y = y < T(0) ? T(0) : (y > T(h - 1) ? T(h - 1) : y);
+  q = bilinear_floor_ceil<T>(y, x, w, gy, gx);
+  return true;
 }
 
 // C's round(): halves away from zero.

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <vector>
 
 #include "../geometry.h"
 #include "../sampling.h"
@@ -60,6 +61,12 @@ void channel_runs(const Geo& g, int64_t gi, int64_t k, int64_t c_lo, int64_t c_h
   }
 }
 
+// Corner j's row of channels in channels-last image xn; a corner outside the map reads `zeros`.
+template <typename T>
+const T* corner_row(const T* xn, const Corners<T>& q, int j, int64_t c, const T* zeros) {
+  return q.idx[j] < 0 ? zeros : xn + q.idx[j] * c;
+}
+
 // Calls f(bi, n, l) for every position l of images n = n0 + bi, bi < b, in tasks of kBlock positions.
 template <typename F>
 void for_each_position(const Geo& g, int64_t n0, int64_t b, F f) {
@@ -76,6 +83,8 @@ void for_each_position(const Geo& g, int64_t n0, int64_t b, F f) {
 template <typename T>
 void im2col(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b, T* cols) {
   const int64_t row = g.c * g.k;
+  const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
+  const T* z = zeros.data();
   for_each_position(g, n0, b, [&](int64_t bi, int64_t n, int64_t l) {
         const T* xn = x + n * g.h * g.w * g.c;
         T* col = cols + (bi * g.l + l) * row;
@@ -84,8 +93,8 @@ void im2col(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n0
             const Corners<T> q = corners_at(g, offset, n, gi, k, l);
             const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l] : T(1);
             const T w0 = q.w[0] * m, w1 = q.w[1] * m, w2 = q.w[2] * m, w3 = q.w[3] * m;
-            const T* r0 = xn + q.idx[0] * g.c; const T* r1 = xn + q.idx[1] * g.c;
-            const T* r2 = xn + q.idx[2] * g.c; const T* r3 = xn + q.idx[3] * g.c;
+            const T *r0 = corner_row(xn, q, 0, g.c, z), *r1 = corner_row(xn, q, 1, g.c, z);
+            const T *r2 = corner_row(xn, q, 2, g.c, z), *r3 = corner_row(xn, q, 3, g.c, z);
             channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
               T* d = col + at - ca;
 #pragma omp simd
@@ -112,16 +121,15 @@ void col2im(const Geo& g, const T* gcols, const T* offset, const T* mask, int64_
         for (int64_t k = 0; k < g.k; ++k) {
           const Corners<T> q = corners_at(g, offset, n, gi, k, l);
           const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l] : T(1);
-          const T w0 = q.w[0] * m, w1 = q.w[1] * m, w2 = q.w[2] * m, w3 = q.w[3] * m;
-          T* r0 = gn + q.idx[0] * g.c; T* r1 = gn + q.idx[1] * g.c;
-          T* r2 = gn + q.idx[2] * g.c; T* r3 = gn + q.idx[3] * g.c;
           channel_runs(g, gi, k, c_lo, c_hi, [&](int64_t ca, int64_t cb, int64_t at) {
             const T* s = gcol + at - ca;
-            // Corners may coincide (a clamped index of a zero-weight corner): add in a fixed order.
-            for (int64_t c = ca; c < cb; ++c) r0[c] += w0 * s[c];
-            for (int64_t c = ca; c < cb; ++c) r1[c] += w1 * s[c];
-            for (int64_t c = ca; c < cb; ++c) r2[c] += w2 * s[c];
-            for (int64_t c = ca; c < cb; ++c) r3[c] += w3 * s[c];
+            // One corner after the other, a fixed order; corners outside the map are not touched.
+            for (int j = 0; j < 4; ++j) {
+              if (q.idx[j] < 0) continue;
+              T* r = gn + q.idx[j] * g.c;
+              const T wj = q.w[j] * m;
+              for (int64_t c = ca; c < cb; ++c) r[c] += wj * s[c];
+            }
           });
         }
       }
@@ -134,14 +142,16 @@ template <typename T>
 void offset_mask_grad(const Geo& g, const T* gcols, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b,
                       T* grad_offset, T* grad_mask) {
   const int64_t row = g.c * g.k;
+  const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
+  const T* z = zeros.data();
   for_each_position(g, n0, b, [&](int64_t bi, int64_t n, int64_t l) {
         const T* xn = x + n * g.h * g.w * g.c;
         const T* gcol = gcols + (bi * g.l + l) * row;
         for (int64_t gi = 0; gi < g.og; ++gi)
           for (int64_t k = 0; k < g.k; ++k) {
             const Corners<T> q = corners_at(g, offset, n, gi, k, l);
-            const T* r0 = xn + q.idx[0] * g.c; const T* r1 = xn + q.idx[1] * g.c;
-            const T* r2 = xn + q.idx[2] * g.c; const T* r3 = xn + q.idx[3] * g.c;
+            const T *r0 = corner_row(xn, q, 0, g.c, z), *r1 = corner_row(xn, q, 1, g.c, z);
+            const T *r2 = corner_row(xn, q, 2, g.c, z), *r3 = corner_row(xn, q, 3, g.c, z);
             T ay = 0, ax = 0, am = 0;
             channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
               const T* s = gcol + at - ca;
@@ -210,8 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const Geo g = conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor grad_offset = at::zeros_like(offset);
-  at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::Tensor();
-  if (g.n == 0) return {at::zeros_like(input_), at::zeros_like(weight), grad_offset, grad_mask};
+  at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::empty({0}, offset.options());  // none: empty
+  if (g.n == 0) return {at::zeros(input_.sizes(), input_.options()), at::zeros_like(weight), grad_offset, grad_mask};
   const at::Tensor x = input_.permute({0, 2, 3, 1}).contiguous();
   at::Tensor gx = at::zeros_like(x);
   const int64_t chunk = chunk_of(g), kcg = g.k * g.cg, og_out = g.o / groups;
@@ -243,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       col2im<scalar_t>(g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, gx.data_ptr<scalar_t>());
       offset_mask_grad<scalar_t>(g, gcols.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m,
                                  n0, b, grad_offset.data_ptr<scalar_t>(),
-                                 grad_mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
+                                 mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
     }
   });
   const at::Tensor grad_input = gx.permute({0, 3, 1, 2}).contiguous();

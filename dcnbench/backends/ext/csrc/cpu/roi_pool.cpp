@@ -64,8 +64,7 @@ at::Tensor roi_forward(const at::Tensor& input_, const at::Tensor& rois_, const 
               const RoIPoint<T> p = roi_point(box, off, bins, bin, i, j, iy, ix, ph, pw, T(gamma), h, w);
               for (int64_t ch = 0; ch < c; ++ch) {
                 const T* pl = plane0 + ch * h * w;
-                o[(n * c + ch) * bins + bin] += p.q.w[0] * pl[p.q.idx[0]] + p.q.w[1] * pl[p.q.idx[1]] +
-                                                p.q.w[2] * pl[p.q.idx[2]] + p.q.w[3] * pl[p.q.idx[3]];
+                o[(n * c + ch) * bins + bin] += interpolate(pl, p.q);
               }
             }
           for (int64_t ch = 0; ch < c; ++ch) o[(n * c + ch) * bins + bin] /= box.count;
@@ -84,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> roi_backward(const at::Tensor& grad_, const a
   const at::Tensor offset = offset_.has_value() ? offset_->contiguous() : at::Tensor();
   const int64_t c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0), bins = ph * pw;
   at::Tensor grad_input = at::zeros_like(input);
-  at::Tensor grad_offset = offset.defined() ? at::zeros_like(offset) : at::Tensor();
+  at::Tensor grad_offset = offset.defined() ? at::zeros_like(offset) : at::empty({0}, input.options());  // none: empty
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_pool_backward_cpu", [&] {
     using T = scalar_t;
     const T* in = input.data_ptr<T>();
@@ -107,7 +106,8 @@ std::tuple<at::Tensor, at::Tensor> roi_backward(const at::Tensor& grad_, const a
                 for (int64_t ch = c0; ch < c1; ++ch) {
                   const T gv = g[(n * c + ch) * bins + bin] / box.count;
                   T* pl = gin + (box.batch * c + ch) * h * w;
-                  for (int jj = 0; jj < 4; ++jj) pl[p.q.idx[jj]] += p.q.w[jj] * gv;
+                  for (int jj = 0; jj < 4; ++jj)
+                    if (p.q.idx[jj] >= 0) pl[p.q.idx[jj]] += p.q.w[jj] * gv;
                 }
               }
         }
@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> roi_backward(const at::Tensor& grad_, const a
                 const T gv = g[(n * c + ch) * bins + bin];
                 T vy = 0, vx = 0;
                 for (int jj = 0; jj < 4; ++jj) {
-                  const T v = pl[p.q.idx[jj]];
+                  const T v = corner(pl, p.q, jj);
                   vy += p.q.dy[jj] * v;
                   vx += p.q.dx[jj] * v;
                 }
@@ -170,13 +170,9 @@ PSPoint<T> ps_point(const PSParams& p, const PSBox<T>& box, const T* tr, int64_t
     ws += tr[((cls * 2) * p.part + pi) * p.part + pj] * trans_std * box.w;
     hs += tr[((cls * 2 + 1) * p.part + pi) * p.part + pj] * trans_std * box.h;
   }
-  T x = ws + T(iw) * (bw / T(p.spp)), y = hs + T(ih) * (bh / T(p.spp));
+  const T x = ws + T(iw) * (bw / T(p.spp)), y = hs + T(ih) * (bh / T(p.spp));
   PSPoint<T> s;
-  s.keep = !(x < T(-0.5) || x > T(p.w) - T(0.5) || y < T(-0.5) || y > T(p.h) - T(0.5));
-  const T gx = (x < T(0) || x > T(p.w - 1)) ? T(0) : T(1), gy = (y < T(0) || y > T(p.h - 1)) ? T(0) : T(1);
-  x = std::min(std::max(x, T(0)), T(p.w - 1));
-  y = std::min(std::max(y, T(0)), T(p.h - 1));
-  s.q = bilinear_floor_ceil<T>(y, x, p.w, gy, gx);
+  s.keep = psroi_corners<T>(y, x, p.h, p.w, s.q);
   return s;
 }
 
@@ -214,8 +210,7 @@ at::Tensor psroi_forward(const at::Tensor& input_, const at::Tensor& rois_, cons
                   count += 1;
                   for (int64_t d = cls * per_class; d < (cls + 1) * per_class; ++d) {
                     const T* pl = in + (box.batch * p.c + (d * group + gh) * group + gw) * p.h * p.w;
-                    o[((n * p.d + d) * pooled + i) * pooled + j] += s.q.w[0] * pl[s.q.idx[0]] + s.q.w[1] * pl[s.q.idx[1]] +
-                                                                    s.q.w[2] * pl[s.q.idx[2]] + s.q.w[3] * pl[s.q.idx[3]];
+                    o[((n * p.d + d) * pooled + i) * pooled + j] += interpolate(pl, s.q);
                   }
                 }
               for (int64_t d = cls * per_class; d < (cls + 1) * per_class; ++d) {
@@ -238,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
   const PSParams p{input.size(1), input.size(2), input.size(3), rois.size(0), output_dim, group, pooled, part, spp,
                    trans.defined() ? trans.size(1) / 2 : 1};
   at::Tensor grad_input = at::zeros_like(input);
-  at::Tensor grad_trans = trans.defined() ? at::zeros_like(trans) : at::Tensor();
+  at::Tensor grad_trans = trans.defined() ? at::zeros_like(trans) : at::empty({0}, input.options());  // none: empty
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "psroi_pool_backward_cpu", [&] {
     using T = scalar_t;
     const T* in = input.data_ptr<T>();
@@ -279,7 +274,8 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
                   const T gv = g[((n * p.d + d) * pooled + i) * pooled + j] / T(kept_n);
                   T* pl = gin + (box.batch * p.c + (d * group + gh) * group + gw) * p.h * p.w;
                   for (int64_t s = 0; s < kept_n; ++s)
-                    for (int jj = 0; jj < 4; ++jj) pl[pts[s].q.idx[jj]] += pts[s].q.w[jj] * gv;
+                    for (int jj = 0; jj < 4; ++jj)
+                      if (pts[s].q.idx[jj] >= 0) pl[pts[s].q.idx[jj]] += pts[s].q.w[jj] * gv;
                 }
               }
           }
@@ -308,8 +304,8 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
                     const T gv = g[((n * p.d + d) * pooled + i) * pooled + j];
                     T vx = 0, vy = 0;
                     for (int jj = 0; jj < 4; ++jj) {
-                      vx += s.q.dx[jj] * pl[s.q.idx[jj]];
-                      vy += s.q.dy[jj] * pl[s.q.idx[jj]];
+                      vx += s.q.dx[jj] * corner(pl, s.q, jj);
+                      vy += s.q.dy[jj] * corner(pl, s.q, jj);
                     }
                     ax += gv * vx;
                     ay += gv * vy;

@@ -2,12 +2,11 @@
 // column element. The input gradient is scattered with atomicAdd (fast, nondeterministic), or in
 // deterministic mode by one thread per input channel plane walking every tap and position in order.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../geometry.h"
 #include "../sampling.h"
+#include "runtime.h"
 
 namespace dcnbench_ext {
 namespace {
@@ -37,7 +36,7 @@ __global__ void im2col_kernel(const Geo g, const T* input, const T* offset, cons
     const int64_t n = n0 + bi, gi = c / (g.c / g.og);
     const Corners<T> q = corners_at(g, offset, n, gi, k, l);
     const T* in = input + (n * g.c + c) * g.h * g.w;
-    T v = q.w[0] * in[q.idx[0]] + q.w[1] * in[q.idx[1]] + q.w[2] * in[q.idx[2]] + q.w[3] * in[q.idx[3]];
+    T v = interpolate(in, q);
     if (mask) v *= mask[((n * g.og + gi) * g.k + k) * g.l + l];
     cols[e] = v;
   }
@@ -55,7 +54,7 @@ __global__ void col2im_atomic_kernel(const Geo g, const T* gcols, const T* offse
     if (mask) gv *= mask[((n * g.og + gi) * g.k + k) * g.l + l];
     T* gin = grad_input + (n * g.c + c) * g.h * g.w;
     for (int j = 0; j < 4; ++j)
-      if (q.w[j] != T(0)) atomicAdd(gin + q.idx[j], q.w[j] * gv);
+      if (q.idx[j] >= 0) atomicAdd(gin + q.idx[j], q.w[j] * gv);
   }
 }
 
@@ -72,7 +71,8 @@ __global__ void col2im_ordered_kernel(const Geo g, const T* gcols, const T* offs
         const Corners<T> q = corners_at(g, offset, n, gi, k, l);
         T gv = gcols[((bi * g.c + c) * g.k + k) * g.l + l];
         if (mask) gv *= mask[((n * g.og + gi) * g.k + k) * g.l + l];
-        for (int j = 0; j < 4; ++j) gin[q.idx[j]] += q.w[j] * gv;
+        for (int j = 0; j < 4; ++j)
+          if (q.idx[j] >= 0) gin[q.idx[j]] += q.w[j] * gv;
       }
   }
 }
@@ -89,7 +89,7 @@ __global__ void offset_mask_grad_kernel(const Geo g, const T* gcols, const T* in
     T ay = 0, ax = 0, am = 0;
     for (int64_t c = gi * cpg; c < (gi + 1) * cpg; ++c) {
       const T* in = input + (n * g.c + c) * g.h * g.w;
-      const T v0 = in[q.idx[0]], v1 = in[q.idx[1]], v2 = in[q.idx[2]], v3 = in[q.idx[3]];
+      const T v0 = corner(in, q, 0), v1 = corner(in, q, 1), v2 = corner(in, q, 2), v3 = corner(in, q, 3);
       const T gv = gcols[((bi * g.c + c) * g.k + k) * g.l + l];
       ay += gv * (q.dy[0] * v0 + q.dy[1] * v1 + q.dy[2] * v2 + q.dy[3] * v3);
       ax += gv * (q.dx[0] * v0 + q.dx[1] * v1 + q.dx[2] * v2 + q.dx[3] * v3);
@@ -125,7 +125,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cuda", [&] {
     for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
       const int64_t b = std::min(chunk, g.n - n0);
-      im2col_kernel<scalar_t><<<std::min(blocks_for(b * g.c * g.k * g.l), 65535), kThreads, 0, stream>>>(
+      DCN_LAUNCH(im2col_kernel<scalar_t>, std::min(blocks_for(b * g.c * g.k * g.l), 65535), kThreads, 0, stream)(
           g, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), mask.defined() ? mask.data_ptr<scalar_t>() : nullptr,
           n0, b, cols.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -149,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const Geo g = conv_geometry(input, weight, sh, sw, ph, pw, dh, dw, groups, og);
   at::Tensor grad_input = at::zeros_like(input), grad_weight = at::zeros_like(weight);
   at::Tensor grad_offset = at::zeros_like(offset);
-  at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::Tensor();
+  at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::empty({0}, offset.options());  // none: empty
   if (g.n == 0) return {grad_input, grad_weight, grad_offset, grad_mask};
   const int64_t chunk = chunk_of(g), cgk = g.c / groups * g.k, og_out = g.o / groups;
   at::Tensor cols = at::empty({chunk, g.c * g.k, g.l}, input.options());
@@ -161,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const scalar_t* m = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
     for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
       const int64_t b = std::min(chunk, g.n - n0), elems = b * g.c * g.k * g.l;
-      im2col_kernel<scalar_t><<<std::min(blocks_for(elems), 65535), kThreads, 0, stream>>>(
+      DCN_LAUNCH(im2col_kernel<scalar_t>, std::min(blocks_for(elems), 65535), kThreads, 0, stream)(
           g, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, cols.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const at::Tensor g4 = grad.narrow(0, n0, b).view({b, groups, og_out, g.l});
@@ -173,16 +173,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
         gw[gi].add_(at::matmul(go, c3.narrow(1, gi * cgk, cgk).transpose(1, 2)).sum(0));
       }
       if (deterministic) {
-        col2im_ordered_kernel<scalar_t><<<std::min(blocks_for(b * g.c), 65535), kThreads, 0, stream>>>(
+        DCN_LAUNCH(col2im_ordered_kernel<scalar_t>, std::min(blocks_for(b * g.c), 65535), kThreads, 0, stream)(
             g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, grad_input.data_ptr<scalar_t>());
       } else {
-        col2im_atomic_kernel<scalar_t><<<std::min(blocks_for(elems), 65535), kThreads, 0, stream>>>(
+        DCN_LAUNCH(col2im_atomic_kernel<scalar_t>, std::min(blocks_for(elems), 65535), kThreads, 0, stream)(
             g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, grad_input.data_ptr<scalar_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      offset_mask_grad_kernel<scalar_t><<<std::min(blocks_for(b * g.og * g.k * g.l), 65535), kThreads, 0, stream>>>(
+      DCN_LAUNCH(offset_mask_grad_kernel<scalar_t>, std::min(blocks_for(b * g.og * g.k * g.l), 65535), kThreads, 0, stream)(
           g, gcols.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b,
-          grad_offset.data_ptr<scalar_t>(), grad_mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
+          grad_offset.data_ptr<scalar_t>(), mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -191,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcnbench_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(DCN_LIBRARY, DCN_CUDA_KEY, m) {
   m.impl("deform_conv2d_forward", &forward);
   m.impl("deform_conv2d_backward", &backward);
 }

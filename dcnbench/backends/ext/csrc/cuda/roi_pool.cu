@@ -2,11 +2,10 @@
 // gradients use atomicAdd, or in deterministic mode one thread per input channel plane that walks
 // every RoI, bin and sample in order; offset gradients are one thread per (RoI, bin) summing channels.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../sampling.h"
+#include "runtime.h"
 
 namespace dcnbench_ext {
 namespace {
@@ -50,7 +49,7 @@ __global__ void roi_forward_kernel(const RoIArgs a, const T* input, const T* roi
     for (int64_t iy = 0; iy < box.grid_h; ++iy)
       for (int64_t ix = 0; ix < box.grid_w; ++ix) {
         const Corners<T> q = roi_corners(a, box, off, bin, iy, ix);
-        sum += q.w[0] * pl[q.idx[0]] + q.w[1] * pl[q.idx[1]] + q.w[2] * pl[q.idx[2]] + q.w[3] * pl[q.idx[3]];
+        sum += interpolate(pl, q);
       }
     out[e] = sum / box.count;
   }
@@ -69,7 +68,7 @@ __global__ void roi_grad_input_atomic_kernel(const RoIArgs a, const T* grad, con
       for (int64_t ix = 0; ix < box.grid_w; ++ix) {
         const Corners<T> q = roi_corners(a, box, off, bin, iy, ix);
         for (int j = 0; j < 4; ++j)
-          if (q.w[j] != T(0)) atomicAdd(pl + q.idx[j], q.w[j] * gv);
+          if (q.idx[j] >= 0) atomicAdd(pl + q.idx[j], q.w[j] * gv);
       }
   }
 }
@@ -88,7 +87,8 @@ __global__ void roi_grad_input_ordered_kernel(const RoIArgs a, const T* grad, co
         for (int64_t iy = 0; iy < box.grid_h; ++iy)
           for (int64_t ix = 0; ix < box.grid_w; ++ix) {
             const Corners<T> q = roi_corners(a, box, off, bin, iy, ix);
-            for (int j = 0; j < 4; ++j) pl[q.idx[j]] += q.w[j] * gv;
+            for (int j = 0; j < 4; ++j)
+              if (q.idx[j] >= 0) pl[q.idx[j]] += q.w[j] * gv;
           }
       }
     }
@@ -112,8 +112,8 @@ __global__ void roi_grad_offset_kernel(const RoIArgs a, const T* grad, const T* 
           const T gv = grad[(n * a.c + ch) * bins + bin];
           T vy = 0, vx = 0;
           for (int j = 0; j < 4; ++j) {
-            vy += q.dy[j] * pl[q.idx[j]];
-            vx += q.dx[j] * pl[q.idx[j]];
+            vy += q.dy[j] * corner(pl, q, j);
+            vx += q.dx[j] * corner(pl, q, j);
           }
           ay += gv * vy;
           ax += gv * vx;
@@ -133,7 +133,7 @@ at::Tensor roi_forward(const at::Tensor& input_, const at::Tensor& rois_, const 
   at::Tensor out = at::zeros({a.k, a.c, ph, pw}, input.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_pool_forward_cuda", [&] {
-    roi_forward_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    DCN_LAUNCH(roi_forward_kernel<scalar_t>, blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream())(
         a, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), offset.defined() ? offset.data_ptr<scalar_t>() : nullptr,
         out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -150,21 +150,21 @@ std::tuple<at::Tensor, at::Tensor> roi_backward(const at::Tensor& grad_, const a
   const at::Tensor offset = offset_.has_value() ? offset_->contiguous() : at::Tensor();
   const RoIArgs a{rois.size(0), input.size(1), input.size(2), input.size(3), ph, pw, sampling_ratio, scale, gamma};
   at::Tensor grad_input = at::zeros_like(input);
-  at::Tensor grad_offset = offset.defined() ? at::zeros_like(offset) : at::Tensor();
+  at::Tensor grad_offset = offset.defined() ? at::zeros_like(offset) : at::empty({0}, input.options());  // none: empty
   if (grad.numel() == 0) return {grad_input, grad_offset};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_pool_backward_cuda", [&] {
     const scalar_t* off = offset.defined() ? offset.data_ptr<scalar_t>() : nullptr;
     if (deterministic) {
-      roi_grad_input_ordered_kernel<scalar_t><<<blocks_for(a.c), kThreads, 0, stream>>>(
+      DCN_LAUNCH(roi_grad_input_ordered_kernel<scalar_t>, blocks_for(a.c), kThreads, 0, stream)(
           a, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), off, grad_input.data_ptr<scalar_t>());
     } else {
-      roi_grad_input_atomic_kernel<scalar_t><<<blocks_for(grad.numel()), kThreads, 0, stream>>>(
+      DCN_LAUNCH(roi_grad_input_atomic_kernel<scalar_t>, blocks_for(grad.numel()), kThreads, 0, stream)(
           a, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), off, grad_input.data_ptr<scalar_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (off) {
-      roi_grad_offset_kernel<scalar_t><<<blocks_for(a.k * ph * pw), kThreads, 0, stream>>>(
+      DCN_LAUNCH(roi_grad_offset_kernel<scalar_t>, blocks_for(a.k * ph * pw), kThreads, 0, stream)(
           a, grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), off,
           grad_offset.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -195,13 +195,7 @@ __device__ bool ps_corners(const PSArgs& a, const PSBox<T>& box, const T* tr, in
     ws += tr[((cls * 2) * a.part + pi) * a.part + pj] * T(a.trans_std) * box.w;
     hs += tr[((cls * 2 + 1) * a.part + pi) * a.part + pj] * T(a.trans_std) * box.h;
   }
-  T x = ws + T(iw) * (bw / T(a.spp)), y = hs + T(ih) * (bh / T(a.spp));
-  if (x < T(-0.5) || x > T(a.w) - T(0.5) || y < T(-0.5) || y > T(a.h) - T(0.5)) return false;
-  const T gx = (x < T(0) || x > T(a.w - 1)) ? T(0) : T(1), gy = (y < T(0) || y > T(a.h - 1)) ? T(0) : T(1);
-  x = x < T(0) ? T(0) : (x > T(a.w - 1) ? T(a.w - 1) : x);
-  y = y < T(0) ? T(0) : (y > T(a.h - 1) ? T(a.h - 1) : y);
-  q = bilinear_floor_ceil<T>(y, x, a.w, gy, gx);
-  return true;
+  return psroi_corners<T>(hs + T(ih) * (bh / T(a.spp)), ws + T(iw) * (bw / T(a.spp)), a.h, a.w, q);
 }
 
 template <typename T>
@@ -219,7 +213,7 @@ __global__ void psroi_forward_kernel(const PSArgs a, const T* input, const T* ro
       for (int64_t iw = 0; iw < a.spp; ++iw)
         if (ps_corners(a, box, tr, d / per_class, i, j, ih, iw, q)) {
           count += 1;
-          sum += q.w[0] * pl[q.idx[0]] + q.w[1] * pl[q.idx[1]] + q.w[2] * pl[q.idx[2]] + q.w[3] * pl[q.idx[3]];
+          sum += interpolate(pl, q);
         }
     out[e] = count > 0 ? sum / count : T(0);
   }
@@ -257,9 +251,9 @@ __global__ void psroi_grad_atomic_kernel(const PSArgs a, const T* grad, const T*
       for (int64_t iw = 0; iw < a.spp; ++iw)
         if (ps_corners(a, box, tr, cls, i, j, ih, iw, q)) {
           for (int jj = 0; jj < 4; ++jj) {
-            if (gin && q.w[jj] != T(0)) atomicAdd(gpl + q.idx[jj], q.w[jj] * gv);
-            ax += q.dx[jj] * pl[q.idx[jj]];
-            ay += q.dy[jj] * pl[q.idx[jj]];
+            if (q.idx[jj] >= 0) atomicAdd(gpl + q.idx[jj], q.w[jj] * gv);
+            ax += q.dx[jj] * corner(pl, q, jj);
+            ay += q.dy[jj] * corner(pl, q, jj);
           }
         }
     if (gtrans) {
@@ -291,7 +285,8 @@ __global__ void psroi_grad_ordered_kernel(const PSArgs a, const T* grad, const T
         for (int64_t ih = 0; ih < a.spp; ++ih)
           for (int64_t iw = 0; iw < a.spp; ++iw)
             if (ps_corners(a, box, tr, cls, i, j, ih, iw, q))
-              for (int jj = 0; jj < 4; ++jj) gpl[q.idx[jj]] += q.w[jj] * gv;
+              for (int jj = 0; jj < 4; ++jj)
+                if (q.idx[jj] >= 0) gpl[q.idx[jj]] += q.w[jj] * gv;
       }
     }
   }
@@ -314,8 +309,8 @@ __global__ void psroi_grad_ordered_kernel(const PSArgs a, const T* grad, const T
           for (int64_t iw = 0; iw < a.spp; ++iw)
             if (ps_corners(a, box, tr, cls, i, j, ih, iw, q))
               for (int jj = 0; jj < 4; ++jj) {
-                ax += q.dx[jj] * pl[q.idx[jj]];
-                ay += q.dy[jj] * pl[q.idx[jj]];
+                ax += q.dx[jj] * corner(pl, q, jj);
+                ay += q.dy[jj] * corner(pl, q, jj);
               }
         const int64_t pi = i * a.part / a.pooled, pj = j * a.part / a.pooled;
         gtrans[n * tstride + ((cls * 2) * a.part + pi) * a.part + pj] += ax * gv * T(a.trans_std) * box.w;
@@ -340,7 +335,7 @@ at::Tensor psroi_forward(const at::Tensor& input_, const at::Tensor& rois_, cons
   at::Tensor out = at::zeros({a.k, a.d, pooled, pooled}, input.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "psroi_pool_forward_cuda", [&] {
-    psroi_forward_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    DCN_LAUNCH(psroi_forward_kernel<scalar_t>, blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream())(
         a, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), trans.defined() ? trans.data_ptr<scalar_t>() : nullptr,
         out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -357,18 +352,18 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
   const at::Tensor trans = trans_.has_value() ? trans_->contiguous() : at::Tensor();
   const PSArgs a = ps_args(input, rois, trans, scale, output_dim, group, pooled, part, spp, trans_std);
   at::Tensor grad_input = at::zeros_like(input);
-  at::Tensor grad_trans = trans.defined() ? at::zeros_like(trans) : at::Tensor();
+  at::Tensor grad_trans = trans.defined() ? at::zeros_like(trans) : at::empty({0}, input.options());  // none: empty
   if (grad.numel() == 0) return {grad_input, grad_trans};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "psroi_pool_backward_cuda", [&] {
     const scalar_t* tr = trans.defined() ? trans.data_ptr<scalar_t>() : nullptr;
     scalar_t* gt = trans.defined() ? grad_trans.data_ptr<scalar_t>() : nullptr;
     if (deterministic) {
-      psroi_grad_ordered_kernel<scalar_t><<<blocks_for(std::max(a.d, a.k)), kThreads, 0, stream>>>(
+      DCN_LAUNCH(psroi_grad_ordered_kernel<scalar_t>, blocks_for(std::max(a.d, a.k)), kThreads, 0, stream)(
           a, grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), tr,
           grad_input.data_ptr<scalar_t>(), gt);
     } else {
-      psroi_grad_atomic_kernel<scalar_t><<<blocks_for(grad.numel()), kThreads, 0, stream>>>(
+      DCN_LAUNCH(psroi_grad_atomic_kernel<scalar_t>, blocks_for(grad.numel()), kThreads, 0, stream)(
           a, grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), tr,
           grad_input.data_ptr<scalar_t>(), gt);
     }
@@ -379,7 +374,7 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcnbench_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(DCN_LIBRARY, DCN_CUDA_KEY, m) {
   m.impl("roi_pool_forward", &roi_forward);
   m.impl("roi_pool_backward", &roi_backward);
   m.impl("psroi_pool_forward", &psroi_forward);

@@ -1,0 +1,177 @@
+"""The Python side of an ext op library (`dcnbench_ext`, or the emulated `dcnbench_ext_emu`): load it,
+register each op's autograd formula and fake kernel (once per namespace), and wrap the ops in
+torchvision's signatures, checking arguments ("got X, expected Y") before any kernel runs.
+
+The autograd formulas are registered on the ops themselves (torch.library.register_autograd)
+rather than kept in an autograd.Function around them: then the ops are complete torch operators,
+which `torch.library.opcheck` checks, and torch.compile and torch.export trace them as single nodes
+(through the fake kernels in fake.py) with their backward. float64 and float32 run natively;
+bfloat16 and float16 are computed in float32 and rounded once at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from dcnbench.backends.ext import build, fake
+from dcnbench.errors import UsageError
+from dcnbench.ops.contract import ContractError
+from dcnbench.ops.deform_conv2d.contract import check_call
+from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
+from dcnbench.ops.deform_roi_pool.contract import check_call as check_roi_pool_call
+
+_NATIVE = (torch.float64, torch.float32)
+DETERMINISTIC_ENV = "DCNBENCH_EXT_DETERMINISTIC"
+
+
+def deterministic() -> bool:
+    """Deterministic input-gradient accumulation: DCNBENCH_EXT_DETERMINISTIC=1 or torch's global flag."""
+    return os.environ.get(DETERMINISTIC_ENV) == "1" or torch.are_deterministic_algorithms_enabled()
+
+
+def check_environment() -> None:
+    """A bad DCNBENCH_EXT_DETERMINISTIC is a usage error (exit 2), not a silent "off"."""
+    value = os.environ.get(DETERMINISTIC_ENV)
+    if value not in (None, "", "0", "1"):
+        raise UsageError(f"{DETERMINISTIC_ENV}={value!r} is neither 0 nor 1",
+                         hint="set it to 1 for deterministic CUDA input gradients, or unset it")
+
+
+# torch.use_deterministic_algorithms(True) made every cuBLAS GEMM raise unless CUBLAS_WORKSPACE_CONFIG
+# was :4096:8 or :16:8, until pytorch PR #161749 removed that check (torch 2.15 has neither the check
+# nor the message) and, in the same change, the docstring's mention of the variable: so the
+# docstring tells whether the installed torch still checks. ext's CUDA kernels run at::matmul.
+CUBLAS_CHECKED = "CUBLAS_WORKSPACE_CONFIG" in (torch.use_deterministic_algorithms.__doc__ or "")
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+def cublas_problem(device_type: str, torch_deterministic: bool, workspace: str | None,
+                   checked: bool = CUBLAS_CHECKED) -> str | None:
+    """Why the CUDA GEMMs would die under torch's deterministic mode here (None when they would not)."""
+    if device_type != "cuda" or not torch_deterministic or not checked or workspace in CUBLAS_DETERMINISTIC:
+        return None
+    return (f"torch.use_deterministic_algorithms(True) is on and torch {torch.__version__} then refuses cuBLAS GEMMs "
+            f"unless CUBLAS_WORKSPACE_CONFIG is {' or '.join(CUBLAS_DETERMINISTIC)}; fix: export "
+            "CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python (or use DCNBENCH_EXT_DETERMINISTIC=1 instead)")
+
+
+def _check_cublas(input: torch.Tensor) -> None:
+    if input.is_cuda:
+        problem = cublas_problem("cuda", torch.are_deterministic_algorithms_enabled(),
+                                 os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        if problem:
+            raise RuntimeError(problem)
+
+
+# ---- autograd formulas, registered on the ops --------------------------------------------------
+
+
+def _conv_setup(ctx, inputs, output):
+    input, weight, offset, mask, bias, *params = inputs
+    ctx.save_for_backward(input, weight, offset, mask)
+    ctx.params, ctx.has_bias = params, bias is not None
+
+
+def _pool_setup(ctx, inputs, output):
+    input, rois, offset, *params = inputs
+    ctx.save_for_backward(input, rois, offset)
+    ctx.params = params
+
+
+def _register_autograd(namespace: str) -> None:
+    ops = getattr(torch.ops, namespace)
+
+    def conv_backward(ctx, grad):
+        input, weight, offset, mask = ctx.saved_tensors
+        gi, gw, go, gm = ops.deform_conv2d_backward(grad, input, weight, offset, mask, *ctx.params, deterministic())
+        gb = grad.sum((0, 2, 3)) if ctx.has_bias else None
+        return gi, gw, go, (gm if mask is not None else None), gb, *([None] * len(ctx.params))
+
+    def pool_backward(name: str):
+        def backward(ctx, grad):
+            input, rois, offset = ctx.saved_tensors
+            gi, go = getattr(ops, f"{name}_backward")(grad, input, rois, offset, *ctx.params, deterministic())
+            return gi, None, (go if offset is not None else None), *([None] * len(ctx.params))
+
+        return backward
+
+    torch.library.register_autograd(f"{namespace}::deform_conv2d_forward", conv_backward, setup_context=_conv_setup)
+    for name in ("roi_pool", "psroi_pool"):
+        torch.library.register_autograd(f"{namespace}::{name}_forward", pool_backward(name), setup_context=_pool_setup)
+
+
+_registered: set[str] = set()
+
+
+def register(namespace: str) -> None:
+    """Fake kernels and autograd formulas for the ops of a loaded library (once per namespace)."""
+    if namespace not in _registered:
+        fake.register(namespace)
+        _register_autograd(namespace)
+        _registered.add(namespace)
+
+
+# ---- the wrappers -----------------------------------------------------------------------------
+
+
+def _same(name: str, t: torch.Tensor | None, ref: torch.Tensor) -> None:
+    if t is not None and (t.dtype != ref.dtype or t.device != ref.device):
+        raise ContractError(f"{name} is {t.dtype} on {t.device}, expected {ref.dtype} on {ref.device} like input")
+
+
+def _compute(*tensors):
+    """Contiguous, float64/float32 as they are, half types in float32 (the result is rounded back once)."""
+    return tuple(None if t is None else (t if t.dtype in _NATIVE else t.float()).contiguous() for t in tensors)
+
+
+class OpLibrary:
+    """An ext op library by its build target, with the three ops in torchvision's signatures."""
+
+    def __init__(self, target: Callable[[], build.Target]):
+        self._target = target
+        self._ops = None
+
+    def ops(self):
+        """torch.ops.<namespace>, built and loaded on first use."""
+        if self._ops is None:
+            self._ops = self._load()
+        return self._ops
+
+    @torch.compiler.disable
+    def _load(self):
+        target = self._target()
+        build.load_target(target)
+        register(target.name)
+        return getattr(torch.ops, target.name)
+
+    def deform_conv2d(self, input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+        geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
+        for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
+            _same(name, t, input)
+        _check_cublas(input)
+        x, o, w, m, b = _compute(input, offset, weight, mask, bias)
+        out = self.ops().deform_conv2d_forward(x, w, o, m, b, *geo.stride, *geo.padding, *geo.dilation, geo.groups,
+                                               geo.offset_groups)
+        return out.to(input.dtype)
+
+    def deform_roi_pool(self, input, rois, offset, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+        geo = check_roi_pool_call(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
+        x, r, o = _compute(input, rois.detach(), offset)
+        out = self.ops().roi_pool_forward(x, r, o, *geo.output_size, geo.spatial_scale, geo.sampling_ratio, geo.gamma)
+        return out.to(input.dtype)
+
+    def deform_psroi_pool(self, input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
+                          sample_per_part=1, trans_std=0.0, no_trans=False):
+        geo = check_psroi_pool_call(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
+                                    sample_per_part, trans_std, no_trans)
+        x, r, t = _compute(input, rois.detach(), None if no_trans else trans)
+        out = self.ops().psroi_pool_forward(x, r, t, geo.spatial_scale, geo.output_dim, geo.group_size, geo.pooled_size,
+                                            geo.part_size, geo.sample_per_part, geo.trans_std)
+        return out.to(input.dtype)
+
+    def op_table(self) -> dict[str, Callable]:
+        return {"deform_conv2d": self.deform_conv2d, "deform_roi_pool": self.deform_roi_pool,
+                "deform_psroi_pool": self.deform_psroi_pool}

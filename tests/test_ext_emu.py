@@ -1,0 +1,227 @@
+"""ext's CUDA kernels emulated on the CPU (`ext-cuda-emu`): the whole default suite under grid
+settings a GPU could run them in, both backward modes; the emulator itself (coverage, order, the
+launch configurations a GPU refuses, what it refuses to compile); and its knobs' validation.
+The race check is tests/test_race.py."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dcnbench.backends import get
+from dcnbench.backends.ext import build, emu
+from dcnbench.backends.ext.library import OpLibrary
+from dcnbench.errors import UsageError
+from dcnbench.verify import default_suite, verify_case
+from tests.conftest import invoke
+
+# Two settings in the issue's words: the grid capped at 1 block with blocks and threads shuffled,
+# and an odd number of blocks spread over several OS threads (threads of a block split too).
+SETTINGS = {
+    "max_blocks=1, shuffled": {"DCNBENCH_EMU_MAX_BLOCKS": "1", "DCNBENCH_EMU_ORDER": "shuffle", "DCNBENCH_EMU_SEED": "7"},
+    "max_blocks=7, 3 OS threads, reversed": {"DCNBENCH_EMU_MAX_BLOCKS": "7", "DCNBENCH_EMU_THREADS": "3",
+                                             "DCNBENCH_EMU_ORDER": "reverse"},
+    "4 OS threads, threads of a block split": {"DCNBENCH_EMU_THREADS": "4", "DCNBENCH_EMU_SPLIT": "thread"},
+}
+MODES = {"atomic": "0", "deterministic": "1"}
+
+
+@contextlib.contextmanager
+def environment(**values):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = get("ext-cuda-emu")
+    assert b.check() is None
+    return b
+
+
+@pytest.fixture(scope="module")
+def suite_runs(backend):
+    """Every default case under every setting and mode, case-major so each reference is computed once."""
+    results = {}
+    for case in default_suite():
+        cache = {}
+        for setting, knobs in SETTINGS.items():
+            for mode, flag in MODES.items():
+                with environment(**knobs, DCNBENCH_EXT_DETERMINISTIC=flag):
+                    results.setdefault((setting, mode), []).append(verify_case(backend, case, "cpu", cache))
+    return results
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_the_emulated_cuda_kernels_pass_the_whole_suite(suite_runs, setting, mode):
+    runs = suite_runs[(setting, mode)]
+    assert len(runs) == len(default_suite()) and {r.case.op for r in runs} == {"deform_conv2d", "deform_roi_pool",
+                                                                                  "deform_psroi_pool"}
+    # atomicAdd from several OS threads adds in a varying order, as on a GPU: `nondeterministic` is
+    # reached only when every quantity passed. Everything else must pass, in every dtype.
+    # gradcheck then fails only as "not reentrant" (two backwards differ, both match the numerical
+    # gradient): verify's gradcheck allows no nondeterminism, so ext's atomic mode fails it on a GPU too.
+    concurrent = mode == "atomic" and "OS threads" in setting
+    allowed = {"pass", "nondeterministic"} if concurrent else {"pass"}
+
+    def reentrancy_only(r):
+        return concurrent and r.case.check == "gradcheck" and all(
+            "not reentrant" in q.note and "analytical gradient matches numerical gradient" in q.note for q in r.failing)
+
+    bad = [(r.case.case_id, r.status, r.message) for r in runs if r.status not in allowed and not reentrancy_only(r)]
+    assert not bad, bad
+    assert all(f"mode: {'deterministic' if mode == 'deterministic' else 'atomicAdd'}" in r.message
+               for r in runs if r.status == "pass" and r.case.check != "gradcheck")
+
+
+def test_deterministic_mode_is_bitwise_the_same_under_every_setting(backend):
+    case = next(c for c in default_suite() if c.case_id == "groups2-offset-groups4/float64")
+    inputs = case.inputs()
+
+    def grads():
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        out = case.call(backend.ops["deform_conv2d"], leaves)
+        out.backward(torch.ones_like(out).cos())
+        return [out.detach()] + [leaves[k].grad for k in sorted(leaves)]
+
+    with environment(DCNBENCH_EXT_DETERMINISTIC="1"):
+        first = grads()
+        for knobs in SETTINGS.values():
+            with environment(**knobs):
+                assert all(torch.equal(a, b) for a, b in zip(first, grads()))
+
+
+# ---- the emulator itself -------------------------------------------------------------------------
+
+
+def visit(n, grid, block, shmem=0, check=True):
+    count, order = torch.zeros(n, dtype=torch.float64), torch.full((n,), -1.0, dtype=torch.float64)
+    torch.ops.dcnbench_ext_emu.emu_visit(count, order, *grid, *block, shmem, check)
+    return count, order
+
+
+@pytest.mark.parametrize("knobs", [{}, *SETTINGS.values()], ids=["default", *SETTINGS])
+def test_every_element_is_visited_exactly_once(backend, knobs):
+    with environment(**knobs):
+        for grid, block, n in (((5, 1, 1), (256, 1, 1), 10_000), ((3, 2, 2), (8, 4, 2), 5_000)):
+            count, order = visit(n, grid, block)
+            assert bool((count == 1).all()), (grid, block, count.min(), count.max())
+            assert sorted(order.long().tolist()) == list(range(n))
+
+
+def test_the_order_knob_orders_blocks_and_threads(backend):
+    firsts = {}
+    for order in emu.ORDERS:
+        with environment(DCNBENCH_EMU_ORDER=order, DCNBENCH_EMU_SEED="3"):
+            firsts[order] = visit(8, (2, 1, 1), (4, 1, 1))[1].long().tolist()  # no grid stride: 8 threads, 8 elements
+    assert firsts["forward"] == list(range(8)) and firsts["reverse"] == list(range(7, -1, -1))
+    assert sorted(firsts["shuffle"]) == list(range(8)) and firsts["shuffle"] not in (firsts["forward"], firsts["reverse"])
+
+
+@pytest.mark.parametrize("grid, block, shmem", [
+    ((1, 1, 1), (1025, 1, 1), 0), ((1, 1, 1), (32, 32, 2), 0), ((1, 1, 1), (1, 1, 65), 0), ((2 ** 31, 1, 1), (1, 1, 1), 0),
+    ((1, 65536, 1), (1, 1, 1), 0), ((1, 1, 65536), (1, 1, 1), 0), ((0, 1, 1), (1, 1, 1), 0), ((1, 1, 1), (1, 1, 1), 16)])
+def test_a_launch_a_gpu_refuses_is_refused(backend, grid, block, shmem):
+    with pytest.raises(RuntimeError, match="CUDA error: invalid configuration argument"):
+        visit(10, grid, block, shmem)
+
+
+def test_the_limits_themselves_launch_and_an_unchecked_error_is_reported_by_the_next_launch(backend):
+    with environment(DCNBENCH_EMU_MAX_BLOCKS="4"):  # 2^31-1 blocks would take hours
+        for grid, block in (((2 ** 31 - 1, 1, 1), (1024, 1, 1)), ((1, 65535, 1), (1, 1, 1)), ((1, 1, 65535), (1, 1, 1)),
+                            ((1, 1, 1), (16, 1, 64)), ((1, 1, 1), (1, 1024, 1))):
+            visit(10, grid, block)
+    visit(10, (1, 1, 1), (2048, 1, 1), check=False)
+    with pytest.raises(RuntimeError, match="went unchecked before launching visit_kernel"):
+        visit(10, (1, 1, 1), (32, 1, 1))
+    visit(10, (1, 1, 1), (32, 1, 1))  # reported once, like cudaGetLastError
+
+
+REFUSED_SOURCE = """
+#include "emu/cuda_emu.h"
+template <typename T> __global__ void barrier(T* p) { p[threadIdx.x] = 1; __syncthreads(); }
+template <typename T> __global__ void shared(T* p) { __shared__ T s[32]; s[threadIdx.x] = p[0]; }
+template <typename T> __global__ void shuffle(T* p) { p[0] += __shfl_down_sync(0xffffffff, p[0], 1); }
+"""
+
+
+def test_what_a_block_run_thread_after_thread_cannot_honour_does_not_compile(tmp_path):
+    from torch.utils import cpp_extension
+
+    src = tmp_path / "refused.cpp"
+    src.write_text(REFUSED_SOURCE)
+    p = subprocess.run(["c++", "-std=c++20", "-fsyntax-only", f"-I{build.CSRC}",
+                        *[f"-isystem{d}" for d in cpp_extension.include_paths()], str(src)], capture_output=True, text=True)
+    assert p.returncode != 0
+    errors = [ln for ln in p.stderr.splitlines() if "static assertion failed: cuda_emu:" in ln]
+    assert len(errors) == 3 and all(w in p.stderr for w in ("__syncthreads is not", "__shared__ is not",
+                                                           "__shfl_down_sync is not")), p.stderr[-2000:]
+
+
+# ---- knobs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable, value", [("DCNBENCH_EMU_MAX_BLOCKS", "0"), ("DCNBENCH_EMU_MAX_BLOCKS", "many"),
+                                             ("DCNBENCH_EMU_THREADS", "-2"), ("DCNBENCH_EMU_ORDER", "sideways"),
+                                             ("DCNBENCH_EMU_SPLIT", "warp"), ("DCNBENCH_EMU_SEED", "1.5")])
+def test_a_bad_knob_is_a_usage_error_naming_it(variable, value):
+    with pytest.raises(UsageError, match=variable) as err:
+        emu.settings({variable: value})
+    assert variable in err.value.hint
+
+
+def test_a_bad_knob_on_the_command_line_is_one_error_line_and_exit_2(monkeypatch):
+    monkeypatch.setenv("DCNBENCH_EMU_ORDER", "sideways")
+    res = invoke("verify", "--backend", "ext-cuda-emu", "--case", "v2/float64")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["error", "hint"], lines
+    assert "DCNBENCH_EMU_ORDER='sideways'" in lines[0]
+
+
+def test_the_kernels_check_their_knobs_too(backend):
+    x = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    with environment(DCNBENCH_EMU_THREADS="zero"), pytest.raises(RuntimeError, match="DCNBENCH_EMU_THREADS=zero"):
+        backend.ops["deform_conv2d"](x, torch.zeros(1, 18, 2, 2, dtype=torch.float64), torch.zeros(3, 2, 3, 3, dtype=torch.float64))
+
+
+# ---- the knobs catch what a GPU with more blocks would hide ----------------------------------------
+
+
+def without_grid_stride(csrc, dest):
+    """A copy of csrc/ whose deform_conv2d kernels handle one element per thread (no grid-stride loop):
+    correct while the host launches enough blocks, wrong when the grid is capped (65535 blocks on a
+    GPU for a large enough input; 1 block here)."""
+    shutil.copytree(csrc, dest)
+    path = dest / "cuda" / "deform_conv2d.cu"
+    loop = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
+    text = path.read_text()
+    assert text.count(loop) == 4, "the planted bug no longer matches deform_conv2d.cu's grid-stride loops"
+    path.write_text(text.replace(loop, "if (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total)"))
+    return dest
+
+
+def test_capping_the_grid_catches_a_kernel_without_grid_stride_loops(tmp_path_factory):
+    csrc = without_grid_stride(build.CSRC, tmp_path_factory.mktemp("nostride") / "csrc")
+    name = "dcnbench_ext_emu_nostride"
+    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in build.EMU_CFLAGS)
+    target = build.Target("emu", name, (csrc / "ext.cpp", csrc / "cuda" / "deform_conv2d.cu"), flags, csrc=csrc)
+    library = OpLibrary(lambda: target)
+    planted = replace(get("ext-cuda-emu"), name="nostride", ops=library.op_table())
+    cases = [c for c in default_suite() if c.case_id in ("v2/float64", "groups2-offset-groups4/float32")]
+    for knobs, expected in (({}, "pass"), ({"DCNBENCH_EMU_MAX_BLOCKS": "1"}, "fail")):
+        with environment(**knobs, DCNBENCH_EXT_DETERMINISTIC="1"):
+            assert [verify_case(planted, c, "cpu", {}).status for c in cases] == [expected] * len(cases), knobs
