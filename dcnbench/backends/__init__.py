@@ -1,8 +1,9 @@
 """Backends: the one interface (`Backend`) and the registry that finds them.
 
 Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
-(the operators' oracles run as a backend), `torchvision`, `mxnet` (own environment, worker
-process), `ext` (dcnbench's C++/CUDA kernels), and the reference rows `conv2d` and `roi_align`.
+(the operators' oracles run as a backend), `torchvision`, `mxnet` and `paddle` (own environments,
+worker processes), `onnxruntime` (an ONNX DeformConv graph), `ext` (dcnbench's C++/CUDA kernels),
+and the reference rows `conv2d` and `roi_align`.
 The registry knows these by name, adds installed packages' entry points (group
 `dcnbench.backends`), and takes `--impl` plugins from the caller; the CLI never names a backend.
 """
@@ -20,7 +21,7 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "ext", "conv2d", "roi_align")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "conv2d", "roi_align")
 
 
 @dataclass(frozen=True)
