@@ -298,6 +298,8 @@ def _mode_note(backend: Backend, device: str) -> str:
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its type, its first line and where it was raised."""
+    if hasattr(exc, "one_line"):  # from a worker: its own line (the remote error, or how the worker died)
+        return exc.one_line()
     text = str(exc).strip().splitlines()
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     loc = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""

@@ -53,6 +53,14 @@ class Backend:
     environment: Callable[[], str] | None = None
     # device -> the kernel mode that runs there (e.g. deterministic or atomic backward), shown by `verify`.
     mode: Callable[[str], str] | None = None
+    # () -> {custom op overload: onnxscript function}: how torch.onnx.export translates the
+    # backend's own torch ops (e.g. ext's) for the export check.
+    onnx_translations: Callable[[], Mapping] | None = None
+    # (case) -> (output, note): the export check run where the kernel lives (an isolated backend's
+    # worker); None runs it in this process.
+    onnx_exporter: Callable | None = None
+    # The WorkerClient serving an isolated backend (--impl, --isolate); None when it runs in this process.
+    worker: object | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:

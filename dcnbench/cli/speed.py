@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from dcnbench import ops
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt,
-                                 check_device, check_dtype, console, err_console, stamp, user_errors)
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, InProcessOpt, IsolateOpt, JsonOpt,
+                                 SeedOpt, ShardOpt, TimeoutOpt, check_device, check_dtype, check_isolation, console,
+                                 err_console, stamp, user_errors)
 from dcnbench.errors import EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 from dcnbench.timing import DIRECTIONS
@@ -32,8 +33,10 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
           direction: str = "fwdbwd", baseline: str | None = None, repeat: int = 10, warmup_s: float = 0.5,
           threads: int | None = None, memory: bool = True, dcn: str = "v2", seed: int = 0,
           csv: Path | None = None, json: Path | None = None, shard: str | None = None, op: str | None = None,
-          rois: Path | None = None, offset: Path | None = None) -> int:
+          rois: Path | None = None, offset: Path | None = None, isolate: bool = False, in_process: bool = False,
+          timeout: float | None = None) -> int:
     device = check_device(device)
+    isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
     if direction not in DIRECTIONS:
         raise UsageError(f"unknown --direction '{direction}'", hint=f"choose from: {', '.join(DIRECTIONS)}")
     if dcn not in ("v1", "v2"):
@@ -63,12 +66,16 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
 
     if threads is not None:
         torch.set_num_threads(threads)
-    plugins = load_plugins(impls, device, op)
+    plugins = load_plugins(impls, device, op, isolate=isolate_plugins)
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable", "reference"))
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
     if plugins and not backends:  # keep the reference rows
         chosen += registry.select(None, [], kinds=("reference",))[0]
+    if isolate:
+        from dcnbench.worker.isolation import isolate as in_worker
+
+        chosen = [in_worker(b) for b in chosen]
     names = [b.name for b in chosen]
     if baseline and baseline not in names:
         raise UsageError(f"--baseline '{baseline}' is not among the backends run ({', '.join(names)})",
@@ -133,6 +140,9 @@ def command(
     csv: CsvOpt = None,
     json: JsonOpt = None,
     shard: ShardOpt = None,
+    isolate: IsolateOpt = False,
+    in_process: InProcessOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Time backends side by side (interleaved), with the conv2d reference row, GFLOP/s and peak memory.
 
@@ -141,4 +151,4 @@ def command(
     raise typer.Exit(speed(shapes=shape, presets=preset, backends=backend, impls=impl, dtypes=dtype, device=device,
                            direction=direction, baseline=baseline or None, repeat=repeat, warmup_s=warmup,
                            threads=threads, memory=memory, dcn=dcn, seed=seed, csv=csv, json=json, shard=shard,
-                           op=op, rois=rois, offset=offset))
+                           op=op, rois=rois, offset=offset, isolate=isolate, in_process=in_process, timeout=timeout))

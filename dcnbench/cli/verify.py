@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from dcnbench import ops
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
-                                 check_device, check_dtype, console, err_console, plugin_op, stamp, user_errors)
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, InProcessOpt, IsolateOpt, JsonOpt, OpOpt,
+                                 SeedOpt, ShardOpt, TimeoutOpt, check_device, check_dtype, check_isolation, console,
+                                 err_console, plugin_op, stamp, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
@@ -17,9 +18,11 @@ from dcnbench.shard import parse_shard, take_shard
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
-           shard: str | None = None) -> int:
+           shard: str | None = None, isolate: bool = False, in_process: bool = False,
+           timeout: float | None = None) -> int:
     """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
+    isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
     for d in dtypes or []:
         check_dtype(d)
     ops.check_ops(op_names)
@@ -39,8 +42,12 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         for c in chosen_cases:
             console.print(f"{c.case_id}  [dim]{c.op}, {c.check}, {c.variant}, offsets {c.offsets}[/]", highlight=False)
         return EXIT_OK
-    plugins = load_plugins(impls, device, plugin_op(op_names))
+    plugins = load_plugins(impls, device, plugin_op(op_names), isolate=isolate_plugins)
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
+    if isolate:
+        from dcnbench.worker.isolation import isolate as in_worker
+
+        chosen = [in_worker(b) for b in chosen]
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
     if not chosen:
@@ -85,13 +92,17 @@ def command(
     allow_nondeterministic: Annotated[bool, typer.Option("--allow-nondeterministic", help="Do not fail the run on a nondeterministic backward.")] = False,
     list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
     shard: ShardOpt = None,
+    isolate: IsolateOpt = False,
+    in_process: InProcessOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
     Exit status: 0 nothing failed, 1 a case failed, errored or was nondeterministic, 2 usage error.
     With --impl and no --backend, only the plugins run; a plugin implements the one --op given
-    (or the op its function's `dcnbench_op` names; deform_conv2d otherwise).
+    (or the op its function's `dcnbench_op` names; deform_conv2d otherwise). Plugins run in a
+    worker process unless --in-process: a crash, hang or exit becomes that case's error row.
     """
     raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, op_names=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
-                            shard=shard))
+                            shard=shard, isolate=isolate, in_process=in_process, timeout=timeout))

@@ -47,6 +47,14 @@ class WorkerError(RuntimeError):
         return str(self)
 
 
+class StartError(WorkerError):
+    """The worker started but its framework (or the code it loads) did not: `error` is the worker's own line."""
+
+    def __init__(self, message: str, hint: str | None, error: str):
+        super().__init__(message, hint)
+        self.error = error
+
+
 class RemoteError(WorkerError):
     """The code in the worker raised; the message is its own, as it would read in this process."""
 
@@ -98,6 +106,7 @@ class WorkerEnv:
     extra_env: dict = field(default_factory=dict)
     framework_name: str = ""  # the NAME its framework file declares; the name when empty
     env_vars: bool = True  # whether DCNBENCH_<NAME>_PYTHON and _TIMEOUT apply (not for isolated backends)
+    noun: str = ""  # how messages name the worker; "the <label> worker" when empty
 
     @property
     def display(self) -> str:
@@ -168,10 +177,7 @@ class WorkerClient:
                  python: Path | None = None):
         self.env = env
         self.threads = threads
-        # The environment's limit (--timeout, DCNBENCH_<NAME>_TIMEOUT, its default) bounds every
-        # wait, start-up included; `timeout_s` narrows the requests' (tests of a hang).
-        self.start_timeout_s = env.timeout()
-        self.timeout_s = timeout_s if timeout_s is not None else self.start_timeout_s
+        self._timeout_s = timeout_s
         self.python = Path(python) if python is not None else env.python()
         self.proc: subprocess.Popen | None = None
         self.hello: dict | None = None
@@ -180,8 +186,13 @@ class WorkerClient:
         _live.add(self)
 
     @property
+    def timeout_s(self) -> float:
+        """The limit on each request: the one given, else the environment's (read now, so --timeout applies)."""
+        return self._timeout_s if self._timeout_s is not None else self.env.timeout()
+
+    @property
     def what(self) -> str:
-        return f"the {self.env.display} worker"
+        return self.env.noun or f"the {self.env.display} worker"
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> dict:
@@ -199,13 +210,17 @@ class WorkerClient:
 
         argv = [str(self.python), "-I", str(WORKER_MAIN), str(self.env.framework), json.dumps(self.env.config)]
         try:
+            # A session of its own: close() kills the worker with anything it started, and the
+            # terminal's Ctrl-C reaches dcnbench only, which then closes its workers.
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                         env=env)
+                                         env=env, start_new_session=True)
         except OSError as exc:
             self.close()
             raise WorkerError(f"cannot start {self.what} with {self.python}: {exc}") from None
         os.set_blocking(self.proc.stdin.fileno(), False)  # _write never blocks past its deadline
-        hello, _ = self._read(self.start_timeout_s, what="start-up")
+        # The environment's limit (--timeout, DCNBENCH_<NAME>_TIMEOUT, its default) bounds every wait,
+        # start-up included; a client's own `timeout_s` narrows only its requests (tests of a hang).
+        hello, _ = self._read(self.env.timeout(), what="start-up")
         expected = self.env.framework_name or self.env.name
         if hello.get("protocol") != PROTOCOL_VERSION or hello.get("framework") not in (expected, None):
             self.close()
@@ -213,13 +228,18 @@ class WorkerClient:
                               f"expected {PROTOCOL_VERSION} for {expected}")
         if not hello.get("ok", False):
             self.close()
-            raise WorkerError(f"the {self.env.display} environment is broken: {hello.get('error')}", hello.get("hint"))
+            raise StartError(f"the {self.env.display} environment is broken: {hello.get('error')}", hello.get("hint"),
+                             hello.get("error"))
         self.hello = hello
         return hello
 
     def close(self) -> None:
         self.to_release = []  # a new worker holds no recorded calls
         if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and whatever it started
+            except (ProcessLookupError, PermissionError):
+                pass
             if self.proc.poll() is None:
                 self.proc.kill()
             self.proc.wait()
@@ -340,7 +360,7 @@ class SelfTimed:
     def peak_bytes(self) -> tuple[int | None, str]:
         """Peak-RSS growth over one timed call in a fresh worker, like the in-process CPU backends."""
         shared = self.client_of()
-        fresh = WorkerClient(shared.env, shared.threads, shared.timeout_s, shared.python)
+        fresh = WorkerClient(shared.env, shared.threads, shared._timeout_s, shared.python)
         try:
             reply, _ = fresh.request(dict(self.header, setup=True, memory=True), self.arrays)
             return reply.get("peak_bytes"), ""
