@@ -246,6 +246,10 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict) -> V
     reason = backend.support(case.op, device, case.dtype, case.geometry)
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
+    if case.check == "export":  # the ONNX export check (onnx_export.py)
+        from dcnbench.onnx_export import verify_export
+
+        return verify_export(backend, case, device, ref_cache)
     no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
     fn = backend.ops[case.op]
     rule = backend.dialect(case) if case.check == "oracle" else "Z"

@@ -26,10 +26,6 @@ FRAMEWORK = Path(__file__).with_name("torch_framework.py")
 DEFAULT_TIMEOUT_S = 60.0
 
 
-class NotExportableRemote(Exception):
-    """The export check in the worker found the callable not exportable (the exporter's reason)."""
-
-
 def _env(label: str, config: dict) -> WorkerEnv:
     return WorkerEnv(name="isolated", label=label, framework=FRAMEWORK, framework_name="torch",
                      default_timeout_s=DEFAULT_TIMEOUT_S, config=dict(config, root=str(PROJECT_ROOT)),
@@ -79,7 +75,9 @@ def _exporter(client_of):
     def run(case) -> tuple[torch.Tensor, str]:
         reply, out = client_of().request({"cmd": "export", "params": {"op": case.op, "case": case.definition()}})
         if reply.get("unsupported"):
-            raise NotExportableRemote(reply["unsupported"])
+            from dcnbench.onnx_export import NotExportable
+
+            raise NotExportable(reply["unsupported"])
         return unpack(out)["output"], reply.get("note", "")
     return run
 

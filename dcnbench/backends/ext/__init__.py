@@ -132,4 +132,12 @@ def backend() -> Backend:
         check=check,
         environment=lambda: f"built in {build.build_dir()}",
         mode=mode,
+        onnx_translations=_onnx_translations,
     )
+
+
+def _onnx_translations() -> dict:
+    """How torch.onnx.export writes ext's ops (onnx.py): deform_conv2d as one DeformConv node."""
+    from dcnbench.backends.ext import onnx
+
+    return onnx.translations()

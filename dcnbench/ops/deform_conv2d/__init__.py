@@ -5,6 +5,7 @@
     suite.py       the default verification suite
     oracle.py      the float64 oracle (rules Z and C)
     references.py  identities with conv2d, and the conv2d reference row
+    onnx.py        the ONNX DeformConv node, and the layer the export check exports
 """
 
 from dcnbench.ops.deform_conv2d.contract import OP, PRESETS, ConvGeometry, SHAPE_EXAMPLE, SHAPE_GRAMMAR, SIGNATURE, parse_shape
@@ -33,10 +34,13 @@ SPEC = OpSpec(
         "integer_offset": Reference(lazy(f"{_HERE}.references:shifted_conv2d"), _IDENTITY_QUANTITIES),
         "zero_mask": Reference(lazy(f"{_HERE}.references:bias_only"),
                                ("output", "grad_input", "grad_offset", "grad_weight", "grad_bias")),
+        # The ONNX export check: the exported model's output against the float64 oracle.
+        "export": Reference(lazy(f"{_HERE}.onnx:oracle_for"), ("output",)),
     },
     rules=("Z", "C"),
     band_outputs=lazy(f"{_HERE}.oracle:band_outputs"),
     speed_case=lazy(f"{_HERE}.workloads:ConvCase.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.conv_flops(),
+    export_layer=lazy(f"{_HERE}.onnx:export_layer"),
 )

@@ -69,6 +69,13 @@ def export_layer(case, fn) -> tuple[torch.nn.Module, tuple]:
     return Layer(fn, case), (t["input"], t["offset"], t["weight"], t.get("bias"), t.get("mask"))
 
 
+def oracle_for(case):
+    """What an export case's output is compared with: the float64 oracle (rule Z)."""
+    from dcnbench.ops.deform_conv2d.oracle import deform_conv2d
+
+    return deform_conv2d
+
+
 def translation(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
                 dil_h: int, dil_w: int, groups: int, offset_groups: int):
     """An onnxscript function for a custom op with ext's deform_conv2d_forward schema: one DeformConv node."""
