@@ -89,7 +89,11 @@ def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | No
     op = getattr(func, "dcnbench_op", None) or op or DEFAULT_OP
     if op not in ops.names():
         raise PluginError(f"'{func_name}' in '{path}' declares dcnbench_op = {op!r}", hint=f"use one of: {', '.join(ops.names())}")
-    dtypes = tuple(getattr(func, "dcnbench_dtypes", ALL_DTYPES))
+    dtypes = getattr(func, "dcnbench_dtypes", ALL_DTYPES)
+    if isinstance(dtypes, str) or not isinstance(dtypes, (tuple, list)) or not dtypes or not set(dtypes) <= set(ALL_DTYPES):
+        raise PluginError(f"'{func_name}' in '{path}' declares dcnbench_dtypes = {dtypes!r}",
+                          hint=f"declare a non-empty tuple of: {', '.join(ALL_DTYPES)}")
+    dtypes = tuple(dtypes)
     backend = Backend(
         name=name or func_name,
         description=f"{path}:{func_name}",

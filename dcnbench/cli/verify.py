@@ -9,8 +9,8 @@ import typer
 
 from dcnbench import ops
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, InProcessOpt, IsolateOpt, JsonOpt, OpOpt,
-                                 SeedOpt, ShardOpt, TimeoutOpt, check_device, check_dtype, check_isolation, console,
-                                 err_console, plugin_op, stamp, user_errors)
+                                 SeedOpt, ShardOpt, TimeoutOpt, check_device, check_dtype, check_isolation, check_seed,
+                                 console, err_console, output_paths, plugin_op, run_writing, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
@@ -27,6 +27,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         check_dtype(d)
     ops.check_ops(op_names)
     shard_spec = parse_shard(shard)
+    check_seed(seed)
+    csv_path, json_path = (None, None) if list_cases else output_paths("verify", csv, json)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -54,11 +56,21 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         raise UsageError("no backend to verify", hint="run `dcnbench backends` to see why each is unavailable")
 
     total = len(chosen_cases) * len(chosen)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        task = progress.add_task("verify", total=total)
-        found = run_verify(backends=chosen, cases=chosen_cases, device=device,
-                           on_result=lambda r: progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}"))
+    env = results.environment(device=device, seed=seed, backends=chosen)
+    writer = results.ResultsWriter(kind="verify", env=env, csv_path=csv_path, json_path=json_path, expected=total)
+
+    def run():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as progress:
+            task = progress.add_task("verify", total=total)
+
+            def done(r):
+                writer.add(r)
+                progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}")
+
+            return run_verify(backends=chosen, cases=chosen_cases, device=device, on_result=done)
+
+    found = run_writing(writer, run, "case x backend results")
 
     console.print(render.verify_table(found))
     for extra in (render.dialect_table(found), render.problems_table(found)):
@@ -68,12 +80,6 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     for b in chosen:
         if b.mode:
             console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)
-    env = results.environment(device=device, seed=seed, backends=chosen)
-    when = stamp()
-    csv_path = csv or results.default_path("verify", "csv", when)
-    json_path = json or results.default_path("verify", "json", when)
-    results.write_csv(csv_path, results.verify_rows(found, env))
-    results.write_json(json_path, "verify", env, found)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
     return EXIT_FAILED if failed(found, allow_nondeterministic) else EXIT_OK
 
