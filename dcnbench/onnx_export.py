@@ -18,7 +18,7 @@ import re
 import time
 import warnings
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch
 from dcnbench import ops
 from dcnbench.ops.case import DTYPES
 from dcnbench.status import Status
+from dcnbench.verify import QuantityError
 
 CHECK = "export"
 OPSET = 19
@@ -137,3 +138,129 @@ def verify_export(backend, case, device: str, ref_cache: dict):
     status = Status.PASS if err.ok else Status.FAIL
     return VerifyResult(case, backend.name, status, (err,), note, time.perf_counter() - start)
 
+
+
+# ---- a user's own module: `dcnbench export-check MODULE.py:FACTORY` ---------------------------
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output of a user's module: the exported model's error and PyTorch's own, against float64 PyTorch."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    onnx: QuantityError
+    torch_rel_err: float | None  # the module itself, in its own dtype, against the float64 reference
+
+
+@dataclass(frozen=True)
+class ModuleCheck:
+    status: Status  # pass, fail, unsupported (not exportable) or error (onnxruntime refused the model)
+    message: str
+    graph: str = ""
+    outputs: tuple[OutputCheck, ...] = ()
+
+
+def load_factory(spec: str):
+    """`PATH.py:FACTORY` -> the factory callable; a usage error (exit 2) when it cannot be had."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from dcnbench.errors import UsageError
+
+    path_text, colon, name = spec.rpartition(":")
+    if not colon or not path_text or not name.isidentifier():
+        raise UsageError(f"malformed MODULE.py:FACTORY '{spec}'", hint="e.g. dcnbench export-check model.py:make")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"'{path}' does not exist", hint="give the path of a .py file that defines the factory")
+    module_spec = importlib.util.spec_from_file_location(
+        "dcnbench_export_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12], path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"'{path}' is not a Python module", hint="give a .py file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.resolve().parent))  # so it can import its sibling modules
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise UsageError(f"'{path}' does not import: {type(exc).__name__}: {exc}",
+                         hint=f"run `python {path}` to see the full traceback") from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UsageError(f"'{path}' has no callable '{name}'",
+                         hint="define a function returning (torch.nn.Module, sample input or tuple of inputs)")
+    return factory
+
+
+def made_by(factory) -> tuple[torch.nn.Module, tuple]:
+    """What a factory returns, checked: (module, inputs as a tuple)."""
+    from dcnbench.errors import UsageError
+
+    hint = "return (torch.nn.Module, a tensor or a tuple of tensors) from the factory"
+    try:
+        made = factory()
+    except Exception as exc:
+        raise UsageError(f"the factory raised {type(exc).__name__}: {exc}", hint=hint) from None
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
+        raise UsageError(f"the factory returned {type(made).__name__}, expected (module, inputs)", hint=hint)
+    module, inputs = made
+    inputs = inputs if isinstance(inputs, tuple) else tuple(inputs) if isinstance(inputs, list) else (inputs,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise UsageError("the factory's inputs are not all tensors", hint=hint)
+    return module, tuple(t.detach().cpu() for t in inputs)
+
+
+def _flat(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _flat(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in _flat(item)]
+    return []
+
+
+def check_module(module: torch.nn.Module, inputs: tuple, translations: dict | None = None,
+                 rtol: float | None = None, onnx_path=None) -> ModuleCheck:
+    """Export `module` on `inputs`, run it in onnxruntime and compare every output with the module
+    run in float64 by PyTorch (a copy: nothing the caller passed is changed)."""
+    import copy
+
+    from dcnbench.verify import compare
+
+    module = module.eval()
+    reference = copy.deepcopy(module).to(torch.float64)
+    with torch.no_grad():
+        own = _flat(module(*inputs))
+        ref = _flat(reference(*(t.double() if t.is_floating_point() else t for t in inputs)))
+    try:
+        model = export_model(module, inputs, translations)
+    except NotExportable as exc:
+        return ModuleCheck(Status.UNSUPPORTED, str(exc))
+    if onnx_path is not None:
+        import onnx
+
+        onnx.save(model, str(onnx_path))
+    graph = graph_summary(model)
+    try:
+        got = run_model(model, feeds_for(module, inputs))
+    except RuntimeRejected as exc:
+        return ModuleCheck(Status.ERROR, str(exc), graph)
+    if len(got) != len(ref):
+        return ModuleCheck(Status.FAIL, f"the exported model has {len(got)} outputs, the module {len(ref)}", graph)
+    checks = []
+    for i, (g, r, o) in enumerate(zip(got, ref, own)):
+        dtype = str(o.dtype).removeprefix("torch.")
+        err = compare("output", torch.from_numpy(np.array(g)), r, dtype if dtype in DTYPES else "float32")
+        if rtol is not None:
+            err = replace(err, tolerance=rtol, ok=bool(err.rel_err is not None and err.rel_err <= rtol))
+        mine = compare("output", o, r, dtype if dtype in DTYPES else "float32")
+        checks.append(OutputCheck(i, tuple(o.shape), dtype, err, mine.rel_err))
+    ok = all(c.onnx.ok for c in checks)
+    return ModuleCheck(Status.PASS if ok else Status.FAIL, "" if ok else "the exported model computes something else",
+                       graph, tuple(checks))

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 _override_timeout_s: float | None = None  # --timeout, for every worker this run starts
-_live: "weakref.WeakSet[WorkerClient]" = weakref.WeakSet()
+# Every client with a worker running: held here until closed, so no worker outlives dcnbench's
+# clean-up because the object that started it was dropped first.
+_live: "set[WorkerClient]" = set()
 
 
 class WorkerError(RuntimeError):
@@ -183,7 +184,6 @@ class WorkerClient:
         self.hello: dict | None = None
         self._stderr = None
         self.to_release: list[int] = []  # recorded calls whose torch graph is gone
-        _live.add(self)
 
     @property
     def timeout_s(self) -> float:
@@ -217,6 +217,7 @@ class WorkerClient:
         except OSError as exc:
             self.close()
             raise WorkerError(f"cannot start {self.what} with {self.python}: {exc}") from None
+        _live.add(self)
         os.set_blocking(self.proc.stdin.fileno(), False)  # _write never blocks past its deadline
         # The environment's limit (--timeout, DCNBENCH_<NAME>_TIMEOUT, its default) bounds every wait,
         # start-up included; a client's own `timeout_s` narrows only its requests (tests of a hang).
@@ -234,6 +235,7 @@ class WorkerClient:
         return hello
 
     def close(self) -> None:
+        _live.discard(self)
         self.to_release = []  # a new worker holds no recorded calls
         if self.proc is not None:
             try:
