@@ -80,6 +80,7 @@ def run_model(model, feeds: dict[str, np.ndarray], threads: int | None = None) -
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 4  # its errors come back as exceptions; its own log would repeat them on stderr
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]

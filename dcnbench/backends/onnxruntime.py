@@ -36,6 +36,7 @@ def _session(geo, dtype: str, has_bias: bool, has_mask: bool):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep
+        options.log_severity_level = 4  # errors come back as exceptions; its own log would repeat them on stderr
         model = dconv_onnx.model(geo, dtype, has_bias, has_mask)
         _SESSIONS[key] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         while len(_SESSIONS) > _KEEP:

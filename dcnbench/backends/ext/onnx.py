@@ -28,6 +28,7 @@ def register_fake() -> None:
     global _registered
     if _registered:
         return
+    op_overload()  # the op must exist before a kernel can be registered for it
     try:
         torch.library.register_fake(OP, _fake_deform_conv2d_forward)
     except RuntimeError as exc:  # a fake kernel registered elsewhere (ext's own op checks) serves as well
@@ -36,11 +37,18 @@ def register_fake() -> None:
     _registered = True
 
 
-def translations() -> dict:
-    """{ext's forward op: its onnxscript translation} for torch.onnx.export's custom_translation_table."""
+def op_overload():
+    """The forward op as torch.onnx.export's translation table keys it (the library loaded first)."""
     from dcnbench.backends.ext import build
-    from dcnbench.ops.deform_conv2d.onnx import translation
 
     build.load()
+    return torch.ops.dcnbench_ext.deform_conv2d_forward.default
+
+
+def translations() -> dict:
+    """{ext's forward op: its onnxscript translation} for torch.onnx.export's custom_translation_table."""
+    from dcnbench.ops.deform_conv2d.onnx import translation
+
+    key = op_overload()
     register_fake()
-    return {torch.ops.dcnbench_ext.deform_conv2d_forward.default: translation}
+    return {key: translation}
