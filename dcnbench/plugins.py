@@ -67,7 +67,10 @@ def _import(path: Path):
 def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | None = None,
                 isolate: bool = False) -> Backend:
     name, path, func_name = parse_impl(spec)
-    if isolate:
+    # An operator registered at run time (by the caller's code, not dcnbench's) is unknown to a
+    # fresh worker process: where the plugin may be one of such an operator's, it runs here.
+    runtime_ops = [n for n in ops.names() if not ops.is_builtin(n)]
+    if isolate and not (op in runtime_ops or (op is None and runtime_ops)):
         _exists(path)
         from dcnbench.worker import isolation
 

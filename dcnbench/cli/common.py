@@ -116,7 +116,7 @@ def check_isolation(*, isolate: bool, in_process: bool, timeout: float | None) -
     if isolate and in_process:
         raise UsageError("--isolate and --in-process contradict each other",
                          hint="--isolate moves every backend into a worker; --in-process keeps plugins in this one")
-    from dcnbench.worker.client import set_timeout
+    from dcnbench.worker.settings import set_timeout
 
     set_timeout(timeout)
     return not in_process

@@ -12,7 +12,6 @@ backend's `DCNBENCH_<NAME>_TIMEOUT` (validated before any work), `--timeout`, or
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import re
 import select
@@ -23,15 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcnbench.errors import UsageError
 from dcnbench.worker.protocol import PROTOCOL_VERSION, ProtocolError, encode, read_message
+from dcnbench.worker.settings import check_limit, timeout_override
 
 WORKER_MAIN = Path(__file__).with_name("main.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The longest limit an environment variable may set (a week): beyond it a typo is likelier than intent.
-MAX_TIMEOUT_S = 7 * 24 * 3600.0
-
-_override_timeout_s: float | None = None  # --timeout, for every worker this run starts
 # Every client with a worker running: held here until closed, so no worker outlives dcnbench's
 # clean-up because the object that started it was dropped first.
 _live: "set[WorkerClient]" = set()
@@ -62,25 +57,6 @@ class RemoteError(WorkerError):
     def __init__(self, error: str, where: str = "", hint: str | None = None):
         super().__init__(f"{error} (at {where})" if where else error, hint)
         self.error = error
-
-
-def set_timeout(seconds: float | None) -> None:
-    """The per-request limit for every worker started from now on (`--timeout`); None: each backend's own."""
-    global _override_timeout_s
-    _override_timeout_s = None if seconds is None else check_seconds(seconds, "--timeout")
-
-
-def check_seconds(value, name: str) -> float:
-    """A finite, positive number of seconds no larger than MAX_TIMEOUT_S, else a usage error."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
-        raise UsageError(f"{name}={value!s} is not a number of seconds in (0, {MAX_TIMEOUT_S:.0f}]",
-                         hint=f"set {name} to a positive number of seconds, e.g. 300" +
-                              (", or unset it" if name.startswith("DCNBENCH_") else ""))
-    return seconds
 
 
 def close_all() -> None:
@@ -137,10 +113,10 @@ class WorkerEnv:
 
     def timeout(self) -> float:
         """The limit on every wait for this worker: --timeout, else $DCNBENCH_<NAME>_TIMEOUT, else the default."""
-        if _override_timeout_s is not None:
-            return _override_timeout_s
+        if timeout_override() is not None:
+            return timeout_override()
         raw = os.environ.get(f"{self.var}_TIMEOUT") if self.env_vars else None
-        return self.default_timeout_s if raw is None else check_seconds(raw, f"{self.var}_TIMEOUT")
+        return self.default_timeout_s if raw is None else check_limit(raw, f"{self.var}_TIMEOUT")
 
     def check_settings(self) -> None:
         """Refuse a malformed environment variable now, before any work (a usage error)."""
