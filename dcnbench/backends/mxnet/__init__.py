@@ -53,7 +53,7 @@ def installed_version() -> str | None:
     """mxnet's version from the worker environment's metadata, without starting it."""
     for site in python().parent.parent.glob("lib/python*/site-packages"):
         for dist in site.glob("mxnet-*.dist-info"):
-            return dist.name.split("-")[1].removesuffix(".dist-info")
+            return dist.name.removesuffix(".dist-info").split("-", 1)[1]
     return None
 
 
