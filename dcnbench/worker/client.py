@@ -284,19 +284,20 @@ class WorkerClient:
                 left -= len(chunk)
             return b"".join(chunks)
 
+        # A failed start-up leaves no worker behind; a failed request, one that the next case replaces.
+        fresh = "" if what else "; a fresh one starts for the next case"
         try:
             return read_message(read_exactly)
         except TimeoutError:
             self.close()
             during = f" during {what}" if what else ""
-            raise WorkerError(f"{self.what} timed out after {timeout_s:g} s{during} and was killed; a fresh one "
-                              f"starts for the next case", hint=self._raise_hint()) from None
+            raise WorkerError(f"{self.what} timed out after {timeout_s:g} s{during} and was killed{fresh}",
+                              hint=self._raise_hint()) from None
         except EOFError:
             raise self._died() from None
         except ProtocolError as exc:
             self.close()
-            raise WorkerError(f"{self.what} sent a malformed reply ({exc}) and was killed; a fresh one starts "
-                              "for the next case") from None
+            raise WorkerError(f"{self.what} sent a malformed reply ({exc}) and was killed{fresh}") from None
 
     def _raise_hint(self) -> str:
         return "raise the limit with --timeout" + (f" or {self.env.var}_TIMEOUT" if self.env.env_vars else "")
