@@ -112,6 +112,19 @@ def run_exported(backend, case) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(np.array(out)), f"exported graph: {graph_summary(model)}"
 
 
+def _exporter(backend):
+    """Where the backend's export runs: its own worker (isolated), an export worker (in-process torch
+    code: the exporter may crash on it), or here (a framework behind a worker: not torch code, the
+    exporter refuses it at once)."""
+    if backend.onnx_exporter is not None:
+        return backend.onnx_exporter
+    if backend.self_timed is not None:
+        return lambda case: run_exported(backend, case)
+    from dcnbench.worker.isolation import exporter
+
+    return exporter(backend)
+
+
 def verify_export(backend, case, device: str, ref_cache: dict):
     """One export case on one backend, as a VerifyResult (compared with the float64 oracle's output)."""
     from dcnbench.verify import VerifyResult, compare, one_line, reference
@@ -123,8 +136,7 @@ def verify_export(backend, case, device: str, ref_cache: dict):
     if ops.of(case).export_layer is None:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=f"{case.op} has no export check")
     try:
-        run = backend.onnx_exporter or (lambda c: run_exported(backend, c))
-        output, note = run(case)
+        output, note = _exporter(backend)(case)
     except (NotExportable, RuntimeRejected) as exc:
         status = Status.UNSUPPORTED if isinstance(exc, NotExportable) else Status.ERROR
         return VerifyResult(case, backend.name, status, message=str(exc), elapsed_s=time.perf_counter() - start)

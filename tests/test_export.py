@@ -10,7 +10,7 @@ import torch
 
 from dcnbench.backends import get
 from dcnbench.backends.ext import onnx as ext_onnx
-from dcnbench.onnx_export import check_module, exporter_reason
+from dcnbench.onnx_export import check_module, exporter_reason, run_exported
 from dcnbench.verify import default_suite, run_verify, select_cases
 from tests.conftest import PLANTED, invoke
 
@@ -34,8 +34,15 @@ def test_torchvision_and_ext_export_to_one_deformconv_node_and_agree_with_the_or
             assert r.quantities[0].rel_err < (1e-15 if r.case.dtype == "float64" else 1e-6)
 
 
+def _exported_here(backend):
+    """The backend with its export check run in this process (a translation is code: it cannot travel
+    to the export worker)."""
+    return replace(backend, onnx_exporter=lambda case: run_exported(backend, case))
+
+
 def _ext_translated_by(fn):
-    return replace(get("ext"), onnx_translations=lambda: (ext_onnx.translations(), {ext_onnx.op_overload(): fn})[1])
+    return _exported_here(replace(get("ext"), onnx_translations=lambda: (ext_onnx.translations(),
+                                                                         {ext_onnx.op_overload(): fn})[1]))
 
 
 def _mask_dropped(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
@@ -65,7 +72,7 @@ def test_a_wrong_translation_fails_and_a_model_the_runtime_refuses_is_an_error_r
 
 
 def test_what_cannot_be_exported_is_unsupported_with_the_exporters_reason():
-    untranslated = replace(get("ext"), onnx_translations=lambda: (ext_onnx.register_fake(), {})[1])
+    untranslated = _exported_here(replace(get("ext"), onnx_translations=lambda: (ext_onnx.register_fake(), {})[1]))
     for backend in (untranslated, get("onnxruntime")):
         r = run_verify(backends=[backend], cases=EXPORT[:1])[0]
         assert r.status == "unsupported" and r.message.startswith("not exportable to ONNX: "), r.message

@@ -198,3 +198,21 @@ def test_close_all_kills_every_worker(tmp_path):
     assert len(alive(str(tmp_path))) == 2
     worker_client.close_all()
     assert not alive(str(tmp_path)) and not any(c.alive for c in clients)
+
+
+def test_nonfinite_trans_never_reaches_mxnet():
+    # MXNet's DeformablePSROIPooling turns a NaN coordinate into memory indices (its worker died
+    # with SIGSEGV): dcnbench refuses the call before sending it, and the worker lives on.
+    import dcnbench.backends.mxnet as mxb
+    from dcnbench.ops import get
+
+    assert mxb.check() is None
+    case = next(c for c in get("deform_psroi_pool").suite(0) if c.dtype == "float64" and not c.no_offset)
+    inputs = case.inputs()
+    pid = mxb.client().proc.pid
+    for bad in ("offset", "rois"):
+        spoiled = dict(inputs, **{bad: inputs[bad].clone()})
+        spoiled[bad].view(-1)[-1] = float("nan")
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            case.call(mxb.deform_psroi_pool, spoiled)
+    assert mxb.client().alive and mxb.client().proc.pid == pid

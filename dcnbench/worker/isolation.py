@@ -27,9 +27,10 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 def _env(label: str, config: dict) -> WorkerEnv:
+    noun = label if label.startswith("the ") else f"the worker running {label}"
     return WorkerEnv(name="isolated", label=label, framework=FRAMEWORK, framework_name="torch",
                      default_timeout_s=DEFAULT_TIMEOUT_S, config=dict(config, root=str(PROJECT_ROOT)),
-                     env_vars=False, noun=f"the worker running {label}")
+                     env_vars=False, noun=noun)
 
 
 def _encode(value, names: list[str], tensors: list):
@@ -71,9 +72,10 @@ def _self_timed(client_of):
     return make
 
 
-def _exporter(client_of):
+def _exporter(client_of, backend_name: str | None = None):
     def run(case) -> tuple[torch.Tensor, str]:
-        reply, out = client_of().request({"cmd": "export", "params": {"op": case.op, "case": case.definition()}})
+        params = {"op": case.op, "case": case.definition(), "backend": backend_name}
+        reply, out = client_of().request({"cmd": "export", "params": params})
         if reply.get("unsupported"):
             from dcnbench.onnx_export import NotExportable
 
@@ -118,6 +120,27 @@ def plugin_backend(spec: str, name: str | None, description: str, op: str | None
                        dtypes={device: tuple(d) for device, d in found["dtypes"].items()}, version=found["version"],
                        origin="plugin")
     return _in_worker(template, client)
+
+
+_export_workers: dict[str, WorkerClient] = {}
+
+
+def exporter(backend: Backend):
+    """(case) -> (output, note): the ONNX export check of an in-process backend, run in a worker.
+
+    torch.export runs the kernel's Python on fake tensors, and a kernel it cannot handle can crash
+    it (one that writes to its input's .data segfaults torch 2.15's exporter), so even a backend
+    that runs here is exported there: one worker per run for the built-ins, one per plugin.
+    """
+    if backend.origin == "plugin":  # an in-process plugin: its description is its PATH.py:FUNC
+        key, config, name = backend.description, {"impl": backend.description, "op": next(iter(backend.ops))}, None
+    else:
+        key, config, name = "", {}, backend.name
+    if key not in _export_workers:
+        _export_workers[key] = WorkerClient(_env(f"the ONNX export of {key or 'the built-in backends'}", config),
+                                            torch.get_num_threads())
+    client = _export_workers[key]
+    return _exporter(lambda: client, name)
 
 
 def close(backend: Backend) -> None:

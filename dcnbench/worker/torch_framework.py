@@ -1,7 +1,8 @@
 """A torch callable behind the generic worker: an --impl plugin, or any in-process backend under --isolate.
 
 Loaded by main.py in dcnbench's own interpreter (the worker imports dcnbench from `config["root"]`).
-`config` names what to serve: `{"impl": "[NAME=]PATH.py:FUNC", "op": ...}` or `{"backend": NAME}`.
+`config` names what to serve: `{"impl": "[NAME=]PATH.py:FUNC", "op": ...}`, `{"backend": NAME}`, or
+`{}` for an export worker, which exports whichever built-in each request names.
 A call's tensors arrive with their dtype, strides and storage span (bridge.pack); the callable
 runs on them exactly as it would in dcnbench's process; a tensor it changed in place goes back
 (`mutated_<name>`), and so does every gradient a recorded call's backward produces.
@@ -22,20 +23,33 @@ def hello(threads, config):
 
     if threads:
         torch.set_num_threads(threads)
+    found = {"versions": {"torch": torch.__version__, "numpy": np.__version__}, "gpus": torch.cuda.device_count()}
     if config.get("impl"):
         from dcnbench.plugins import load_plugin
 
         _backend = load_plugin(config["impl"], probe=False, op=config.get("op"))
+    elif config.get("backend"):
+        _backend = _builtin(config["backend"])
     else:
+        return found  # an export worker: each request names its backend
+    return dict(found, backend={"name": _backend.name, "ops": list(_backend.ops), "version": _backend.version,
+                                "dtypes": {device: list(d) for device, d in _backend.dtypes.items()}})
+
+
+_builtins: dict = {}
+
+
+def _builtin(name):
+    """A registered backend by name, checked once (for an export worker, each request may name another)."""
+    if name not in _builtins:
         from dcnbench.backends import get
 
-        _backend = get(config["backend"])
-        reason = _backend.unavailable or (_backend.check() if _backend.check else None)
+        backend = get(name)
+        reason = backend.unavailable or (backend.check() if backend.check else None)
         if reason:
             raise RuntimeError(reason)
-    return {"versions": {"torch": torch.__version__, "numpy": np.__version__}, "gpus": torch.cuda.device_count(),
-            "backend": {"name": _backend.name, "ops": list(_backend.ops), "version": _backend.version,
-                        "dtypes": {device: list(d) for device, d in _backend.dtypes.items()}}}
+        _builtins[name] = backend
+    return _builtins[name]
 
 
 def _decode(value, tensors):
@@ -113,8 +127,10 @@ def export(header, arrays):
     from dcnbench.onnx_export import NotExportable, run_exported
     from dcnbench.worker.bridge import pack
 
+    params = header["params"]
+    backend = _builtin(params["backend"]) if params.get("backend") else _backend
     try:
-        output, note = run_exported(_backend, _case(header["params"]))
+        output, note = run_exported(backend, _case(params))
     except NotExportable as exc:
         return {"unsupported": str(exc)}, {}
     return {"note": note}, dict([pack("output", output)])
