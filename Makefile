@@ -9,19 +9,24 @@ UV := .tools/bin/uv
 endif
 VENV := .venv
 SYNCED := $(VENV)/.synced
-# MXNet 1.9.1 needs numpy < 1.24: its own environment, driven through a worker process.
-MXNET_VENV := .venv-mxnet
-MXNET_SYNCED := $(MXNET_VENV)/.synced
+# Framework backends whose dependencies conflict with dcnbench's (MXNet 1.9.1 needs numpy < 1.24;
+# paddle pins its own stack) each get an environment of their own, .venv-<name>, built from the
+# hashed dcnbench/backends/<name>/requirements.txt with the Python in its .python-version, and
+# are driven through a worker process (dcnbench/worker/).
+WORKER_ENVS := mxnet paddle
+WORKER_SYNCED := $(foreach e,$(WORKER_ENVS),.venv-$(e)/.synced)
 DCNBENCH := $(VENV)/bin/dcnbench
 
-.PHONY: help env mxnet-env demo test gpu-check clean
+.PHONY: help env envs $(foreach e,$(WORKER_ENVS),$(e)-env) demo test gpu-check clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   create the environment, run dcnbench verify and short dcnbench speed runs (convolution, RoI pooling)"
 	@echo "make test   create the environment and run the tests"
 	@echo "make gpu-check   on a GPU machine: build ext for CUDA, verify on CUDA, time the presets (to \$$OUT)"
+	@echo "make envs   create every framework backend's own environment: $(WORKER_ENVS)"
 	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
+	@echo "make paddle-env  create .venv-paddle (paddlepaddle 3.3.1 CPU) for the paddle backend"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -31,16 +36,19 @@ $(SYNCED): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
-$(MXNET_SYNCED): dcnbench/backends/mxnet/requirements.txt | $(UV)
-	$(UV) venv --allow-existing --quiet --python 3.11 $(MXNET_VENV)
-	$(UV) pip install --quiet --python $(MXNET_VENV)/bin/python --require-hashes -r dcnbench/backends/mxnet/requirements.txt
+# `pip sync` (not install): a package dropped from the lock leaves the environment too.
+$(WORKER_SYNCED): .venv-%/.synced: dcnbench/backends/%/requirements.txt dcnbench/backends/%/.python-version | $(UV)
+	$(UV) venv --allow-existing --quiet --python $$(cat dcnbench/backends/$*/.python-version) .venv-$*
+	$(UV) pip sync --quiet --python .venv-$*/bin/python --require-hashes $<
 	@touch $@
 
 env: $(SYNCED)
 
-mxnet-env: $(MXNET_SYNCED)
+envs: $(WORKER_SYNCED)
 
-demo: $(SYNCED) $(MXNET_SYNCED)
+$(addsuffix -env,$(WORKER_ENVS)): %-env: .venv-%/.synced
+
+demo: $(SYNCED) $(WORKER_SYNCED)
 	$(DCNBENCH) backends
 	$(DCNBENCH) verify
 	$(DCNBENCH) speed --preset dcn-56 --repeat 5 --warmup 0.3
@@ -51,7 +59,7 @@ demo: $(SYNCED) $(MXNET_SYNCED)
 # (they run the CUDA kernels emulated on the CPU, under ThreadSanitizer too), then the project's
 # own gate against the committed baseline: correctness is hard, performance is printed only (a
 # shared machine is too noisy to fail CI on).
-test: $(SYNCED) $(MXNET_SYNCED)
+test: $(SYNCED) $(WORKER_SYNCED)
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
 	$(VENV)/bin/pytest
 	$(DCNBENCH) gate --baseline reports/baseline-cpu.json --performance report-only --summary results/gate-summary.md
@@ -61,4 +69,4 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) $(MXNET_VENV) .tools results
+	rm -rf $(VENV) $(foreach e,$(WORKER_ENVS),.venv-$(e)) .tools results

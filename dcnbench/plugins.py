@@ -5,6 +5,10 @@ else the single `--op` the command was given, else deform_conv2d (torchvision's 
 file is imported once, and the callable is probed on the op's tiny probe cases so a broken plugin
 is one clear error (exit 2) before any case runs. A callable may declare
 `dcnbench_dtypes = ("float32",)` to limit the dtypes it is asked to run.
+
+With `isolate` (the CLI's default) the file is imported, and the callable called, in a worker
+process (dcnbench/worker/isolation.py): a plugin that crashes, hangs or exits costs the case it
+was running, not the run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from dcnbench import ops
 from dcnbench.backends import ALL_DTYPES, Backend
 from dcnbench.errors import PluginError
+from dcnbench.worker.client import RemoteError, WorkerError
 
 DEFAULT_OP = "deform_conv2d"
 IMPL_GRAMMAR = "[NAME=]PATH.py:FUNC"
@@ -36,9 +41,13 @@ def parse_impl(spec: str) -> tuple[str | None, Path, str]:
     return name, Path(path), func
 
 
-def _import(path: Path):
+def _exists(path: Path) -> None:
     if not path.is_file():
         raise PluginError(f"plugin file '{path}' does not exist", hint="check the path in --impl PATH.py:FUNC")
+
+
+def _import(path: Path):
+    _exists(path)
     module_name = "dcnbench_plugin_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -55,8 +64,24 @@ def _import(path: Path):
     return module
 
 
-def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | None = None) -> Backend:
+def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | None = None,
+                isolate: bool = False) -> Backend:
     name, path, func_name = parse_impl(spec)
+    # An operator registered at run time (by the caller's code, not dcnbench's) is unknown to a
+    # fresh worker process: where the plugin may be one of such an operator's, it runs here.
+    runtime_ops = [n for n in ops.names() if not ops.is_builtin(n)]
+    if isolate and not (op in runtime_ops or (op is None and runtime_ops)):
+        _exists(path)
+        from dcnbench.worker import isolation
+
+        backend = isolation.plugin_backend(spec, name, f"{path}:{func_name}", op)
+        if probe:
+            try:
+                _probe(backend, spec, device, next(iter(backend.ops)))
+            except PluginError:
+                isolation.close(backend)
+                raise
+        return backend
     module = _import(path)
     func = getattr(module, func_name, None)
     if func is None:
@@ -94,6 +119,11 @@ def _probe(backend: Backend, impl: str, device: str, op: str) -> None:
         inputs = case.inputs(device)
         try:
             out = case.call(backend.ops[op], inputs)
+        except WorkerError as exc:  # from an isolated plugin: its own error, or how its worker died
+            problem = problem or (f"raised {exc.error}" if isinstance(exc, RemoteError) else str(exc))
+            if not isinstance(exc, RemoteError):
+                break
+            continue
         except Exception as exc:
             problem = problem or f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             continue
@@ -112,5 +142,6 @@ def _probe(backend: Backend, impl: str, device: str, op: str) -> None:
                            "(set `dcnbench_op` on the function or pass --op for another op); call it by hand to debug")
 
 
-def load_plugins(specs: list[str] | None, device: str = "cpu", op: str | None = None) -> list[Backend]:
-    return [load_plugin(s, device, op=op) for s in specs or []]
+def load_plugins(specs: list[str] | None, device: str = "cpu", op: str | None = None,
+                 isolate: bool = False) -> list[Backend]:
+    return [load_plugin(s, device, op=op, isolate=isolate) for s in specs or []]

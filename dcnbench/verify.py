@@ -416,6 +416,10 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
     reason = backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
+    if case.check == "export":  # the ONNX export check (onnx_export.py)
+        from dcnbench.onnx_export import verify_export
+
+        return verify_export(backend, case, device, ref_cache)
     no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
     fn = backend.ops[case.op]
     rule = backend.dialect(case) if case.check == "oracle" else "Z"
@@ -478,6 +482,8 @@ def _mode_note(backend: Backend, device: str) -> str:
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its type, its first line and where it was raised."""
+    if hasattr(exc, "one_line"):  # from a worker: its own line (the remote error, or how the worker died)
+        return exc.one_line()
     text = str(exc).strip().splitlines()
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     loc = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""

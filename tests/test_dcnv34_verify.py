@@ -65,7 +65,7 @@ def test_quantities_are_the_output_and_every_differentiable_argument(results):
         if r.case.check in ("oracle", "deform_conv2d", "dcnv3") and r.status == "pass":
             want = {"output", "grad_input", "grad_offset", "grad_mask"} if r.case.op == "dcnv3" else \
                 {"output", "grad_input", "grad_offset_mask"}
-            assert {q.quantity for q in r.quantities} == want, r.case.case_id
+            assert {q.quantity for q in r.quantities if "@" not in q.quantity} == want, r.case.case_id
 
 
 def test_suite_covers_what_the_issue_lists():

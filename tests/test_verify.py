@@ -64,7 +64,8 @@ def test_suite_covers_what_the_issue_lists():
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_planted_bug_is_caught(bug):
     plugin = load_plugin(f"{PLANTED}:{bug}")
-    results = run_verify(backends=[plugin], cases=SUITE)
+    # The ONNX export cases are test_export.py's (they check the forward through another runtime).
+    results = run_verify(backends=[plugin], cases=[c for c in SUITE if c.check != "export"])
     assert failed(results)
     assert not [r for r in results if r.status == "error"], [r.message for r in results if r.status == "error"]
     failing = {q.quantity for r in results for q in r.failing}

@@ -1,9 +1,10 @@
 """Backends: the one interface (`Backend`) and the registry that finds them.
 
 Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
-(the operators' oracles run as a backend), `torchvision`, `mxnet` (own environment, worker
-process), `ext` (dcnbench's C++/CUDA kernels) and `ext-cuda-emu` (ext's CUDA kernels emulated on
-the CPU, `ext.emu`), and the reference rows `conv2d` and `roi_align`.
+(the operators' oracles run as a backend), `torchvision`, `mxnet` and `paddle` (own environments,
+worker processes), `onnxruntime` (an ONNX DeformConv graph), `ext` (dcnbench's C++/CUDA kernels),
+`ext-cuda-emu` (ext's CUDA kernels emulated on the CPU, `ext.emu`), and the reference rows `conv2d`
+and `roi_align`.
 The registry knows these by name, adds installed packages' entry points (group
 `dcnbench.backends`), and takes `--impl` plugins from the caller; the CLI never names a backend.
 """
@@ -21,7 +22,7 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "ext", "ext.emu", "conv2d", "roi_align")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,14 @@ class Backend:
     # device -> whether its results are bitwise independent of the thread count (a claim verify
     # --knobs holds it to).
     thread_invariant: Callable[[str], bool] | None = None
+    # () -> {custom op overload: onnxscript function}: how torch.onnx.export translates the
+    # backend's own torch ops (e.g. ext's) for the export check.
+    onnx_translations: Callable[[], Mapping] | None = None
+    # (case) -> (output, note): the export check run where the kernel lives (an isolated backend's
+    # worker); None runs it in this process.
+    onnx_exporter: Callable | None = None
+    # The WorkerClient serving an isolated backend (--impl, --isolate); None when it runs in this process.
+    worker: object | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:

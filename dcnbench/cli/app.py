@@ -10,7 +10,7 @@ try:
     import typer
 
     from dcnbench import __version__
-    from dcnbench.cli import backends, build, gate, report, speed, verify
+    from dcnbench.cli import backends, build, export_check, gate, report, speed, verify
 except KeyboardInterrupt:  # Ctrl-C while the CLI itself loads: one line, no traceback
     os.write(2, b"interrupted\n")  # os-level: nothing half-imported is needed to say it
     os._exit(130)
@@ -23,6 +23,7 @@ app.command("gate")(gate.command)
 app.command("report")(report.command)
 app.command("backends")(backends.command)
 app.command("build")(build.command)
+app.command("export-check")(export_check.command)
 
 
 def _version(value: bool) -> None:

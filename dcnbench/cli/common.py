@@ -30,6 +30,13 @@ CsvOpt = Annotated[Path | None, typer.Option("--csv", help="CSV path (default: r
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run only shard K of N of the cases, e.g. 2/4 (deterministic).")]
 OpOpt = Annotated[list[str] | None, typer.Option("--op", help=f"{', '.join(ops.names())} (repeatable). Default: all.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="JSON path (default: results/<command>-<time>.json).")]
+IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run every in-process backend (built-ins too) in a worker "
+                                          "process: a crash or hang costs one case, not the run.")]
+InProcessOpt = Annotated[bool, typer.Option("--in-process", help="Run --impl plugins in dcnbench's own process "
+                                            "(no worker start-up or transfer; a crash or hang takes the run down).")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Seconds any one wait on a worker process may take "
+                                                  "(default: 60 for plugins and --isolate, 300 for mxnet and paddle or "
+                                                  "their DCNBENCH_<NAME>_TIMEOUT).")]
 
 
 def user_errors(func):
@@ -102,6 +109,17 @@ def check_dtype(name: str) -> str:
 def plugin_op(op_names: list[str] | None) -> str | None:
     """The op an --impl plugin implements when it does not say: the one --op given, if exactly one."""
     return op_names[0] if op_names and len(op_names) == 1 else None
+
+
+def check_isolation(*, isolate: bool, in_process: bool, timeout: float | None) -> bool:
+    """Check the isolation options and set the worker time limit; whether plugins run in workers."""
+    if isolate and in_process:
+        raise UsageError("--isolate and --in-process contradict each other",
+                         hint="--isolate moves every backend into a worker; --in-process keeps plugins in this one")
+    from dcnbench.worker.settings import set_timeout
+
+    set_timeout(timeout)
+    return not in_process
 
 
 def stamp() -> str:

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from dcnbench import ops
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt,
-                                 check_count, check_device, check_dtype, check_seconds, check_seed, console, err_console,
-                                 output_paths, run_writing, user_errors)
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, InProcessOpt, IsolateOpt, JsonOpt,
+                                 SeedOpt, ShardOpt, TimeoutOpt, check_count, check_device, check_dtype, check_isolation,
+                                 check_seconds, check_seed, console, err_console, output_paths, run_writing, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.limits import DEFAULT_MAX_SAMPLES_PER_BIN, Limits, default_max_bytes, parse_size
 from dcnbench.limits import check as check_limits
@@ -37,8 +37,10 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
           threads: int | None = None, memory: bool = True, dcn: str = "v2", seed: int = 0,
           csv: Path | None = None, json: Path | None = None, shard: str | None = None, op: str | None = None,
           rois: Path | None = None, offset: Path | None = None, max_memory: str | None = None,
-          max_samples_per_bin: int = DEFAULT_MAX_SAMPLES_PER_BIN) -> int:
+          max_samples_per_bin: int = DEFAULT_MAX_SAMPLES_PER_BIN, isolate: bool = False, in_process: bool = False,
+          timeout: float | None = None) -> int:
     device = check_device(device)
+    isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
     if direction not in DIRECTIONS:
         raise UsageError(f"unknown --direction '{direction}'", hint=f"choose from: {', '.join(DIRECTIONS)}")
     if dcn not in ("v1", "v2"):
@@ -73,12 +75,16 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
 
     if threads is not None:
         torch.set_num_threads(threads)
-    plugins = load_plugins(impls, device, op)
+    plugins = load_plugins(impls, device, op, isolate=isolate_plugins)
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable", "reference"))
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
     if plugins and not backends:  # keep the reference rows
         chosen += registry.select(None, [], kinds=("reference",))[0]
+    if isolate:
+        from dcnbench.worker.isolation import isolate as in_worker
+
+        chosen = [in_worker(b) for b in chosen]
     names = [b.name for b in chosen]
     if baseline and baseline not in names:
         raise UsageError(f"--baseline '{baseline}' is not among the backends run ({', '.join(names)})",
@@ -155,6 +161,9 @@ def command(
     csv: CsvOpt = None,
     json: JsonOpt = None,
     shard: ShardOpt = None,
+    isolate: IsolateOpt = False,
+    in_process: InProcessOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Time backends side by side (interleaved), with the conv2d reference row, GFLOP/s and peak memory.
 
@@ -165,4 +174,5 @@ def command(
                            direction=direction, baseline=baseline or None, repeat=repeat, warmup_s=warmup,
                            threads=threads, memory=memory, dcn=dcn, seed=seed, csv=csv, json=json, shard=shard,
                            op=op, rois=rois, offset=offset, max_memory=max_memory,
-                           max_samples_per_bin=max_samples_per_bin))
+                           max_samples_per_bin=max_samples_per_bin, isolate=isolate, in_process=in_process,
+                           timeout=timeout))

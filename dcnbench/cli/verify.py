@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from dcnbench import ops
-from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
-                                 check_count, check_device, check_dtype, check_seconds, check_seed, console, err_console,
-                                 output_paths, plugin_op,
-                                 run_writing, user_errors)
+from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, InProcessOpt, IsolateOpt, JsonOpt, OpOpt,
+                                 SeedOpt, ShardOpt, TimeoutOpt, check_count, check_device, check_dtype, check_isolation,
+                                 check_seconds, check_seed, console, err_console, output_paths, plugin_op, run_writing,
+                                 user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
@@ -20,10 +20,12 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
            shard: str | None = None, knobs: bool = False, fuzz: int = 0, fuzz_time: float = 60.0,
-           case_json: str | None = None) -> int:
+           case_json: str | None = None, isolate: bool = False, in_process: bool = False,
+           timeout: float | None = None) -> int:
     """Run the suite (or `fuzz` random problems per operator, or the one case `case_json` names);
     returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
+    isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
     for d in dtypes or []:
         check_dtype(d)
     ops.check_ops(op_names)
@@ -35,7 +37,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     csv_path, json_path = (None, None) if list_cases else output_paths("verify", csv, json)
     if fuzz:
         return run_fuzz_command(backends=backends, impls=impls, device=device, op_names=op_names, examples=fuzz,
-                                seconds=fuzz_time, seed=seed, csv_path=csv_path, json_path=json_path)
+                                seconds=fuzz_time, seed=seed, csv_path=csv_path, json_path=json_path,
+                                isolate=isolate_plugins)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -56,8 +59,12 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         for c in chosen_cases:
             console.print(f"{c.case_id}  [dim]{c.op}, {c.check}, {c.variant}, offsets {c.offsets}[/]", highlight=False)
         return EXIT_OK
-    plugins = load_plugins(impls, device, plugin_op(op_names))
+    plugins = load_plugins(impls, device, plugin_op(op_names), isolate=isolate_plugins)
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
+    if isolate:
+        from dcnbench.worker.isolation import isolate as in_worker
+
+        chosen = [in_worker(b) for b in chosen]
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
     if not chosen:
@@ -92,7 +99,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     return EXIT_FAILED if failed(found, allow_nondeterministic) else EXIT_OK
 
 
-def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, seed, csv_path, json_path) -> int:
+def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, seed, csv_path, json_path,
+                     isolate: bool = True) -> int:
     """`verify --fuzz`: per operator and backend, how many problems ran and the smallest that failed."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -102,7 +110,7 @@ def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, se
     from dcnbench.fuzz import case_json, repro_command, run_fuzz
     from dcnbench.plugins import load_plugins
 
-    plugins = load_plugins(impls, device, plugin_op(op_names))
+    plugins = load_plugins(impls, device, plugin_op(op_names), isolate=isolate)
     chosen, skipped = registry.select(backends, plugins, kinds=("deformable",))
     for note in skipped:
         err_console.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True)
@@ -165,13 +173,18 @@ def command(
                                                   "for a failure).")] = None,
     knobs: Annotated[bool, typer.Option("--knobs", help="Also re-run every case under each setting of the backends' knobs "
                                         "(thread count, batch chunking) and require the same results.")] = False,
+    isolate: IsolateOpt = False,
+    in_process: InProcessOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
     Exit status: 0 nothing failed, 1 a case failed, errored or was nondeterministic, 2 usage error.
     With --impl and no --backend, only the plugins run; a plugin implements the one --op given
-    (or the op its function's `dcnbench_op` names; deform_conv2d otherwise).
+    (or the op its function's `dcnbench_op` names; deform_conv2d otherwise). Plugins run in a
+    worker process unless --in-process: a crash, hang or exit becomes that case's error row.
     """
     raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, op_names=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
-                            shard=shard, knobs=knobs, fuzz=fuzz, fuzz_time=fuzz_time, case_json=case_json))
+                            shard=shard, knobs=knobs, fuzz=fuzz, fuzz_time=fuzz_time, case_json=case_json,
+                            isolate=isolate, in_process=in_process, timeout=timeout))

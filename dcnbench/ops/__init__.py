@@ -41,6 +41,11 @@ def _load_builtins() -> None:
             register(importlib.import_module(f"dcnbench.ops.{name}").SPEC)
 
 
+def is_builtin(name: str) -> bool:
+    """Whether `name` is a built-in operator (one a fresh process knows without being told)."""
+    return name in _BUILTIN
+
+
 def all_ops() -> list[OpSpec]:
     _load_builtins()
     builtin = [_registry[n] for n in _BUILTIN]

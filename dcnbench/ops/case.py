@@ -37,7 +37,7 @@ class Case:
     offsets: str = "uniform"
     offset_scale: float = 1.0
     contiguous: bool = True
-    check: str = "oracle"  # "oracle", an identity the op's spec names, or "gradcheck"
+    check: str = "oracle"  # "oracle", an identity the op's spec names, "gradcheck", or "export" (onnx_export.py)
     seed: int = 0
     # Every sampling coordinate stays at least this far from the op's kinks, so gradients are
     # two-sided; None leaves coordinates as drawn (identities need integers).

@@ -83,6 +83,9 @@ class OpSpec:
     file_inputs: tuple[str, ...] = ()
     geometry_for_files: Callable | None = None  # (geometry, {name: path}) -> geometry
     check_files: Callable | None = None  # (case) -> None; raises UsageError
+    # The ONNX export check (onnx_export.py): (case, callable) -> (torch.nn.Module around the
+    # callable, its call's arguments), for the cases whose `check` is "export"; None: no such check.
+    export_layer: Callable | None = None
 
     @property
     def quantities(self) -> tuple[str, ...]:

@@ -125,6 +125,7 @@ def backend() -> Backend:
         knobs=knobs,
         thread_invariant=lambda device: device == "cpu",
         workload_unsupported=_group_ops_unsupported,
+        onnx_translations=_onnx_translations,
     )
 
 
@@ -147,3 +148,10 @@ def batch_chunk(op: str, geometry) -> int | None:
         return None
     per_image = max(1, geometry.c * geometry.taps * geometry.ho * geometry.wo)
     return max(1, CPU_COLUMN_BUDGET // per_image)
+
+
+def _onnx_translations() -> dict:
+    """How torch.onnx.export writes ext's ops (onnx.py): deform_conv2d as one DeformConv node."""
+    from dcnbench.backends.ext import onnx
+
+    return onnx.translations()

@@ -1,7 +1,7 @@
 """MXNet's contrib operators, the authors' lineage, in their own environment behind a worker.
 
 MXNet 1.9.1 needs numpy < 1.24, so it lives in `.venv-mxnet` (`make mxnet-env`) and runs in a
-worker process (worker.py) that this module drives through client.py. DCNv1 maps to
+worker process: dcnbench's generic worker (dcnbench/worker/) loading framework.py. DCNv1 maps to
 DeformableConvolution, which samples the border by rule C; DCNv2 maps to
 ModulatedDeformableConvolution (rule Z), whose backward MXNet implements on the GPU only;
 deform_psroi_pool maps to DeformablePSROIPooling (forward and backward on the CPU). MXNet has
@@ -10,35 +10,37 @@ no mmcv-style deform_roi_pool.
 
 from __future__ import annotations
 
-import atexit
-import itertools
-import weakref
 import os
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from dcnbench.backends import Backend
-from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
 from dcnbench.ops.case import cotangent
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry, check_call
 from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
+from dcnbench.worker.client import WorkerClient, WorkerEnv
+from dcnbench.worker.shared import FrameworkWorker
 
 OP_DEFORM_CONV2D, OP_DEFORM_ROI_POOL, OP_DEFORM_PSROI_POOL = "deform_conv2d", "deform_roi_pool", "deform_psroi_pool"
 
 NAME = "mxnet"
 DTYPES = ("float64", "float32")
-FIX = "create it with `make mxnet-env` (mxnet==1.9.1, numpy==1.23.5 in .venv-mxnet)"
+HERE = Path(__file__).resolve().parent
+# Seconds any wait on the worker may take (start-up, each request) before it counts as hung
+# (DCNBENCH_MXNET_TIMEOUT or --timeout overrides).
+DEFAULT_TIMEOUT_S = 300.0
+ENV = WorkerEnv(name=NAME, label="MXNet", framework=HERE / "framework.py", requirements=HERE / "requirements.txt",
+                distribution="mxnet", pinned="mxnet==1.9.1, numpy==1.23.5", default_timeout_s=DEFAULT_TIMEOUT_S)
+FIX = ENV.fix()
 EMPTY_BATCH = "MXNet 1.9.1 dies with SIGFPE on an empty batch (N=0); dcnbench does not send it one"
 DCNV2_CPU_BACKWARD = "MXNet implements the DCNv2 (ModulatedDeformableConvolution) backward on the GPU only"
-# Seconds one request may take before the worker counts as hung (DCNBENCH_MXNET_TIMEOUT overrides).
-DEFAULT_TIMEOUT_S = 300.0
+NONFINITE = ("rois or trans hold NaN or infinity: MXNet's DeformablePSROIPooling turns them into memory indices "
+             "(it dies with SIGSEGV), so dcnbench does not send them; the operator is undefined there")
 
 
 def env_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / ".venv-mxnet"
+    return ENV.venv
 
 
 def python() -> Path:
@@ -51,40 +53,29 @@ def installed_version() -> str | None:
     """mxnet's version from the worker environment's metadata, without starting it."""
     for site in python().parent.parent.glob("lib/python*/site-packages"):
         for dist in site.glob("mxnet-*.dist-info"):
-            return dist.name.split("-")[1]
+            return dist.name.removesuffix(".dist-info").split("-", 1)[1]
     return None
 
 
-def _timeout() -> float:
-    return float(os.environ.get("DCNBENCH_MXNET_TIMEOUT", DEFAULT_TIMEOUT_S))
+_worker = FrameworkWorker(ENV, python)
 
-
-_client: WorkerClient | None = None
+# Load client.py (the by-hand client) now, so that the function below, not the submodule, is `client`.
+from dcnbench.backends.mxnet import client as _by_hand  # noqa: E402, F401
 
 
 def client() -> WorkerClient:
     """The worker shared by this run (started on first use, restarted after a failure)."""
-    global _client
-    if _client is None:
-        _client = WorkerClient(python(), _timeout(), torch.get_num_threads())
-        atexit.register(_client.close)
-    return _client
+    return _worker.client()
 
 
 @lru_cache(maxsize=1)
 def check() -> str | None:
     """Start the worker once; None when it says hello, else why the environment is broken."""
-    try:
-        client().request({"cmd": "release", "call": -1})
-    except WorkerError as exc:
-        return f"the MXNet environment is broken: {exc}"
-    return None
+    return _worker.check()
 
 
 def environment() -> str:
-    hello = client().hello or {}
-    return (f"worker {python()}: mxnet {hello.get('mxnet')}, numpy {hello.get('numpy')}, "
-            f"{hello.get('gpus')} GPUs, protocol {hello.get('protocol')}")
+    return _worker.environment()
 
 
 def params_of(geo) -> dict:
@@ -102,53 +93,12 @@ def _params_for(case) -> dict:
     return params_of(case.geometry) if case.op == OP_DEFORM_CONV2D else psroi_params_of(case.geometry, case.no_offset)
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().contiguous().numpy()
-
-
-_calls = itertools.count()
-
-
-class _MXNetCall(torch.autograd.Function):
-    """One MXNet operator call as a torch op: tensors go to the worker, gradients come back."""
-
-    @staticmethod
-    def forward(ctx, params, device, grad_enabled, refused, names, *tensors):
-        named = dict(zip(names, tensors))
-        arrays = {k: _numpy(v) for k, v in named.items() if v is not None}
-        ctx.backward_refused = refused
-        # needs_input_grad ignores no_grad(), so the caller's grad mode comes in as an argument.
-        record = grad_enabled and any(ctx.needs_input_grad[5:]) and refused is None
-        ctx.call = next(_calls)
-        ctx.names = names
-        c = client()
-        _, out = c.request({"cmd": "forward", "params": params, "device": device, "record": record,
-                            "call": ctx.call}, arrays)
-        if record:
-            # When torch frees this graph node, the worker may free its graph (told on the next request).
-            weakref.finalize(ctx, c.to_release.append, ctx.call)
-        return torch.from_numpy(out["output"]).to(tensors[0].device)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.backward_refused:
-            raise RuntimeError(ctx.backward_refused)
-        _, grads = client().request({"cmd": "backward", "call": ctx.call}, {"cotangent": _numpy(grad)})
-        dev = grad.device
-
-        def g(name):
-            key = f"grad_{name}"
-            return torch.from_numpy(grads[key]).to(dev) if key in grads else None
-
-        return (None,) * 5 + tuple(g(name) for name in ctx.names)
-
-
 def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
     geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
     device = input.device.type
     refused = DCNV2_CPU_BACKWARD if mask is not None and device == "cpu" else None
-    return _MXNetCall.apply(params_of(geo), device, torch.is_grad_enabled(), refused,
-                            ("input", "offset", "weight", "mask", "bias"), input, offset, weight, mask, bias)
+    return _worker.call(params_of(geo), device, refused, ("input", "offset", "weight", "mask", "bias"),
+                        input, offset, weight, mask, bias)
 
 
 def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
@@ -156,8 +106,10 @@ def deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
     geo = check_psroi_pool_call(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
                                 sample_per_part, trans_std, no_trans)
     trans = None if no_trans else trans
-    return _MXNetCall.apply(psroi_params_of(geo, no_trans), input.device.type, torch.is_grad_enabled(), None,
-                            ("input", "rois", "offset"), input, rois, trans)
+    if not all(t is None or bool(t.detach().isfinite().all()) for t in (rois, trans)):
+        raise ValueError(NONFINITE)
+    return _worker.call(psroi_params_of(geo, no_trans), input.device.type, None, ("input", "rois", "offset"),
+                        input, rois, trans)
 
 
 def backward_unsupported(case, device: str) -> str | None:
@@ -173,43 +125,19 @@ def workload_unsupported(geometry, device: str) -> str | None:
     return NO_ROIS if geometry.op == OP_DEFORM_PSROI_POOL and geometry.rois == 0 else None
 
 
-class SelfTimed:
-    """Samples timed inside the worker (mx.nd.waitall() around the call), so the pipe costs nothing."""
-
-    def __init__(self, case, direction: str, device: str):
-        params = _params_for(case)
-        arrays = {k: _numpy(v) for k, v in case.inputs("cpu").items()
-                  if not (k == "offset" and params.get("no_trans"))}
-        arrays["cotangent"] = _numpy(cotangent(case))  # the one in-process backends get
-        self.header = {"cmd": "time", "case": case.digest(), "params": params, "device": device,
-                       "direction": direction}
-        self.arrays = arrays
-        self._sent_to = None  # the worker process that holds the arrays
-        if direction != "fwd" and backward_unsupported(case, device):
-            raise RuntimeError(DCNV2_CPU_BACKWARD)
-
-    def sample(self) -> float:
-        # The arrays travel once per worker process; later samples reuse the worker's copy.
-        c = client()
-        if c.proc is None:
-            c.start()
-        reply, _ = c.request(self.header, self.arrays if self._sent_to is not c.proc else None)
-        self._sent_to = c.proc
-        return float(reply["ms"])
-
-    def peak_bytes(self) -> tuple[int | None, str]:
-        """Peak-RSS growth over one call in a fresh worker, like the other CPU backends."""
-        fresh = WorkerClient(python(), _timeout(), torch.get_num_threads())
-        try:
-            reply, _ = fresh.request(dict(self.header, memory=True), self.arrays)
-            return reply.get("peak_bytes"), ""
-        except WorkerError as exc:
-            return None, str(exc)
-        finally:
-            fresh.close()
+def self_timed(case, direction: str, device: str):
+    """Samples timed inside the worker (mx.nd.waitall() closes the timed region), so the pipe costs nothing."""
+    if direction != "fwd" and backward_unsupported(case, device):
+        raise RuntimeError(DCNV2_CPU_BACKWARD)
+    params = _params_for(case)
+    arrays = {k: v for k, v in case.inputs("cpu").items() if not (k == "offset" and params.get("no_trans"))}
+    arrays["cotangent"] = cotangent(case)  # the one in-process backends get
+    return _worker.self_timed({"case": case.digest(), "params": params, "device": device, "direction": direction},
+                              arrays)
 
 
 def backend() -> Backend:
+    ENV.check_settings()  # a malformed DCNBENCH_MXNET_TIMEOUT is a usage error before any work
     version = installed_version()
     if not python().exists() or version is None:
         return Backend(name=NAME, description="", ops={}, dtypes={},
@@ -229,6 +157,6 @@ def backend() -> Backend:
         backward_unsupported=backward_unsupported,
         workload_unsupported=workload_unsupported,
         check=check,
-        self_timed=SelfTimed,
+        self_timed=self_timed,
         environment=environment,
     )

@@ -6,6 +6,7 @@
     oracle.py      the float64 oracle (rules Z and C)
     references.py  identities with conv2d, and the conv2d reference row
     fuzz.py        the strategy `verify --fuzz` draws problems from
+    onnx.py        the ONNX DeformConv node, and the layer the export check exports
 """
 
 from dcnbench.ops.deform_conv2d.contract import OP, PRESETS, ConvGeometry, SHAPE_EXAMPLE, SHAPE_GRAMMAR, SIGNATURE, parse_shape
@@ -34,6 +35,8 @@ SPEC = OpSpec(
         "integer_offset": Reference(lazy(f"{_HERE}.references:shifted_conv2d"), _IDENTITY_QUANTITIES),
         "zero_mask": Reference(lazy(f"{_HERE}.references:bias_only"),
                                ("output", "grad_input", "grad_offset", "grad_weight", "grad_bias")),
+        # The ONNX export check: the exported model's output against the float64 oracle.
+        "export": Reference(lazy(f"{_HERE}.onnx:oracle_for"), ("output",)),
     },
     rules=("Z", "C"),
     band_outputs=lazy(f"{_HERE}.oracle:band_outputs"),
@@ -42,4 +45,5 @@ SPEC = OpSpec(
     flops=lambda geometry: geometry.conv_flops(),
     cost=lazy(f"{_HERE}.workloads:cost"),
     fuzz=lazy(f"{_HERE}.fuzz:cases"),
+    export_layer=lazy(f"{_HERE}.onnx:export_layer"),
 )

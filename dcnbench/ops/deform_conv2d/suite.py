@@ -87,6 +87,18 @@ _GRADCHECK: dict[str, tuple[int, ConvGeometry, dict]] = {
 }
 
 
+# The ONNX export check (onnx_export.py): a small layer around each backend's kernel exported with
+# torch.onnx.export and run in onnxruntime, on samples in the border bands, asymmetric stride,
+# padding and dilation, groups and offset groups; DCNv2 with bias, and DCNv1 without (ONNX's
+# optional inputs, an inner one left out).
+_EXPORT: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "export-v2-border-asym-groups2-og2": (800, _geo(c=8, h=10, w=11, o=6, stride=(2, 1), pad=(1, 2), dil=(1, 2), groups=2, og=2),
+                                          {"check": "export", "offsets": "border"}),
+    "export-v1-nobias-border-2x3": (1800, _geo(h=9, w=8, kh=2, kw=3, stride=(1, 2), pad=(0, 1), dil=(2, 1), og=2),
+                                    {"check": "export", "offsets": "border", "mask": False, "bias": False}),
+}
+
+
 def default_suite(seed: int = 0) -> list[ConvCase]:
     cases = []
     for name, (offset, geo, opts) in _GEOMETRIES.items():
@@ -100,4 +112,7 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
     for name, (offset, geo, opts) in (_GRADCHECK | _COMPILE).items():
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, **opts))
+    for name, (offset, geo, opts) in _EXPORT.items():
+        base = ConvCase(name=name, geometry=geo, seed=seed + offset, **opts)
+        cases += [replace(base, dtype=d) for d in ("float64", "float32")]
     return cases

@@ -1,0 +1,76 @@
+"""`onnxruntime`: deform_conv2d as one ONNX `DeformConv` node (opset 19) run by ONNX Runtime's CPU provider.
+
+The deployment runtime's own kernel, forward only (ONNX Runtime has no gradient for DeformConv).
+It runs in dcnbench's process: onnxruntime, onnx and onnxscript resolve next to torch and numpy 2
+in uv.lock, and the export check needs them here anyway (torch.onnx.export runs beside torch).
+`--isolate` moves it into a worker like any in-process backend. Sessions are cached per geometry,
+dtype and optional inputs; onnxruntime uses torch's thread count, and its idle threads sleep.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from dcnbench.backends import Backend
+from dcnbench.ops.deform_conv2d import onnx as dconv_onnx
+from dcnbench.ops.deform_conv2d.contract import check_call
+
+NAME = "onnxruntime"
+OP = "deform_conv2d"
+DTYPES = ("float64", "float32", "float16")
+NO_BACKWARD = "onnxruntime runs ONNX DeformConv for inference only: it has no gradient kernel for it"
+_SESSIONS: OrderedDict = OrderedDict()
+_KEEP = 32
+
+
+def _session(geo, dtype: str, has_bias: bool, has_mask: bool):
+    import onnxruntime as ort
+
+    threads = torch.get_num_threads()
+    key = (geo.kh, geo.kw, geo.stride, geo.padding, geo.dilation, geo.groups, geo.offset_groups, dtype, has_bias,
+           has_mask, threads)
+    if key not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep
+        options.log_severity_level = 4  # errors come back as exceptions; its own log would repeat them on stderr
+        model = dconv_onnx.model(geo, dtype, has_bias, has_mask)
+        _SESSIONS[key] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        while len(_SESSIONS) > _KEEP:
+            _SESSIONS.popitem(last=False)
+    _SESSIONS.move_to_end(key)
+    return _SESSIONS[key]
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    geo = check_call(input, offset, weight, bias, stride, padding, dilation, mask)
+    if input.device.type != "cpu":
+        raise RuntimeError("dcnbench runs onnxruntime with its CPU provider only")
+    dtype = str(input.dtype).removeprefix("torch.")
+    session = _session(geo, dtype, bias is not None, mask is not None)
+    (out,) = session.run(None, dconv_onnx.feeds(input, offset, weight, bias, mask))
+    return torch.from_numpy(out)
+
+
+def backward_unsupported(case, device: str) -> str | None:
+    return NO_BACKWARD
+
+
+def backend() -> Backend:
+    import onnxruntime as ort
+
+    return Backend(
+        name=NAME,
+        description=f"onnxruntime {ort.__version__} CPU provider running one ONNX DeformConv node (opset {dconv_onnx.OPSET})",
+        ops={OP: deform_conv2d},
+        dtypes={"cpu": DTYPES},
+        unsupported_reasons={"cuda": "dcnbench runs onnxruntime with its CPU provider (this build has no CUDA provider)",
+                             "bfloat16": "ONNX DeformConv-19 has no bfloat16 (opset 22 names it; onnxruntime has no kernel)",
+                             "deform_roi_pool": "ONNX has no deformable RoI pooling operator",
+                             "deform_psroi_pool": "ONNX has no deformable RoI pooling operator"},
+        version=ort.__version__,
+        backward_unsupported=backward_unsupported,
+    )

@@ -1,0 +1,66 @@
+"""The onnxruntime backend: one ONNX DeformConv node (opset 19) on the CPU provider, forward only."""
+
+import onnx
+import pytest
+import torch
+from torchvision.ops import deform_conv2d as tv
+
+from dcnbench.backends import get
+from dcnbench.ops.deform_conv2d import onnx as dconv_onnx
+from dcnbench.ops.deform_conv2d.contract import parse_shape
+from dcnbench.speed import SpeedCase, run_speed
+from dcnbench.verify import default_suite, run_verify
+
+SUITE = {c.case_id: c for c in default_suite()}
+
+
+@pytest.fixture(scope="module")
+def ort():
+    backend = get("onnxruntime")
+    assert backend.unavailable is None, backend.unavailable
+    return backend
+
+
+def test_the_graph_is_one_valid_deformconv_node():
+    geo = SUITE["asymmetric-2x3-s21-p10-d12/float64"].geometry
+    for bias, mask in ((True, True), (False, True), (True, False), (False, False)):
+        model = dconv_onnx.model(geo, "float32", bias, mask)
+        onnx.checker.check_model(model, full_check=True)
+        (node,) = model.graph.node
+        assert node.op_type == "DeformConv" and len([i for i in node.input if i]) == 3 + bias + mask
+        if mask and not bias:
+            assert list(node.input) == ["X", "W", "offset", "", "mask"]  # an inner optional input left out by name
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_outputs_match_the_oracle_in_the_bands_and_gradients_are_unsupported(ort, dtype):
+    ids = [f"{c}/{dtype}" for c in ("border-heavy", "groups2-offset-groups4", "v1")]
+    if dtype != "float16":
+        ids += [f"{c}/{dtype}" for c in ("band-low-v1", "band-high-v2", "asymmetric-2x3-s21-p10-d12", "batch0", "v1-nobias")]
+    for r in run_verify(backends=[ort], cases=[SUITE[i] for i in ids]):
+        assert r.status == "pass", (r.case.case_id, r.message)
+        output, *grads = r.quantities
+        assert output.quantity == "output" and output.ok and not output.unsupported
+        assert grads and all(q.unsupported.startswith("onnxruntime runs ONNX DeformConv for inference only") for q in grads)
+
+
+def test_float64_is_torchvisions_bit_for_bit(ort):
+    case = SUITE["border-heavy/float64"]
+    t = case.inputs()
+    args = (t["input"], t["offset"], t["weight"], t["bias"])
+    kw = dict(stride=case.geometry.stride, padding=case.geometry.padding, dilation=case.geometry.dilation, mask=t["mask"])
+    assert torch.equal(ort.ops["deform_conv2d"](*args, **kw), tv(*args, **kw))
+
+
+def test_unsupported_rows_carry_their_reason(ort):
+    found = {r.case.case_id: r for r in run_verify(backends=[ort], cases=[SUITE["v2/bfloat16"], SUITE["gradcheck-v2/float64"]])}
+    assert found["v2/bfloat16"].status == "unsupported" and "bfloat16" in found["v2/bfloat16"].message
+    assert found["gradcheck-v2/float64"].status == "unsupported" and "inference only" in found["gradcheck-v2/float64"].message
+
+
+def test_speed_times_the_forward_and_refuses_the_backward(ort):
+    shape = parse_shape("1,8,12,12:8,3,3")
+    fwd, bwd = run_speed(backends=[ort], cases=[SpeedCase(shape, direction="fwd"), SpeedCase(shape, direction="fwdbwd")],
+                         repeat=3, warmup_s=0, measure_memory=False)
+    assert fwd.status == "ok" and len(fwd.measurement.samples_ms) == 3
+    assert bwd.status == "unsupported" and "inference only" in bwd.message
