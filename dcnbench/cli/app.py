@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dcnbench import __version__
-from dcnbench.cli import backends, build, gate, report, speed, verify
+from dcnbench.cli import backends, build, gate, repro, report, speed, verify
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Verify and benchmark deformable convolution and deformable RoI pooling implementations.")
@@ -15,6 +15,7 @@ app.command("verify")(verify.command)
 app.command("speed")(speed.command)
 app.command("gate")(gate.command)
 app.command("report")(report.command)
+app.command("repro")(repro.command)
 app.command("backends")(backends.command)
 app.command("build")(build.command)
 

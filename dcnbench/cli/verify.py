@@ -8,24 +8,35 @@ from typing import Annotated
 import typer
 
 from dcnbench import ops
+from dcnbench.cli.progress import LateProgress
+from dcnbench.cli.repro import save_repro_bundles
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
                                  check_device, check_dtype, console, err_console, plugin_op, stamp, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
 
+def check_show(show: str) -> str:
+    from dcnbench.render import SHOW_CHOICES
+
+    if show not in SHOW_CHOICES:
+        raise UsageError(f"unknown --show '{show}'", hint=f"choose from: {', '.join(SHOW_CHOICES)}")
+    return show
+
+
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
-           shard: str | None = None) -> int:
+           shard: str | None = None, show: str = "failures", save_failures: Path | None = None) -> int:
     """Run the suite; returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
+    show = check_show(show)
+    if save_failures is not None and save_failures.exists() and not save_failures.is_dir():
+        raise UsageError(f"--save-failures '{save_failures}' is a file, not a folder", hint="give a folder (created if missing)")
     for d in dtypes or []:
         check_dtype(d)
     ops.check_ops(op_names)
     shard_spec = parse_shard(shard)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dcnbench import backends as registry
     from dcnbench import render, results
@@ -46,18 +57,12 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     if not chosen:
         raise UsageError("no backend to verify", hint="run `dcnbench backends` to see why each is unavailable")
 
-    total = len(chosen_cases) * len(chosen)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        task = progress.add_task("verify", total=total)
+    with LateProgress(err_console, len(chosen_cases) * len(chosen), "verify") as bar:
         found = run_verify(backends=chosen, cases=chosen_cases, device=device,
-                           on_result=lambda r: progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}"))
+                           on_result=lambda r: bar.advance(f"{r.backend} {r.case.case_id}"))
 
-    console.print(render.verify_table(found))
-    for extra in (render.dialect_table(found), render.problems_table(found)):
-        if extra is not None:
-            console.print(extra)
-    console.print(render.verify_summary(found))
+    for part in render.verify_report(found, show):
+        console.print(part, highlight=False)
     for b in chosen:
         if b.mode:
             console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)
@@ -68,6 +73,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     results.write_csv(csv_path, results.verify_rows(found, env))
     results.write_json(json_path, "verify", env, found)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
+    if save_failures is not None:
+        save_repro_bundles(found, save_failures, device=device, env=env, impls=impls)
     return EXIT_FAILED if failed(found, allow_nondeterministic) else EXIT_OK
 
 
@@ -85,6 +92,11 @@ def command(
     allow_nondeterministic: Annotated[bool, typer.Option("--allow-nondeterministic", help="Do not fail the run on a nondeterministic backward.")] = False,
     list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
     shard: ShardOpt = None,
+    show: Annotated[str, typer.Option("--show", help="After the summary: failures (every result that did not pass, one line "
+                                      "each), all (and the full case x backend matrix) or none.")] = "failures",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Same as --show all.")] = False,
+    save_failures: Annotated[Path | None, typer.Option("--save-failures", help="Write a repro bundle per failing case x backend "
+                                                       "into this folder (re-run one with `dcnbench repro FILE`).")] = None,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
@@ -94,4 +106,4 @@ def command(
     """
     raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, op_names=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
-                            shard=shard))
+                            shard=shard, show="all" if verbose else show, save_failures=save_failures))
