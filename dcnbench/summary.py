@@ -21,7 +21,8 @@ def _reference(settings: Settings) -> str:
 
 
 def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, baseline_env: dict,
-                  candidate_name: str, candidate_env: dict) -> str:
+                  candidate_name: str, candidate_env: dict, oracle: bool = False) -> str:
+    """`oracle`: correctness was judged against the oracle (gate --against), not only a stored baseline."""
     lines = [f"## dcnbench gate: {decision.headline}", "",
              f"Baseline: `{baseline_name}` ({_describe(baseline_env)})  ",
              f"Candidate: {candidate_name} ({_describe(candidate_env)})", ""]
@@ -31,11 +32,14 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
 
     lines.append("### Correctness (hard gate)")
     if decision.regressions:
-        lines += [f"{len(decision.regressions)} case(s) passed in the baseline and do not now:", "",
+        what = "fail against the oracle, or passed in the stored baseline and do not now" if oracle else \
+            "passed in the baseline and do not now"
+        lines += [f"{len(decision.regressions)} case(s) {what}:", "",
                   "| case | backend | was | now | what fails |", "|---|---|---|---|---|"]
         lines += [f"| {c.case_id} | {c.backend} | {c.was} | **{c.now}** | {c.detail} |" for c in decision.regressions]
     else:
-        lines.append(f"All {decision.correctness_checked} case×backend results that passed in the baseline still pass.")
+        lines.append(f"All {decision.correctness_checked} case×backend results that ran pass against the oracle." if oracle else
+                     f"All {decision.correctness_checked} case×backend results that passed in the baseline still pass.")
     if decision.correctness_not_comparable:
         lines.append(f"{len(decision.correctness_not_comparable)} not comparable (not run, or the case changed).")
     lines.append("")

@@ -125,6 +125,11 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
     return decision.exit_code
 
 
+def _check_settings(factor: float, alpha: float, noise: float) -> None:
+    if factor <= 1 or not 0 < alpha < 1 or noise <= 0:
+        raise UsageError("--factor must be > 1, --alpha in (0, 1) and --noise > 0", hint="e.g. --factor 1.1 --alpha 0.01")
+
+
 def _overrides(items: list[str] | None) -> tuple[tuple[str, float], ...]:
     found = []
     for item in items or []:
@@ -156,22 +161,41 @@ def command(
     performance: Annotated[str, typer.Option("--performance", help="gate, report-only (print, never fail) or off.")] = "gate",
     correctness: Annotated[bool, typer.Option("--correctness/--no-correctness", help="Run the hard correctness gate.")] = True,
     summary: Annotated[Path | None, typer.Option("--summary", help="Also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", help="With --write-baseline: timed samples per backend (gate runs reuse it).")] = 20,
-    warmup: Annotated[float, typer.Option("--warmup", help="With --write-baseline: warm-up seconds per backend (gate runs reuse it).")] = 3.0,
-    dcn: Annotated[str, typer.Option("--dcn", help="With --write-baseline: v2 or v1.")] = "v2",
+    repeat: Annotated[int, typer.Option("--repeat", help="With --write-baseline: timed samples per backend (gate runs reuse it); "
+                                        "with --against: samples per backend per side, over all rounds.")] = 20,
+    warmup: Annotated[float | None, typer.Option("--warmup", help="Warm-up seconds per backend: with --write-baseline (default 3, "
+                                                 "gate runs reuse it), with --against per run (default 1).")] = None,
+    dcn: Annotated[str, typer.Option("--dcn", help="With --write-baseline or --against: v2 or v1.")] = "v2",
+    against: Annotated[str | None, typer.Option("--against", help="Build this git revision (branch, tag, commit) in a worktree "
+                                                "with its own environment and time it against the working tree, "
+                                                "interleaved, in this job.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="With --against: runs per side, base and head alternating.")] = 5,
 ) -> None:
-    """Compare a run with a baseline: hard correctness gate, statistical performance gate.
+    """Compare a run with a baseline, or the working tree with a git revision built and timed now (--against):
+    hard correctness gate, statistical performance gate.
 
     Exit status: 0 pass, 1 correctness regression, 2 usage error, 3 performance regression,
     4 measurements too noisy to decide.
     """
     if write_baseline_to:
         raise typer.Exit(write_baseline(path=write_baseline_to, shapes=shape, presets=preset, backends=backend, impls=impl,
-                                        reference=reference, repeat=repeat, warmup_s=warmup, dcn=dcn))
+                                        reference=reference, repeat=repeat, warmup_s=3.0 if warmup is None else warmup, dcn=dcn))
+    if against is not None:
+        if candidates:
+            raise UsageError("--against measures both revisions now: it takes no results files",
+                             hint="drop the files, or gate them with --baseline FILE instead")
+        _check_settings(factor, alpha, noise)
+        from dcnbench import gate as g
+        from dcnbench.cli.gate_against import gate_against
+
+        settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
+        raise typer.Exit(gate_against(rev=against, shapes=shape, presets=preset, backends=backend, impls=impl, settings=settings,
+                                      performance=performance, correctness=correctness, baseline=baseline, summary=summary,
+                                      rounds=rounds, repeat=repeat, warmup_s=1.0 if warmup is None else warmup, dcn=dcn,
+                                      default_shape=DEFAULT_GATE_SHAPE))
     if baseline is None:
         raise UsageError("no --baseline given", hint="pass --baseline FILE, or create one with --write-baseline FILE")
-    if factor <= 1 or not 0 < alpha < 1 or noise <= 0:
-        raise UsageError("--factor must be > 1, --alpha in (0, 1) and --noise > 0", hint="e.g. --factor 1.1 --alpha 0.01")
+    _check_settings(factor, alpha, noise)
     from dcnbench import gate as g
 
     settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
