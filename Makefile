@@ -13,8 +13,10 @@ SYNCED := $(VENV)/.synced
 MXNET_VENV := .venv-mxnet
 MXNET_SYNCED := $(MXNET_VENV)/.synced
 DCNBENCH := $(VENV)/bin/dcnbench
+# Debian's Chromium opens the generated HTML report in the browser tests (tests/test_report_browser.py).
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: help env mxnet-env demo test gpu-check clean
+.PHONY: help env mxnet-env chromium demo test example-report gpu-check clean
 .DEFAULT_GOAL := help
 
 help:
@@ -22,6 +24,8 @@ help:
 	@echo "make test   create the environment and run the tests"
 	@echo "make gpu-check   on a GPU machine: build ext for CUDA, verify on CUDA, time the presets (to \$$OUT)"
 	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
+	@echo "make chromium    install Debian's chromium (as root) for the browser test of the HTML report"
+	@echo "make example-report   regenerate reports/example/ from one run of every backend and operator, check it in Chromium"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -40,6 +44,14 @@ env: $(SYNCED)
 
 mxnet-env: $(MXNET_SYNCED)
 
+# Installed from Debian's packages when missing (CI runs as root on a fresh machine).
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then echo "Chromium is missing at $(CHROMIUM): as root, apt-get install chromium (or set CHROMIUM=...)"; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM)
+
 demo: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) backends
 	$(DCNBENCH) verify
@@ -47,12 +59,18 @@ demo: $(SYNCED) $(MXNET_SYNCED)
 	$(DCNBENCH) speed --preset faster-rcnn --repeat 3 --warmup 0.3
 
 # Every CUDA source compiled with nvcc (no GPU here, so objects only: a broken .cu fails CI), the
-# tests, then the project's own gate against the committed baseline: correctness is hard,
-# performance is printed only (a shared machine is too noisy to fail CI on).
-test: $(SYNCED) $(MXNET_SYNCED)
+# tests (the browser test of the HTML report must run, not skip), then the project's own gate against
+# the committed baseline: correctness is hard, performance is printed only (a shared machine is too
+# noisy to fail CI on).
+test: $(SYNCED) $(MXNET_SYNCED) $(CHROMIUM)
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
-	$(VENV)/bin/pytest
+	DCNBENCH_REQUIRE_BROWSER=1 DCNBENCH_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest
 	$(DCNBENCH) gate --baseline reports/baseline-cpu.json --performance report-only --summary results/gate-summary.md
+
+# One verify run and one speed run of every available backend on every registered operator's default
+# preset, reports/example/ written from them, and the page checked in Chromium (screenshot in results/).
+example-report: $(SYNCED) $(MXNET_SYNCED) $(CHROMIUM)
+	DCNBENCH_CHROMIUM=$(CHROMIUM) bash benchmarks/example_report.sh
 
 # On a GPU machine with torch preinstalled (no uv, no network): PYTHONPATH=. with its python3.
 gpu-check:

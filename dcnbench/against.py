@@ -1,11 +1,11 @@
 """`gate --against REV`: a git revision (the base) and the working tree (the head) timed in one job.
 
 A stored timing baseline only compares on the machine that wrote it; hosted CI runners change
-CPU model from job to job. So the base is built here, now: a git worktree of REV (cached under
-`.cache/gate/<commit>`, so its `ext` build is cached by revision too) with its own environment
-from REV's own uv.lock (`uv sync --frozen`: quick from uv's cache). Both sides are driven through
+CPU model from job to job. So the base is built here, now: a git worktree of REV (kept under
+`.cache/gate/<commit>` for the next run) with its own environment from REV's own uv.lock
+(`uv sync --frozen`: quick from uv's cache). Both sides are driven through
 their own CLI (`dcnbench speed ... --json`), never imported, so a base from before a refactor of
-the code still runs. The two take turns in short runs, base first in odd rounds and head first
+the code still runs; both build `ext` into one cache keyed by the kernels' content. The two take turns in short runs, base first in odd rounds and head first
 in even ones (ABBA...), so a drift of a shared machine (another job, throttling) lands on both;
 each run interleaves its backends round-robin as `speed` always does, so every sample has a
 reference sample from the same moment. The samples of all runs of a side are then merged into
@@ -52,6 +52,7 @@ class Plan:
     warmup_s: float
     threads: int
     workload_args: tuple[str, ...]  # --shape/--preset/--backend/--dcn ..., as given to `speed`
+    root: Path  # the head's checkout (its .cache holds the ext builds)
 
 
 def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -178,8 +179,13 @@ def head_impls(impls: list[str]) -> tuple[str, ...]:
     return tuple(f"{name or func}={path.resolve()}:{func}" for name, path, func in map(parse_impl, impls))
 
 
-def _side_env() -> dict:
-    return _clean_env() | {"NO_COLOR": "1", "COLUMNS": "250"}
+def _side_env(root: Path) -> dict:
+    """A side's environment. Both sides build `ext` into the head's content-keyed cache (a folder per
+    torch version and source digest), so a base whose kernels equal the head's reuses its build, and
+    any other is built once per content, across worktrees and CI jobs (a revision that predates the
+    variable builds in its own worktree, cached with it)."""
+    cache = os.environ.get("DCNBENCH_EXT_BUILD_DIR") or str(root / ".cache" / "ext")
+    return _clean_env() | {"NO_COLOR": "1", "COLUMNS": "250", "DCNBENCH_EXT_BUILD_DIR": cache}
 
 
 def run_once(side: Side, plan: Plan, out: Path) -> Path:
@@ -187,7 +193,7 @@ def run_once(side: Side, plan: Plan, out: Path) -> Path:
     args = [*side.command, "speed", *plan.workload_args, *[a for spec in side.impls for a in ("--impl", spec)],
             "--repeat", str(plan.repeat), "--warmup", str(plan.warmup_s), "--threads", str(plan.threads),
             "--no-memory", "--json", str(out), "--csv", str(out.with_suffix(".csv"))]
-    done = subprocess.run(args, cwd=side.cwd, capture_output=True, text=True, env=_side_env())
+    done = subprocess.run(args, cwd=side.cwd, capture_output=True, text=True, env=_side_env(plan.root))
     if done.returncode != 0 or not out.is_file():
         raise AgainstError(f"the {side.label}'s `dcnbench speed` exited {done.returncode}: {_last_line(done.stderr)}",
                            hint=f"run it by hand: cd {side.cwd} && {' '.join(args)}")

@@ -73,7 +73,7 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
         regressions, not_comparable, checked = _head_correctness(backends, plugins, baseline_docs, scratch, log)
 
     plan = a.Plan(rounds=rounds, repeat=math.ceil(repeat / rounds), warmup_s=warmup_s, threads=torch.get_num_threads(),
-                  workload_args=args)
+                  workload_args=args, root=root)
     mxnet = next((b for b in registry.all_backends() if b.name == "mxnet"), None)
     wants_mxnet = mxnet is not None and not mxnet.unavailable and (("mxnet" in backends) if backends else not impls)
     perf, notes, base_env = [], [], {"git_commit": commit}
