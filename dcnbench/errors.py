@@ -14,6 +14,11 @@ EXIT_USAGE = 2
 EXIT_PERFORMANCE = 3  # gate: a performance regression
 EXIT_NOISY = 4  # gate: measurements too noisy to decide
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. a CI job's timeout
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same code writes partial results and stops workers."""
 
 
 class DcnbenchError(Exception):

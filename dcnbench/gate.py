@@ -11,12 +11,12 @@ changed, are `not comparable`: never a pass and never a regression.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scipy.stats import mannwhitneyu
 
 from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
-from dcnbench.results import expand
+from dcnbench.results import expand, partial_note
 from dcnbench.status import PASSING
 # What must match for times to be comparable across runs.
 ENV_KEYS = ("device", "device_name", "cpu_model", "torch_version", "torchvision_version", "threads")
@@ -74,15 +74,24 @@ class PerfComparison:
 @dataclass(frozen=True)
 class Decision:
     regressions: tuple[CorrectnessChange, ...] = ()
-    correctness_not_comparable: tuple[CorrectnessChange, ...] = ()
+    # Cases that passed in the baseline and were not run (or not as the baseline defined them).
+    correctness_not_run: tuple[CorrectnessChange, ...] = ()
     correctness_checked: int = 0
     performance: tuple[PerfComparison, ...] = ()
     performance_mode: str = "gate"  # gate | report-only | off
     notes: tuple[str, ...] = field(default_factory=tuple)
+    allow_missing: bool = False  # a case not run is reported, not failed
+
+    @property
+    def missing(self) -> tuple:
+        """What the baseline covered that this run did not: verify cases, and timed workloads when
+        performance gates."""
+        perf = tuple(p for p in self.performance if p.verdict == "not run") if self.performance_mode == "gate" else ()
+        return self.correctness_not_run + perf
 
     @property
     def exit_code(self) -> int:
-        if self.regressions:
+        if self.regressions or (self.missing and not self.allow_missing):
             return EXIT_FAILED
         if self.performance_mode == "gate":
             verdicts = {p.verdict for p in self.performance}
@@ -94,6 +103,8 @@ class Decision:
 
     @property
     def headline(self) -> str:
+        if self.exit_code == EXIT_FAILED and not self.regressions:
+            return "FAIL: the candidate did not run what the baseline covers"
         return {EXIT_OK: "PASS", EXIT_FAILED: "FAIL: correctness regression",
                 EXIT_PERFORMANCE: "FAIL: performance regression",
                 EXIT_NOISY: "UNDECIDED: measurements too noisy"}[self.exit_code]
@@ -111,24 +122,28 @@ def _records(docs: list[dict], kind: str) -> list[tuple[dict, dict]]:
 
 
 def compare_correctness(baseline: list[dict], candidate: list[dict]) -> tuple[list[CorrectnessChange], list[CorrectnessChange], int]:
-    """(regressions, not comparable, cases checked) over every case that passed in the baseline."""
+    """(regressions, not run, cases checked) over every case that passed in the baseline.
+
+    A case the candidate did not run, or ran under another definition, is `not run`: it proves
+    nothing either way, so it never counts as a pass.
+    """
     now = {(r["case_id"], r["backend"]): r for r, _ in _records(candidate, "verify")}
-    regressions, not_comparable, checked = [], [], 0
+    regressions, not_run, checked = [], [], 0
     for r, _ in _records(baseline, "verify"):
         if r["status"] not in PASSING:
             continue
         key = (r["case_id"], r["backend"])
         c = now.get(key)
         if c is None:
-            not_comparable.append(CorrectnessChange(*key, r["status"], "not run", "the candidate did not run this case"))
+            not_run.append(CorrectnessChange(*key, r["status"], "not run", "the candidate did not run this case"))
         elif c["case_digest"] != r["case_digest"]:
-            not_comparable.append(CorrectnessChange(*key, r["status"], c["status"], "the case's definition changed"))
+            not_run.append(CorrectnessChange(*key, r["status"], "not run", "the candidate ran it under another definition"))
         else:
             checked += 1
             if c["status"] not in PASSING:
                 failing = [q["quantity"] for q in c.get("quantities", []) if not q["ok"]]
                 regressions.append(CorrectnessChange(*key, r["status"], c["status"], ", ".join(failing) or c.get("message", "")))
-    return regressions, not_comparable, checked
+    return regressions, not_run, checked
 
 
 # ---- performance ---------------------------------------------------------------------------------
@@ -196,7 +211,9 @@ def compare_performance(baseline: list[dict], candidate: list[dict], settings: S
         b_ref, c_ref = base.get((digest, ref)), now.get((digest, ref))
         reason = ""
         if c is None:
-            reason = "not measured in the candidate (or its definition changed)"
+            found.append(PerfComparison(case_id, backend, "not run", factor=factor,
+                                        reason="not measured in the candidate (or its definition changed)"))
+            continue
         elif b_ref is None or c_ref is None or b_ref[0]["status"] != "ok" or c_ref[0]["status"] != "ok":
             reason = f"no {ref} reference measured in the same run"
         elif c[0]["status"] != "ok":
@@ -214,10 +231,11 @@ def compare_performance(baseline: list[dict], candidate: list[dict], settings: S
 
 
 def decide(baseline: list[dict], candidate: list[dict], settings: Settings, performance_mode: str = "gate",
-           correctness: bool = True) -> Decision:
-    regressions, not_comparable, checked = compare_correctness(baseline, candidate) if correctness else ([], [], 0)
+           correctness: bool = True, allow_missing: bool = False) -> Decision:
+    regressions, not_run, checked = compare_correctness(baseline, candidate) if correctness else ([], [], 0)
     perf = compare_performance(baseline, candidate, settings) if performance_mode != "off" else []
-    return Decision(tuple(regressions), tuple(not_comparable), checked, tuple(perf), performance_mode)
+    notes = tuple(f"the candidate holds a {n}" for n in [partial_note(candidate)] if n)
+    return Decision(tuple(regressions), tuple(not_run), checked, tuple(perf), performance_mode, notes, allow_missing)
 
 
 def suspects(decision: Decision) -> set[str]:
@@ -230,5 +248,4 @@ def with_remeasured(decision: Decision, remeasured: list[PerfComparison]) -> Dec
     again = {(p.case_id, p.backend): p for p in remeasured}
     merged = tuple(again.get((p.case_id, p.backend), p) for p in decision.performance)
     notes = decision.notes + (f"re-measured {len({p.case_id for p in remeasured})} suspect workload(s) once before deciding",)
-    return Decision(decision.regressions, decision.correctness_not_comparable, decision.correctness_checked, merged,
-                    decision.performance_mode, notes)
+    return replace(decision, performance=merged, notes=notes)

@@ -40,18 +40,24 @@ def speed_ratios(workloads: list[str], backends: list[str], ratios: dict[tuple[s
 
 
 def error_matrix(backends: list[str], quantities: list[str], worst: dict[tuple[str, str], float | None]) -> bytes:
-    """Backend x quantity: log10(worst relative error / tolerance); green passes (< 0), red fails."""
+    """Backend x quantity: log10(worst relative error / tolerance); green passes (< 0), red fails.
+
+    A NaN or infinite error is the worst possible: its cell is full red and says so.
+    """
     data = np.full((len(backends), len(quantities)), np.nan)
+    labels = {}
     for i, b in enumerate(backends):
         for j, q in enumerate(quantities):
             v = worst.get((b, q))
-            if v is not None:
+            if v is not None and not math.isfinite(v):
+                data[i, j], labels[(i, j)] = 6.0, "NaN" if v != v else "inf"
+            elif v is not None:
                 data[i, j] = math.log10(max(v, 1e-20))
     fig, ax = plt.subplots(figsize=(1.3 * len(quantities) + 2, 0.6 * len(backends) + 1.5))
     im = ax.imshow(np.clip(data, -6, 6), cmap="RdYlGn_r", vmin=-6, vmax=6, aspect="auto")
     for i in range(len(backends)):
         for j in range(len(quantities)):
-            text = "n/a" if math.isnan(data[i, j]) else f"{data[i, j]:+.1f}"
+            text = labels.get((i, j)) or ("n/a" if math.isnan(data[i, j]) else f"{data[i, j]:+.1f}")
             ax.text(j, i, text, ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(quantities)), quantities, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(backends)), backends, fontsize=8)

@@ -76,7 +76,11 @@ def callable_backend(func, *, name: str, description: str, op: str | None = None
     op = getattr(func, "dcnbench_op", None) or op or DEFAULT_OP
     if op not in ops.names():
         raise PluginError(f"'{description}' declares dcnbench_op = {op!r}", hint=f"use one of: {', '.join(ops.names())}")
-    dtypes = tuple(getattr(func, "dcnbench_dtypes", ALL_DTYPES))
+    dtypes = getattr(func, "dcnbench_dtypes", ALL_DTYPES)
+    if isinstance(dtypes, str) or not isinstance(dtypes, (tuple, list)) or not dtypes or not set(dtypes) <= set(ALL_DTYPES):
+        raise PluginError(f"'{description}' declares dcnbench_dtypes = {dtypes!r}",
+                          hint=f"declare a non-empty tuple of: {', '.join(ALL_DTYPES)}")
+    dtypes = tuple(dtypes)
     return Backend(name=name, description=description, ops={op: func}, dtypes={"cpu": dtypes, "cuda": dtypes},
                    version=version, origin="plugin")
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dcnbench import problems
+from dcnbench.results import worst
 from dcnbench.status import VERIFY_STATUSES, Status
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def verify_table(results: list[VerifyResult]) -> Table:
             elif r.status == "dialect":
                 detail = f" rule {r.dialect.rule}"
             elif errs:
-                detail = f" {max(errs):.0e}"
+                detail = f" {worst(errs):.0e}"
             if any(q.unsupported for q in r.quantities):
                 detail += " (grads unsupported)"
             cells.append(Text(r.status + detail, style=STATUS_STYLE[r.status]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcnbench import ops, plots
-from dcnbench.results import expand
+from dcnbench.results import expand, partial_note, worst
 from dcnbench.status import VERIFY_STATUSES
 
 
@@ -38,7 +38,11 @@ class Section:
 
 
 def _fmt(x, spec=".2f"):
-    return "–" if x is None or x == "" else format(x, spec)
+    if x is None or x == "":
+        return "–"
+    if x != x:
+        return "NaN"
+    return format(x, spec)
 
 
 def _mib(n):
@@ -50,6 +54,9 @@ def build(docs: list[dict]) -> list[Section]:
     verify = [(r, d) for d in docs if d["kind"] == "verify" for r in d["records"]]
     speed = [(r, d) for d in docs if d["kind"] == "speed" for r in d["records"]]
     sections = [_at_a_glance(verify, speed)]
+    note = partial_note(docs)
+    if note:  # say it first: every figure below covers only the results that ran
+        sections[0].blocks.insert(0, ("text", f"Partial results: {note} (the run was interrupted or crashed)."))
     if verify:
         sections.append(_correctness(verify))
     if speed:
@@ -78,7 +85,7 @@ def _correctness(verify) -> Section:
     s.text("Worst normwise relative error per backend and quantity over every case, and that error divided by its "
            "tolerance (≤ 1 passes). A `dialect` result counts against the boundary rule its backend declares.")
     backends = list(dict.fromkeys(r["backend"] for r, _ in verify))
-    worst, worst_ratio = {}, {}
+    worst_err, worst_ratio = {}, {}
     for r, _ in verify:
         judged_by = r["dialect"]["rule"] if r["status"] == "dialect" and r.get("dialect") else None
         for q in r.get("quantities", []):
@@ -86,13 +93,13 @@ def _correctness(verify) -> Section:
             if q["rel_err"] is None or (ref != judged_by if judged_by else ref == "C"):
                 continue
             key = (r["backend"], q["quantity"])
-            worst[key] = max(worst.get(key, 0.0), q["rel_err"])
-            worst_ratio[key] = max(worst_ratio.get(key, 0.0), q["rel_err"] / q["tolerance"])
+            worst_err[key] = worst([worst_err.get(key), q["rel_err"]])
+            worst_ratio[key] = worst([worst_ratio.get(key), q["rel_err"] / q["tolerance"]])
     every = dict.fromkeys(q for spec in ops.all_ops() for q in spec.quantities)
-    quantities = [q for q in every if any((b, q) in worst for b in backends)]
+    quantities = [q for q in every if any((b, q) in worst_err for b in backends)]
     s.table(["backend"] + quantities,
-            [[b] + [f"{_fmt(worst.get((b, q)), '.1e')} ({_fmt(worst_ratio.get((b, q)), '.1e')}×tol)"
-                    if (b, q) in worst else "–" for q in quantities] for b in backends])
+            [[b] + [f"{_fmt(worst_err.get((b, q)), '.1e')} ({_fmt(worst_ratio.get((b, q)), '.1e')}×tol)"
+                    if (b, q) in worst_err else "–" for q in quantities] for b in backends])
     s.figure("error-matrix.png", plots.error_matrix(backends, quantities, worst_ratio))
     problems = [[r["case_id"], r["backend"], r["status"], r.get("message", "") or ", ".join(
         q["quantity"] for q in r.get("quantities", []) if not q["ok"])] for r, _ in verify
@@ -133,9 +140,10 @@ def _speed(speed) -> Section:
 
 
 def _environment(docs) -> Section:
-    keys = ("kind", "dcnbench_version", "git_commit", "timestamp", "device", "device_name", "cpu_model", "threads",
+    keys = ("kind", "partial", "dcnbench_version", "git_commit", "timestamp", "device", "device_name", "cpu_model", "threads",
             "torch_version", "torchvision_version", "backend_versions")
-    rows = [[str(d["kind"])] + [str(d["environment"].get(k, "–")) for k in keys[1:]] for d in docs]
+    rows = [[str(d["kind"]), "yes" if d.get("partial") else "no"] + [str(d["environment"].get(k, "–")) for k in keys[2:]]
+            for d in docs]
     s = Section("Environment")
     s.table(list(keys), rows)
     return s

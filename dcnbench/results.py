@@ -3,16 +3,25 @@
 Both carry the schema version and the environment, so a file read months later says what produced
 it; `load_json` refuses a schema it does not know rather than misreading it, and brings files of
 an older version it does know up to date (`_upgrade`), so every reader sees one shape of record.
+
+JSON files are strict JSON: a non-finite number (a NaN error, an infinite ratio) is written as
+`{"nonfinite": "nan" | "inf" | "-inf"}` and read back as the float. `ResultsWriter` writes a
+command's files as its results arrive (atomically, at most every few seconds), so an interrupted
+or crashed run leaves valid files marked `"partial": true` with how many results they hold.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
+import math
 import os
 import platform
 import subprocess
+import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,9 +36,15 @@ if TYPE_CHECKING:
     from dcnbench.verify import VerifyResult
 
 SCHEMA = "dcnbench-results"
-# 2: speed records name their operator (`op`). Version 1 files are still read (see _upgrade).
+# 2: speed records name their operator (`op`); non-finite numbers are tagged objects; documents
+# say whether they are `partial`. Version 1 files are still read (see _upgrade).
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+KINDS = ("verify", "speed")
+BUNDLE_KINDS = ("baseline", "gate-candidate")
+# Fields every record of a kind must have for the readers (report, gate) to use it.
+REQUIRED = {"verify": ("case_id", "case_digest", "backend", "status", "quantities"),
+            "speed": ("case_id", "case_digest", "backend", "status")}
 RESULTS_DIR = Path("results")
 
 
@@ -118,15 +133,18 @@ def speed_rows(results: list[SpeedResult], env: dict) -> list[dict]:
     return rows
 
 
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO(newline="")
+    if not rows:
+        return "schema_version\n"
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        if not rows:
-            fh.write("schema_version\n")
-            return
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(path, csv_text(rows))
 
 
 def verify_digest(r: VerifyResult) -> str:
@@ -168,18 +186,96 @@ def bundle(kind: str, env: dict, parts: list[dict]) -> dict:
 
 
 def save(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, default=_jsonable) + os.linesep)
+    write_text(path, dumps(doc))
 
 
 def write_json(path: Path, kind: str, env: dict, results: list, extra: dict | None = None) -> None:
     save(path, document(kind, env, results, extra))
 
 
-def _jsonable(value):
-    if isinstance(value, float) and value != value:
-        return None
-    return str(value)
+def dumps(doc) -> str:
+    """Strict JSON (no NaN/Infinity tokens): non-finite floats become {"nonfinite": ...}."""
+    return json.dumps(_tag_nonfinite(doc), indent=1, default=str, allow_nan=False) + os.linesep
+
+
+def _tag_nonfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nonfinite": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {k: _tag_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tag_nonfinite(v) for v in value]
+    return value
+
+
+def _untag_nonfinite(obj: dict):
+    if len(obj) == 1 and obj.get("nonfinite") in ("nan", "inf", "-inf"):
+        return float(obj["nonfinite"])
+    return obj
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` atomically (a reader or a crash never sees half a file); a special file
+    such as /dev/null is written as it is."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        with path.open("w") as fh:
+            fh.write(text)
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(path: Path, option: str) -> Path:
+    """Before any work: `path` can be written (its folder exists and takes a file, it is not a folder)."""
+    path = Path(path)
+    hint = f"give {option} a file path in an existing, writable folder"
+    if path.is_dir():
+        raise ResultsFileError(f"{option} {path} is a directory, expected a file path", hint=hint)
+    if not path.parent.is_dir():
+        raise ResultsFileError(f"{option} {path}: the folder {path.parent} does not exist", hint=f"create it first, or {hint}")
+    try:
+        if path.exists() and not path.is_file():
+            with path.open("a"):
+                pass
+        else:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        raise ResultsFileError(f"{option} {path} cannot be written: {exc.strerror or exc}", hint=hint) from None
+    return path
+
+
+class ResultsWriter:
+    """A command's CSV and JSON files, rewritten as results arrive (every `every_s` seconds at most,
+    and at the end), so Ctrl-C, a crash or a kill leaves valid files marked partial."""
+
+    def __init__(self, *, kind: str, env: dict, csv_path: Path, json_path: Path, expected: int,
+                 extra: dict | None = None, every_s: float = 2.0, clock=time.monotonic):
+        self.kind, self.env, self.extra = kind, env, dict(extra or {})
+        self.csv_path, self.json_path = csv_path, json_path
+        self.expected, self.every_s, self.clock = expected, every_s, clock
+        self.results: list = []
+        self._last = clock()
+
+    def add(self, result) -> None:
+        self.results.append(result)
+        if self.clock() - self._last >= self.every_s:
+            self.flush(partial=True)
+
+    def flush(self, partial: bool) -> None:
+        progress = {"partial": partial, "expected_results": self.expected, "completed_results": len(self.results)}
+        rows = verify_rows(self.results, self.env) if self.kind == "verify" else speed_rows(self.results, self.env)
+        write_text(self.csv_path, csv_text(rows))
+        write_json(self.json_path, self.kind, self.env, self.results, self.extra | progress)
+        self._last = self.clock()
 
 
 def expand(docs: list[dict]) -> list[dict]:
@@ -190,25 +286,79 @@ def expand(docs: list[dict]) -> list[dict]:
     return out
 
 
-def load_many(paths: list[Path]) -> list[dict]:
+def load_many(paths: list[Path], kinds: tuple[str, ...] = KINDS + BUNDLE_KINDS) -> list[dict]:
     """Several results files (e.g. the shards of one CI matrix), each validated."""
     if not paths:
         raise ResultsFileError("no results files given", hint="pass the .json files that verify/speed wrote")
-    return [load_json(p) for p in paths]
+    return [load_json(p, kinds) for p in paths]
 
 
-def load_json(path: Path) -> dict:
+def load_json(path: Path, kinds: tuple[str, ...] = KINDS + BUNDLE_KINDS) -> dict:
+    """A results file, validated down to the fields readers use; `kinds` are those the caller takes."""
+    hint = "give a JSON file written by dcnbench (verify/speed --json, gate --write-baseline)"
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsFileError(f"cannot read results file '{path}': {exc}", hint="give a JSON file written by dcnbench") from None
+        doc = json.loads(Path(path).read_bytes().decode("utf-8"), object_hook=_untag_nonfinite)
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read results file '{path}': {exc.strerror or exc}", hint=hint) from None
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"'{path}' is not a text file (not UTF-8)", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not exc.doc.strip() else f"is not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
+        raise ResultsFileError(f"'{path}' {what}", hint=hint) from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise ResultsFileError(f"'{path}' is not a dcnbench results file", hint="give a JSON file written by dcnbench --json")
+        raise ResultsFileError(f"'{path}' is not a dcnbench results file", hint=hint)
     if doc.get("schema_version") not in READABLE_VERSIONS:
         raise ResultsFileError(f"'{path}' has schema version {doc.get('schema_version')}, this dcnbench reads "
                                f"{', '.join(map(str, READABLE_VERSIONS))}",
                                hint="re-run the measurement with this version of dcnbench")
+    problem = _shape_problem(doc)
+    if problem:
+        raise ResultsFileError(f"'{path}' is damaged: {problem}", hint=hint)
+    if doc["kind"] not in kinds:
+        raise ResultsFileError(f"'{path}' holds {doc['kind']} results, expected {' or '.join(kinds)}",
+                               hint=f"give a {' or '.join(kinds)} file here")
     return _upgrade(doc)
+
+
+def _shape_problem(doc: dict, nested: bool = False) -> str:
+    """What is wrong with a document's structure ('' when it is usable)."""
+    kind = doc.get("kind")
+    if kind in BUNDLE_KINDS and not nested:
+        parts = doc.get("parts")
+        if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+            return f"a {kind} file without a list of parts"
+        return next((p for p in (_shape_problem(part, True) for part in parts) if p), "")
+    if kind not in KINDS:
+        return f"unknown kind {kind!r} (dcnbench writes {', '.join(KINDS + BUNDLE_KINDS)})"
+    if not isinstance(doc.get("environment"), dict):
+        return f"a {kind} document without its environment"
+    records = doc.get("records")
+    if not isinstance(records, list):
+        return f"a {kind} document without a list of records"
+    for i, r in enumerate(records):
+        missing = [k for k in REQUIRED[kind] if not isinstance(r, dict) or k not in r]
+        if missing:
+            return f"{kind} record {i} has no {', '.join(missing)}"
+    return ""
+
+
+def partial_note(docs: list[dict]) -> str:
+    """One line naming the documents that hold only part of their run ('' when none)."""
+    parts = [d for d in expand(docs) if d.get("partial")]
+    return "; ".join(f"partial {d['kind']} run: {d.get('completed_results', len(d['records']))} of "
+                     f"{d.get('expected_results', '?')} results" for d in parts)
+
+
+def worst(values) -> float | None:
+    """The largest of some errors, a NaN counting as the worst of all (max() would drop it)."""
+    found = None
+    for v in values:
+        if v is None:
+            continue
+        if v != v:
+            return math.nan
+        found = v if found is None else max(found, v)
+    return found
 
 
 def _upgrade(doc: dict) -> dict:

@@ -177,7 +177,8 @@ class _SelfTimed:
 def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 10, warmup_s: float = 0.5,
               baseline: str | None = None, measure_memory: bool = True, threads: int | None = None,
               plugin_specs: dict[str, str] | None = None, timer: Timer | None = None,
-              on_progress: Callable[[str], None] | None = None) -> list[SpeedResult]:
+              on_progress: Callable[[str], None] | None = None,
+              on_result: Callable[[SpeedResult], None] | None = None) -> list[SpeedResult]:
     """Time each backend on each case; returns one result per case x backend.
 
     Ratios divide by `baseline`, or when None by the case's reference row (the first backend of
@@ -218,9 +219,10 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
                 on_progress(f"{case.case_id} round {i + 1}/{repeat}")
         measured = {name: Measurement(tuple(samples[name]), warm[name]) for name in runners}
         base = measured.get(base_name) if base_name else None
+        found = []
         for b in here:
             if b.name in done:
-                results.append(done[b.name])
+                found.append(done[b.name])
                 continue
             m = measured[b.name]
             peak, method, note = None, None, ""
@@ -229,6 +231,10 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
                     on_progress(f"{case.case_id} memory {b.name}")
                 peak, method, note = runners[b.name].memory()
             ratio = m.median_ms / base.median_ms if base and base.median_ms > 0 else None
-            results.append(SpeedResult(case, b.name, Status.OK, m, ratio, peak, method, note, base_name if base else None))
+            found.append(SpeedResult(case, b.name, Status.OK, m, ratio, peak, method, note, base_name if base else None))
         del runners
+        for r in found:
+            results.append(r)
+            if on_result:
+                on_result(r)
     return results

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dcnbench.gate import Decision, Settings
 
-VERDICTS = ("improved", "same", "worse", "noisy", "not comparable")
+VERDICTS = ("improved", "same", "worse", "noisy", "not comparable", "not run")
+# How many not-run rows to list before summarising the rest.
+LISTED = 20
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -40,8 +42,13 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
     else:
         lines.append(f"All {decision.correctness_checked} case×backend results that ran pass against the oracle." if oracle else
                      f"All {decision.correctness_checked} case×backend results that passed in the baseline still pass.")
-    if decision.correctness_not_comparable:
-        lines.append(f"{len(decision.correctness_not_comparable)} not comparable (not run, or the case changed).")
+    if decision.correctness_not_run:
+        how = "allowed by --allow-missing" if decision.allow_missing else "**fails the gate** (pass --allow-missing to accept)"
+        lines += ["", f"{len(decision.correctness_not_run)} case×backend result(s) that passed in the baseline were not run "
+                      f"by the candidate, or not as the baseline defined them: {how}.", ""]
+        lines += [f"- {c.case_id} · {c.backend}: {c.detail}" for c in decision.correctness_not_run[:LISTED]]
+        if len(decision.correctness_not_run) > LISTED:
+            lines.append(f"- … and {len(decision.correctness_not_run) - LISTED} more")
     lines.append("")
 
     mode = {"gate": "gate", "report-only": "report only, never fails", "off": "off"}[decision.performance_mode]
@@ -50,7 +57,7 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
               f"`worse`: the ratio grew by more than the factor (default {settings.factor}) and a one-sided "
               f"Mann-Whitney U test on the per-round ratios gives p < {settings.alpha}; `noisy`: a move the test cannot "
               f"confirm, or a median known only to ±{settings.noise:.0%} (1.57·IQR/√n), too coarse to resolve the factor.", ""]
-    comparable = [p for p in perf if p.verdict != "not comparable"]
+    comparable = [p for p in perf if p.verdict not in ("not comparable", "not run")]
     if comparable:
         lines += ["| workload | backend | reference | baseline ratio | now ratio | change | p | verdict |",
                   "|---|---|---|---:|---:|---:|---:|---|"]
@@ -58,9 +65,10 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
             verdict = f"**{p.verdict}**" if p.verdict in ("worse", "noisy") else p.verdict
             lines.append(f"| {p.case_id} | {p.backend} | {p.reference} | {_fmt(p.base_ratio)} | {_fmt(p.now_ratio)} | "
                          f"{_fmt(p.change, '.3f')} | {_fmt(p.p_value, '.2g')} | {verdict} (factor {p.factor}) |")
-    not_comparable = [p for p in perf if p.verdict == "not comparable"]
-    if not_comparable:
-        lines += ["", "Not comparable:", ""] + [f"- {p.case_id} · {p.backend}: {p.reason}" for p in not_comparable]
+    for verdict in ("not comparable", "not run"):
+        rows = [p for p in perf if p.verdict == verdict]
+        if rows:
+            lines += ["", f"{verdict.capitalize()}:", ""] + [f"- {p.case_id} · {p.backend}: {p.reason}" for p in rows]
     for note in decision.notes:
         lines += ["", f"_{note}_"]
     return "\n".join(lines) + "\n"

@@ -79,7 +79,8 @@ def test_small_move_within_the_factor_is_same():
 def test_noise_that_cannot_resolve_the_factor_is_undecided():
     d = decide([verify_doc("pass"), speed_doc(samples(100, 0.9, seed=3), samples(10, 0.05, seed=4))])
     assert [p.verdict for p in d.performance] == ["noisy"] and d.exit_code == EXIT_NOISY
-    assert decide([speed_doc(samples(100, 0.9, seed=3), samples(10, 0.05, seed=4))], "report-only").exit_code == EXIT_OK
+    assert decide([verify_doc("pass"), speed_doc(samples(100, 0.9, seed=3), samples(10, 0.05, seed=4))],
+                  "report-only").exit_code == EXIT_OK
 
 
 def test_another_environment_is_not_comparable_never_pass_or_regression():
@@ -90,10 +91,23 @@ def test_another_environment_is_not_comparable_never_pass_or_regression():
     assert d.exit_code == EXIT_OK
 
 
-def test_changed_workload_is_not_comparable():
-    d = decide([verify_doc("fail", digest="c2"), speed_doc(samples(300, 0.05), samples(10, 0.05), digest="d2")])
-    assert [p.verdict for p in d.performance] == ["not comparable"]
-    assert not d.regressions and len(d.correctness_not_comparable) == 1
+def test_a_case_run_under_another_definition_is_not_run_and_fails_unless_allowed():
+    candidate = [verify_doc("fail", digest="c2"), speed_doc(samples(300, 0.05), samples(10, 0.05), digest="d2")]
+    d = decide(candidate)
+    assert [p.verdict for p in d.performance] == ["not run"]
+    assert not d.regressions and len(d.correctness_not_run) == 1 and d.exit_code == EXIT_FAILED
+    assert g.decide(BASE, candidate, g.Settings(), allow_missing=True).exit_code == EXIT_OK
+
+
+def test_a_candidate_missing_baseline_cases_fails_unless_allowed():
+    speed = speed_doc(samples(100, 0.05, seed=3), samples(10, 0.05, seed=4))
+    d = decide([speed])  # no verify records at all: the passing baseline case was not run
+    assert d.correctness_checked == 0 and len(d.correctness_not_run) == 1 and d.exit_code == EXIT_FAILED
+    assert "did not run" in d.headline
+    assert g.decide(BASE, [speed], g.Settings(), allow_missing=True).exit_code == EXIT_OK
+    # Performance only gates missing workloads when it gates at all.
+    assert len(decide([verify_doc("pass")], "report-only").missing) == 0
+    assert len(decide([verify_doc("pass")], "gate").missing) == 1
 
 
 def test_suspects_are_remeasured_and_the_second_measurement_decides():

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
-import typer
+try:
+    import typer
 
-from dcnbench import __version__
-from dcnbench.cli import backends, build, gate, repro, report, speed, verify
+    from dcnbench import __version__
+    from dcnbench.cli import backends, build, gate, repro, report, speed, verify
+except KeyboardInterrupt:  # Ctrl-C while the CLI itself loads: one line, no traceback
+    os.write(2, b"interrupted\n")  # os-level: nothing half-imported is needed to say it
+    os._exit(130)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Verify and benchmark deformable convolution and deformable RoI pooling implementations.")
@@ -32,5 +38,18 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
+def _terminate(signum, frame) -> None:
+    from dcnbench.errors import Terminated
+
+    raise Terminated()
+
+
 def main() -> None:
-    app()
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: partial results written, workers stopped
+    try:
+        app()
+    except KeyboardInterrupt:  # between Typer parsing and a command's own handler
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

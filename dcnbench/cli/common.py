@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ from rich.console import Console, ConsoleDimensions
 
 from dcnbench import ops
 from dcnbench.backends import ALL_DTYPES
-from dcnbench.errors import DcnbenchError, UsageError
+from dcnbench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DcnbenchError, Terminated, UsageError
 
 # Width of output that goes to a log (a pipe, a file, CI) when COLUMNS does not say: wide enough
 # that no table folds, where Rich would assume an 80-column terminal.
@@ -62,7 +63,8 @@ JsonOpt = Annotated[Path | None, typer.Option("--json", help="JSON path (default
 
 
 def user_errors(func):
-    """Turn a DcnbenchError into `error:`/`hint:` lines on stderr and its exit code, no traceback."""
+    """Turn a DcnbenchError into `error:`/`hint:` lines on stderr and its exit code, and Ctrl-C
+    into one line and exit 130; no traceback for either."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -73,8 +75,40 @@ def user_errors(func):
             if exc.hint:
                 err_console.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:
+            interrupted(exc)
 
     return wrapper
+
+
+def interrupted(exc: KeyboardInterrupt, detail: str = "") -> None:
+    """Ctrl-C (or SIGTERM): one line, exit 130 (143); atexit handlers then stop any worker processes."""
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    err_console.print(f"{what}{': ' + detail if detail else ''}", style="yellow", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+
+
+# ---- numeric options: finite and in range, checked before any work ---------------------------------
+
+MAX_SEED = 2**62  # seeds are offset per case and per tensor; torch takes 64-bit seeds
+
+
+def check_count(option: str, value: int, low: int = 1, high: int = 10**9) -> int:
+    if not low <= value <= high:
+        raise UsageError(f"{option} {value} is out of range", hint=f"give an integer from {low} to {high}")
+    return value
+
+
+def check_seconds(option: str, value: float, high: float = 86400.0) -> float:
+    if not (math.isfinite(value) and 0 <= value <= high):
+        raise UsageError(f"{option} {value} is not a number of seconds", hint=f"give a finite number from 0 to {high:g}")
+    return value
+
+
+def check_seed(value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise UsageError(f"--seed {value} is out of range", hint=f"give an integer from 0 to {MAX_SEED}")
+    return value
 
 
 def check_device(device: str) -> str:
@@ -102,3 +136,34 @@ def plugin_op(op_names: list[str] | None) -> str | None:
 
 def stamp() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def output_paths(command: str, csv: Path | None, json: Path | None) -> tuple[Path, Path]:
+    """The CSV and JSON paths a command writes, checked before any work is done (exit 2 when one
+    cannot be written); the default folder results/ is created."""
+    from dcnbench import results
+
+    when = stamp()
+    if csv is None or json is None:
+        results.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    paths = (csv or results.default_path(command, "csv", when), json or results.default_path(command, "json", when))
+    for path, option in zip(paths, ("--csv", "--json")):
+        results.check_writable(path, option)
+    return paths
+
+
+def run_writing(writer, run, describe: str):
+    """`run()` with its results reaching `writer` as they come; the files are final afterwards, and
+    partial (still valid) after Ctrl-C, SIGTERM or a crash."""
+    writer.flush(partial=True)  # a valid (empty) file exists from the start, whatever happens next
+    try:
+        found = run()
+    except KeyboardInterrupt as exc:
+        writer.flush(partial=True)
+        interrupted(exc, f"wrote partial results ({len(writer.results)} of {writer.expected} {describe}) to "
+                    f"{writer.csv_path} and {writer.json_path}")
+    except BaseException:
+        writer.flush(partial=True)
+        raise
+    writer.flush(partial=False)
+    return found

@@ -6,13 +6,15 @@ Exit codes: 0 pass, 1 correctness regression, 2 usage error, 3 performance regre
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dcnbench import ops
-from dcnbench.cli.common import BackendOpt, ImplOpt, console, err_console, stamp, user_errors
+from dcnbench.cli.common import (BackendOpt, ImplOpt, check_count, check_seconds, console, err_console, stamp,
+                                 user_errors)
 from dcnbench.errors import UsageError
 
 # Its temporaries (~42 MB) stay above glibc's largest mmap threshold (32 MB), so every call
@@ -65,20 +67,20 @@ def write_baseline(*, path: Path, shapes: list[str] | None, presets: list[str] |
 
 
 def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | None, impls: list[str] | None,
-             settings, performance: str, correctness: bool, summary: Path | None) -> int:
+             settings, performance: str, correctness: bool, summary: Path | None, allow_missing: bool = False) -> int:
     if performance not in PERFORMANCE_MODES:
         raise UsageError(f"unknown --performance '{performance}'", hint=f"choose from: {', '.join(PERFORMANCE_MODES)}")
     from dcnbench import gate as g
     from dcnbench import results
     from dcnbench.summary import gate_markdown
 
-    base_doc = results.load_json(baseline)
+    base_doc = results.load_json(baseline, kinds=(g.BASELINE_KIND,))
     base_docs = results.expand([base_doc])
     speed_base = next((d for d in base_docs if d["kind"] == "speed"), None)
     if candidates:
-        cand_docs = results.load_many(candidates)
+        cand_docs = results.load_many(candidates, kinds=("verify", "speed", "gate-candidate"))
         cand_env = results.expand(cand_docs)[0]["environment"]
-        decision = g.decide(base_docs, cand_docs, settings, performance, correctness)
+        decision = g.decide(base_docs, cand_docs, settings, performance, correctness, allow_missing)
         name = ", ".join(f"`{p}`" for p in candidates)
     else:
         # Run the baseline's own workloads now, with the backends it names.
@@ -106,7 +108,7 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
             repeat, warmup_s = speed_base.get("repeat", repeat), speed_base.get("warmup_s", warmup_s)
             torch.set_num_threads(speed_base["environment"]["threads"])  # the timing mode is part of the workload
             cand_docs.append(_measure_speed(speed_cases, chosen, repeat, warmup_s, settings.reference))
-        decision = g.decide(base_docs, cand_docs, settings, performance, correctness)
+        decision = g.decide(base_docs, cand_docs, settings, performance, correctness, allow_missing)
         again = g.suspects(decision)
         if again:
             err_console.print(f"re-measuring {len(again)} suspect workload(s) once", style="yellow")
@@ -119,14 +121,13 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
         name = f"this run (saved as `{saved}`)"
     text = gate_markdown(decision, settings, str(baseline), base_doc["environment"], name, cand_env)
     if summary:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(text)
+        results.write_text(summary, text)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     return decision.exit_code
 
 
 def _check_settings(factor: float, alpha: float, noise: float) -> None:
-    if factor <= 1 or not 0 < alpha < 1 or noise <= 0:
+    if not (math.isfinite(factor) and factor > 1 and 0 < alpha < 1 and math.isfinite(noise) and noise > 0):
         raise UsageError("--factor must be > 1, --alpha in (0, 1) and --noise > 0", hint="e.g. --factor 1.1 --alpha 0.01")
 
 
@@ -138,6 +139,8 @@ def _overrides(items: list[str] | None) -> tuple[tuple[str, float], ...]:
             found.append((text, float(value)))
         except ValueError:
             eq = ""
+        if eq and not (math.isfinite(found[-1][1]) and found[-1][1] > 1):
+            raise UsageError(f"--factor-for '{item}': the factor must be a number > 1", hint="e.g. --factor-for 8,64,56,56=1.2")
         if not eq or not text:
             raise UsageError(f"malformed --factor-for '{item}'", hint="write WORKLOAD_TEXT=FACTOR, e.g. 8,64,56,56=1.2")
     return tuple(found)
@@ -160,6 +163,8 @@ def command(
     noise: Annotated[float, typer.Option("--noise", help="Largest relative uncertainty of a median ratio (1.57*IQR/sqrt(n)/median) that still decides.")] = 0.10,
     performance: Annotated[str, typer.Option("--performance", help="gate, report-only (print, never fail) or off.")] = "gate",
     correctness: Annotated[bool, typer.Option("--correctness/--no-correctness", help="Run the hard correctness gate.")] = True,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Do not fail when the candidate did not run a case (or "
+                                                "time a workload) the baseline covers; list them instead.")] = False,
     summary: Annotated[Path | None, typer.Option("--summary", help="Also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", help="With --write-baseline: timed samples per backend (gate runs reuse it); "
                                         "with --against: samples per backend per side, over all rounds.")] = 20,
@@ -174,9 +179,17 @@ def command(
     """Compare a run with a baseline, or the working tree with a git revision built and timed now (--against):
     hard correctness gate, statistical performance gate.
 
-    Exit status: 0 pass, 1 correctness regression, 2 usage error, 3 performance regression,
-    4 measurements too noisy to decide.
+    Exit status: 0 pass, 1 correctness regression (or a baseline case the candidate did not run),
+    2 usage error, 3 performance regression, 4 measurements too noisy to decide.
     """
+    from dcnbench.results import check_writable
+
+    check_count("--repeat", repeat)
+    if warmup is not None:
+        check_seconds("--warmup", warmup)
+    for path, option in ((write_baseline_to, "--write-baseline"), (summary, "--summary")):
+        if path is not None:
+            check_writable(path, option)
     if write_baseline_to:
         raise typer.Exit(write_baseline(path=write_baseline_to, shapes=shape, presets=preset, backends=backend, impls=impl,
                                         reference=reference, repeat=repeat, warmup_s=3.0 if warmup is None else warmup, dcn=dcn))
@@ -192,7 +205,7 @@ def command(
         raise typer.Exit(gate_against(rev=against, shapes=shape, presets=preset, backends=backend, impls=impl, settings=settings,
                                       performance=performance, correctness=correctness, baseline=baseline, summary=summary,
                                       rounds=rounds, repeat=repeat, warmup_s=1.0 if warmup is None else warmup, dcn=dcn,
-                                      default_shape=DEFAULT_GATE_SHAPE))
+                                      default_shape=DEFAULT_GATE_SHAPE, allow_missing=allow_missing))
     if baseline is None:
         raise UsageError("no --baseline given", hint="pass --baseline FILE, or create one with --write-baseline FILE")
     _check_settings(factor, alpha, noise)
@@ -200,4 +213,5 @@ def command(
 
     settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
     raise typer.Exit(run_gate(baseline=baseline, candidates=candidates or [], backends=backend, impls=impl,
-                              settings=settings, performance=performance, correctness=correctness, summary=summary))
+                              settings=settings, performance=performance, correctness=correctness, summary=summary,
+                              allow_missing=allow_missing))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from dcnbench import ops
@@ -37,7 +38,8 @@ def workload_args(shapes: list[str], presets: list[str], backends: list[str], dc
 
 def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | None, backends: list[str] | None,
                  impls: list[str] | None, settings, performance: str, correctness: bool, baseline: Path | None,
-                 summary: Path | None, rounds: int, repeat: int, warmup_s: float, dcn: str, default_shape: str) -> int:
+                 summary: Path | None, rounds: int, repeat: int, warmup_s: float, dcn: str, default_shape: str,
+                 allow_missing: bool = False) -> int:
     if performance not in PERFORMANCE_MODES:
         raise UsageError(f"unknown --performance '{performance}'", hint=f"choose from: {', '.join(PERFORMANCE_MODES)}")
     if rounds < 2 or repeat < rounds or warmup_s < 0:
@@ -68,9 +70,9 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
     env = results.environment(device="cpu", seed=0, backends=plugins)
 
     # Correctness first: the head's backends against their oracle, before any timing.
-    regressions, not_comparable, checked = [], [], 0
+    regressions, not_run, checked = [], [], 0
     if correctness:
-        regressions, not_comparable, checked = _head_correctness(backends, plugins, baseline_docs, scratch, log)
+        regressions, not_run, checked = _head_correctness(backends, plugins, baseline_docs, scratch, log)
 
     plan = a.Plan(rounds=rounds, repeat=math.ceil(repeat / rounds), warmup_s=warmup_s, threads=torch.get_num_threads(),
                   workload_args=args, root=root)
@@ -86,13 +88,13 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
             f"{plan.threads} threads)")
         base_doc, head_doc = a.measure(base, head, plan, scratch, log)
         a.fill_reference(base_doc, head_doc)
-        perf = g.compare_performance([base_doc], [head_doc], settings, same_job=True)
+        perf = _judge(g, base_doc, head_doc, settings)
         again = g.suspects(g.Decision(performance=tuple(perf)))
         if again:
             log(f"re-measuring: {len(again)} suspect workload(s); the second measurement decides")
             base_doc, head_doc = a.measure(base, head, plan, scratch, log, tag="again-")
             a.fill_reference(base_doc, head_doc)
-            redo = [p for p in g.compare_performance([base_doc], [head_doc], settings, same_job=True) if p.case_id in again]
+            redo = [p for p in _judge(g, base_doc, head_doc, settings) if p.case_id in again]
             merged = g.with_remeasured(g.Decision(performance=tuple(perf)), redo)
             perf, notes = list(merged.performance), list(merged.notes)
         results.save(scratch / "base.json", base_doc)
@@ -100,7 +102,7 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
         env, base_env = head_doc["environment"], base_doc["environment"]
         notes.insert(0, f"base `{rev}` ({commit[:12]}) built in `{path}` and timed in this job: {rounds} runs per side of "
                         f"{plan.repeat} samples per backend, base and head alternating (ABBA); every run's results in `{scratch}`")
-    decision = g.Decision(tuple(regressions), tuple(not_comparable), checked, tuple(perf), performance, tuple(notes))
+    decision = g.Decision(tuple(regressions), tuple(not_run), checked, tuple(perf), performance, tuple(notes), allow_missing)
     text = gate_markdown(decision, settings, f"{rev} @ {commit[:12]}", base_env, "the working tree", env,
                          oracle=correctness)
     if summary:
@@ -110,9 +112,18 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
     return decision.exit_code
 
 
+def _judge(g, base_doc: dict, head_doc: dict, settings) -> list:
+    """The gate's performance comparisons; a workload the base timed and the head did not (a backend
+    the change removed, a workload defined otherwise at the base's revision) is `not comparable`
+    here, not a run left incomplete."""
+    found = g.compare_performance([base_doc], [head_doc], settings, same_job=True)
+    return [replace(p, verdict="not comparable", reason="not timed by the head: removed, or defined otherwise at the base's "
+                    "revision") if p.verdict == "not run" else p for p in found]
+
+
 def _head_correctness(backends: list[str] | None, plugins: list, baseline_docs: list[dict], scratch: Path, log):
-    """(regressions, not comparable, results checked): the head's failures against its oracle, and
-    against the stored baseline when one is given."""
+    """(regressions, not run, results checked): the head's failures against its oracle, and against
+    the stored baseline when one is given."""
     from dcnbench import backends as registry
     from dcnbench import gate as g
     from dcnbench import results
@@ -130,8 +141,8 @@ def _head_correctness(backends: list[str] | None, plugins: list, baseline_docs: 
     regressions = [g.CorrectnessChange(r.case.case_id, r.backend, "oracle", r.status, ", ".join(details[(r.case.case_id, r.backend)]))
                    for r in found if r.status in FAILING]
     checked = sum(r.status != "unsupported" for r in found)
-    not_comparable = []
+    not_run = []
     if baseline_docs:
-        more, not_comparable, _ = g.compare_correctness(baseline_docs, [doc])
+        more, not_run, _ = g.compare_correctness(baseline_docs, [doc])
         regressions += more
-    return regressions, not_comparable, checked
+    return regressions, not_run, checked

@@ -9,8 +9,12 @@ import typer
 
 from dcnbench import ops
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, SeedOpt, ShardOpt,
-                                 check_device, check_dtype, console, err_console, stamp, user_errors)
-from dcnbench.errors import EXIT_OK, UsageError
+                                 check_count, check_device, check_dtype, check_seconds, check_seed, console, err_console,
+                                 output_paths, run_writing, user_errors)
+from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
+from dcnbench.limits import DEFAULT_MAX_SAMPLES_PER_BIN, Limits, default_max_bytes, parse_size
+from dcnbench.limits import check as check_limits
+from dcnbench.status import Status
 from dcnbench.shard import parse_shard, take_shard
 from dcnbench.timing import DIRECTIONS
 
@@ -32,16 +36,21 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
           direction: str = "fwdbwd", baseline: str | None = None, repeat: int = 10, warmup_s: float = 0.5,
           threads: int | None = None, memory: bool = True, dcn: str = "v2", seed: int = 0,
           csv: Path | None = None, json: Path | None = None, shard: str | None = None, op: str | None = None,
-          rois: Path | None = None, offset: Path | None = None) -> int:
+          rois: Path | None = None, offset: Path | None = None, max_memory: str | None = None,
+          max_samples_per_bin: int = DEFAULT_MAX_SAMPLES_PER_BIN) -> int:
     device = check_device(device)
     if direction not in DIRECTIONS:
         raise UsageError(f"unknown --direction '{direction}'", hint=f"choose from: {', '.join(DIRECTIONS)}")
     if dcn not in ("v1", "v2"):
         raise UsageError(f"unknown --dcn '{dcn}'", hint="use v1 (offset only) or v2 (offset and mask)")
-    if repeat < 1 or warmup_s < 0:
-        raise UsageError("--repeat must be >= 1 and --warmup >= 0", hint="e.g. --repeat 10 --warmup 0.5")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads {threads} is not a thread count", hint="give a positive integer")
+    check_count("--repeat", repeat)
+    check_seconds("--warmup", warmup_s)
+    if threads is not None:
+        check_count("--threads", threads, high=4096)
+    check_seed(seed)
+    if max_memory:
+        parse_size(max_memory)
+    check_count("--max-samples-per-bin", max_samples_per_bin)
     ops.check_ops([op] if op else None)
     geometries = workloads(op, shapes or [], presets or [])
     files = {"rois": str(rois) if rois else None, "offset": str(offset) if offset else None}
@@ -52,6 +61,7 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
                          hint=f"add --op {takers[0] if takers else '...'} with a --shape")
     dtype_list = [check_dtype(d) for d in dtypes or ["float32"]]
     shard_spec = parse_shard(shard)
+    csv_path, json_path = output_paths("speed", csv, json)
 
     import torch
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -77,19 +87,32 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
         geometries = [ops.of(g).geometry_for_files(g, files) for g in geometries]
     cases = take_shard([SpeedCase(geometry=g, dtype=d, device=device, direction=direction, mask=dcn == "v2", seed=seed,
                                   rois_file=files["rois"], offset_file=files["offset"])
-                        for g in geometries for d in dtype_list], parse_shard(shard))
-    for case in cases:
+                        for g in geometries for d in dtype_list], shard_spec)
+    limits = Limits(max_bytes=parse_size(max_memory) if max_memory else default_max_bytes(),
+                    max_samples_per_bin=max_samples_per_bin)
+    for case in cases:  # every workload is checked before any runs
         if given:
             ops.of(case).check_files(case.bench_case())
+        if ops.of(case).cost:
+            check_limits(case.case_id, ops.of(case).cost(case.bench_case()), limits)
     if not cases:
         raise UsageError(f"shard {shard} has no workload: there are fewer workloads than shards", hint="use fewer shards")
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
-                  transient=True) as progress:
-        task = progress.add_task("speed", total=None)
-        found = run_speed(backends=chosen, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=baseline,
-                          measure_memory=memory, threads=threads, plugin_specs=dict(zip([p.name for p in plugins], impls or [])),
-                          on_progress=lambda text: progress.update(task, description=text))
+    env = results.environment(device=device, seed=seed, backends=chosen)
+    writer = results.ResultsWriter(kind="speed", env=env, csv_path=csv_path, json_path=json_path,
+                                   expected=len(cases) * len(chosen),
+                                   extra={"baseline": baseline, "repeat": repeat, "warmup_s": warmup_s})
+
+    def run():
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                      transient=True) as progress:
+            task = progress.add_task("speed", total=None)
+            return run_speed(backends=chosen, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=baseline,
+                             measure_memory=memory, threads=threads,
+                             plugin_specs=dict(zip([p.name for p in plugins], impls or [])),
+                             on_progress=lambda text: progress.update(task, description=text), on_result=writer.add)
+
+    found = run_writing(writer, run, "workload x backend results")
 
     for table in render.speed_tables(found, baseline):
         console.print(table)
@@ -99,14 +122,9 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     console.print(f"threads: {torch.get_num_threads()}; times are medians of {repeat} interleaved samples; "
                   f"GFLOP/s counts the plain convolution's FLOPs (none for RoI pooling); "
                   f"peak mem: {method or 'not measured'}", highlight=False)
-    env = results.environment(device=device, seed=seed, backends=chosen)
-    when = stamp()
-    csv_path = csv or results.default_path("speed", "csv", when)
-    json_path = json or results.default_path("speed", "json", when)
-    results.write_csv(csv_path, results.speed_rows(found, env))
-    results.write_json(json_path, "speed", env, found, {"baseline": baseline, "repeat": repeat, "warmup_s": warmup_s})
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
-    return EXIT_OK
+    # A row that raised is a failure of the run, as in verify (the others' figures still stand).
+    return EXIT_FAILED if any(r.status == Status.ERROR for r in found) else EXIT_OK
 
 
 @user_errors
@@ -129,6 +147,10 @@ def command(
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: torch's).")] = None,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory per backend.")] = True,
     dcn: Annotated[str, typer.Option("--dcn", help="v2 (offset and mask) or v1 (offset only).")] = "v2",
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Refuse a workload estimated to need more memory "
+                                                   "for one call (e.g. 8G; default: half this machine's memory).")] = None,
+    max_samples_per_bin: Annotated[int, typer.Option("--max-samples-per-bin", help="RoI pooling: refuse a workload whose "
+                                                     "bins average more sampling points than this.")] = DEFAULT_MAX_SAMPLES_PER_BIN,
     seed: SeedOpt = 0,
     csv: CsvOpt = None,
     json: JsonOpt = None,
@@ -141,4 +163,5 @@ def command(
     raise typer.Exit(speed(shapes=shape, presets=preset, backends=backend, impls=impl, dtypes=dtype, device=device,
                            direction=direction, baseline=baseline or None, repeat=repeat, warmup_s=warmup,
                            threads=threads, memory=memory, dcn=dcn, seed=seed, csv=csv, json=json, shard=shard,
-                           op=op, rois=rois, offset=offset))
+                           op=op, rois=rois, offset=offset, max_memory=max_memory,
+                           max_samples_per_bin=max_samples_per_bin))

@@ -11,7 +11,8 @@ from dcnbench import ops
 from dcnbench.cli.progress import LateProgress
 from dcnbench.cli.repro import save_repro_bundles
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, JsonOpt, OpOpt, SeedOpt, ShardOpt,
-                                 check_device, check_dtype, console, err_console, plugin_op, stamp, user_errors)
+                                 check_device, check_dtype, check_seed, console, err_console, output_paths, plugin_op,
+                                 run_writing, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
@@ -37,6 +38,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         check_dtype(d)
     ops.check_ops(op_names)
     shard_spec = parse_shard(shard)
+    check_seed(seed)
+    csv_path, json_path = (None, None) if list_cases else output_paths("verify", csv, json)
 
     from dcnbench import backends as registry
     from dcnbench import render, results
@@ -57,21 +60,25 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     if not chosen:
         raise UsageError("no backend to verify", hint="run `dcnbench backends` to see why each is unavailable")
 
-    with LateProgress(err_console, len(chosen_cases) * len(chosen), "verify") as bar:
-        found = run_verify(backends=chosen, cases=chosen_cases, device=device,
-                           on_result=lambda r: bar.advance(f"{r.backend} {r.case.case_id}"))
+    total = len(chosen_cases) * len(chosen)
+    env = results.environment(device=device, seed=seed, backends=chosen)
+    writer = results.ResultsWriter(kind="verify", env=env, csv_path=csv_path, json_path=json_path, expected=total)
+
+    def run():
+        with LateProgress(err_console, total, "verify") as bar:
+            def done(r):
+                writer.add(r)
+                bar.advance(f"{r.backend} {r.case.case_id}")
+
+            return run_verify(backends=chosen, cases=chosen_cases, device=device, on_result=done)
+
+    found = run_writing(writer, run, "case x backend results")
 
     for part in render.verify_report(found, show):
         console.print(part, highlight=False)
     for b in chosen:
         if b.mode:
             console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)
-    env = results.environment(device=device, seed=seed, backends=chosen)
-    when = stamp()
-    csv_path = csv or results.default_path("verify", "csv", when)
-    json_path = json or results.default_path("verify", "json", when)
-    results.write_csv(csv_path, results.verify_rows(found, env))
-    results.write_json(json_path, "verify", env, found)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
     if save_failures is not None:
         save_repro_bundles(found, save_failures, device=device, env=env, impls=impls)

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import fields
 
 
+# Bytes per element of each dtype a case may name (torch-free, for cost estimates).
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
 def pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)

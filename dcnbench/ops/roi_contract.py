@@ -102,4 +102,5 @@ def pool_spec(*, here: str, case_class: str, identity: str, **fields):
         file_inputs=("rois", "offset"),
         geometry_for_files=lazy("dcnbench.ops.rois:geometry_for_files"),
         check_files=lazy("dcnbench.ops.rois:check_files"),
+        cost=lazy("dcnbench.ops.rois:cost"),
     )

@@ -19,7 +19,9 @@ from typing import ClassVar
 import torch
 
 from dcnbench.errors import UsageError
+from dcnbench.limits import Cost
 from dcnbench.ops.case import DTYPES, Case, noncontiguous
+from dcnbench.ops.contract import ITEMSIZE
 
 # Where RoIs lie, in image coordinates (map size / spatial_scale):
 #   inside:    within the map, 10-70 % of its size
@@ -70,6 +72,10 @@ class PoolCase(Case):
 
     def check_call(self, tensors: dict[str, torch.Tensor]) -> None:
         """Validate tensors for this case's op (raises ValueError, "got X, expected Y")."""
+        raise NotImplementedError
+
+    def samples_per_bin(self, rois: torch.Tensor) -> float:
+        """The most sampling points one bin averages, for these RoIs (float: it may be absurdly large)."""
         raise NotImplementedError
 
     @property
@@ -217,7 +223,11 @@ def check_files(case: PoolCase) -> None:
     if not (case.rois_file or case.offset_file):
         return
     try:
-        case.check_call(make_pool_inputs(case))
+        tensors = make_pool_inputs(case)
+        case.check_call(tensors)
+        if "offset" in tensors and not bool(tensors["offset"].isfinite().all()):
+            # Timing a workload whose offsets place samples nowhere measures nothing the operator defines.
+            raise ValueError("offsets contain NaN or infinity")
     except ValueError as exc:
         raise UsageError(f"invalid {' and '.join(f for f in (case.rois_file, case.offset_file) if f)}: {exc}",
                          hint="RoIs are (K, 5) rows (batch_index, x1, y1, x2, y2); offsets (K, 2, ph, pw) for "
@@ -230,6 +240,19 @@ def geometry_for_files(geometry, files: dict[str, str]):
         return geometry
     t = load_tensor(files["rois"], "RoIs")
     return replace(geometry, rois=t.shape[0]) if t.dim() == 2 else geometry
+
+
+def cost(case: PoolCase) -> Cost:
+    """One forward and backward: the map and its gradient, the output, and the oracle's per-bin
+    sample tables (four corners' indices and weights per sample) and bin x pixel matrices."""
+    geo = case.geometry
+    item = max(4, ITEMSIZE[case.dtype])
+    per_bin = case.samples_per_bin(case.inputs("cpu")["rois"].double())
+    bins = float(math.prod(geo.output_shape[2:])) * geo.rois * max(getattr(geo, "classes", 1), 1)
+    tables = bins * per_bin * 4 * (8 + item)
+    matrices = bins * geo.h * geo.w * item
+    tensors = 2.0 * geo.n * geo.c * geo.h * geo.w + 2.0 * math.prod(geo.output_shape)
+    return Cost(bytes=item * tensors + tables + matrices, samples_per_bin=per_bin)
 
 
 def zero_offset(case: PoolCase):

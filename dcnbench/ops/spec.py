@@ -66,6 +66,7 @@ class OpSpec:
     speed_case: Callable | None = None  # (SpeedCase) -> the case whose inputs every backend is timed on
     probe_cases: Callable | None = None  # (dtype) -> tiny cases a --impl plugin must pass before it runs
     flops: Callable = lambda geometry: None  # forward FLOPs of the equivalent plain layer; None if meaningless
+    cost: Callable | None = None  # (case) -> limits.Cost: what one call needs, estimated before it runs
     # Tensors `speed` may read from files instead of drawing them (e.g. ("rois", "offset")), the
     # workload adjusted to them, and their validation.
     file_inputs: tuple[str, ...] = ()

@@ -39,4 +39,5 @@ SPEC = OpSpec(
     speed_case=lazy(f"{_HERE}.workloads:ConvCase.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.conv_flops(),
+    cost=lazy(f"{_HERE}.workloads:cost"),
 )

@@ -9,7 +9,9 @@ from typing import ClassVar
 import torch
 
 from dcnbench.errors import UsageError
+from dcnbench.limits import Cost
 from dcnbench.ops.case import DTYPES, Case, noncontiguous
+from dcnbench.ops.contract import ITEMSIZE
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 
 # Offset distributions. Sampling coordinate p = base + offset, base = output*stride - pad + tap*dil.
@@ -149,6 +151,17 @@ def make_inputs(case: ConvCase, device: str = "cpu") -> dict[str, torch.Tensor]:
         t = t.to(dtype).to(device)
         out[name] = t if case.contiguous else noncontiguous(t)
     return out
+
+
+def cost(case: ConvCase) -> Cost:
+    """One forward and backward: the tensors and their gradients, plus an im2col formulation's
+    sampling buffers (every output position reads K taps of C channels at four corners)."""
+    g = case.geometry
+    item = max(4, ITEMSIZE[case.dtype])  # half types are computed in float32
+    tensors = (float(g.n) * g.c * g.h * g.w + float(g.n) * 3 * g.offset_groups * g.taps * g.ho * g.wo
+               + float(g.o) * (g.c // max(g.groups, 1)) * g.taps + float(g.n) * g.o * g.ho * g.wo)
+    columns = float(g.n) * g.c * g.taps * g.ho * g.wo
+    return Cost(bytes=item * (2 * tensors + 8 * columns))
 
 
 def probe_cases(dtype: str) -> list[ConvCase]:

@@ -27,6 +27,9 @@ class PSRoIPoolCase(shared.PoolCase):
     def check_call(self, t: dict[str, torch.Tensor]) -> None:
         check_call(t["input"], t["rois"], t.get("offset"), **self.geometry.kwargs(), no_trans=self.no_offset)
 
+    def samples_per_bin(self, rois: torch.Tensor) -> float:
+        return float(self.geometry.sample_per_part) ** 2
+
     def kinked(self, rois: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
         """Integers, and MXNet's skip lines -0.5 and size-0.5, are the kinks."""
         geo, margin = self.geometry, self.kink_margin

@@ -31,6 +31,17 @@ class RoIPoolCase(shared.PoolCase):
     def check_call(self, t: dict[str, torch.Tensor]) -> None:
         check_call(t["input"], t["rois"], t.get("offset"), **self.geometry.kwargs())
 
+    def samples_per_bin(self, rois: torch.Tensor) -> float:
+        geo = self.geometry
+        if geo.sampling_ratio > 0:
+            return float(geo.sampling_ratio) ** 2
+        if not rois.shape[0]:
+            return 0.0
+        s, (ph, pw) = geo.spatial_scale, geo.output_size
+        grid_h = torch.ceil((rois[:, 4] - rois[:, 2]) * s / ph).clamp(min=0)
+        grid_w = torch.ceil((rois[:, 3] - rois[:, 1]) * s / pw).clamp(min=0)
+        return float((grid_h * grid_w).max())
+
     def kinked(self, rois: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
         """Integers are the kinks; for adaptive grids, ceil(RoI size / bins) must not depend on the last bit."""
         geo, margin = self.geometry, self.kink_margin
