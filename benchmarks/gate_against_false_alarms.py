@@ -1,10 +1,10 @@
 """How honest is `dcnbench gate --against` on this machine? (A benchmark, not a test: it takes long.)
 
 In a fresh clone of this repository's HEAD (so it also proves the gate runs from a clean clone):
-RUNS times `gate --against HEAD` on unchanged code (base and head identical: every `worse` is a
-false alarm, every `noisy` an undecided run), then once with a 25 % slowdown planted in the working
-tree's copy of benchmarks/slowable.py (uncommitted, so only the head has it), as a pull request
-that slows a kernel would. The kernel is that plugin (torchvision's deform_conv2d, slowable),
+once `gate --against HEAD` with a 25 % slowdown planted in the working tree's copy of
+benchmarks/slowable.py (uncommitted, so only the head has it), as a pull request that slows a
+kernel would, then RUNS times on unchanged code (base and head identical: every `worse` is a false
+alarm, every `noisy` an undecided run), with a running tally. The kernel is that plugin (torchvision's deform_conv2d, slowable),
 timed next to REFERENCE on the gate's default workload.
 
     .venv/bin/python benchmarks/gate_against_false_alarms.py [RUNS] [REFERENCE] [-- extra gate options]
@@ -44,24 +44,26 @@ def main() -> None:
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     subprocess.run(["make", "-s", "env", f"UV={UV}"], cwd=clone, check=True)
     head = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"clone of {head} in {clone}; reference {reference}; {runs} runs of `gate --against HEAD` on unchanged code:",
-          flush=True)
+    slowable = clone / "benchmarks" / "slowable.py"
+    text = slowable.read_text()
+    planted = re.sub(r'os\.environ\.get\("DCNBENCH_SLOWDOWN", "0"\)', 'os.environ.get("DCNBENCH_SLOWDOWN", "0.25")', text)
+    assert planted != text, "could not plant the slowdown"
+    # The slowdown first (its verdict is the figure that matters most), then the unchanged runs.
+    slowable.write_text(planted)
+    print(f"clone of {head} in {clone}; reference {reference}; options {' '.join(extra) or '(defaults)'}", flush=True)
+    print("one run of `gate --against HEAD` with the head's kernel 25% slower (forward and backward), uncommitted:", flush=True)
+    slowed, row, took = gate(clone, reference, extra)
+    print(f"  exit {slowed} in {took:.0f} s  {row}", flush=True)
+    print(f"25% slowdown: {'caught (exit 3)' if slowed == 3 else f'NOT caught (exit {slowed})'}", flush=True)
+    slowable.write_text(text)
+    print(f"{runs} runs on unchanged code (base and head identical):", flush=True)
     codes = Counter()
     for i in range(runs):
         code, row, took = gate(clone, reference, extra)
         codes[code] += 1
         print(f"  run {i + 1}: exit {code} in {took:.0f} s  {row}", flush=True)
-    slowable = clone / "benchmarks" / "slowable.py"
-    text = slowable.read_text()
-    planted = re.sub(r'os\.environ\.get\("DCNBENCH_SLOWDOWN", "0"\)', 'os.environ.get("DCNBENCH_SLOWDOWN", "0.25")', text)
-    assert planted != text, "could not plant the slowdown"
-    slowable.write_text(planted)
-    print("one run with the head's kernel 25% slower (forward and backward), uncommitted:", flush=True)
-    slowed, row, took = gate(clone, reference, extra)
-    print(f"  exit {slowed} in {took:.0f} s  {row}", flush=True)
-    print(f"\nunchanged code: {codes[3]} false alarm(s) (exit 3), {codes[4]} undecided (exit 4), {codes[0]} pass, "
-          f"{sum(n for c, n in codes.items() if c not in (0, 3, 4))} other, out of {runs}")
-    print(f"25% slowdown: {'caught (exit 3)' if slowed == 3 else f'NOT caught (exit {slowed})'}")
+        print(f"  so far: {codes[3]} false alarm(s) (exit 3), {codes[4]} undecided (exit 4), {codes[0]} pass, "
+              f"{sum(n for c, n in codes.items() if c not in (0, 3, 4))} other, out of {i + 1}", flush=True)
 
 
 if __name__ == "__main__":
