@@ -23,8 +23,9 @@ def _reference(settings: Settings) -> str:
 
 
 def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, baseline_env: dict,
-                  candidate_name: str, candidate_env: dict, oracle: bool = False) -> str:
-    """`oracle`: correctness was judged against the oracle (gate --against), not only a stored baseline."""
+                  candidate_name: str, candidate_env: dict, oracle: bool = False, correctness: bool = True) -> str:
+    """`oracle`: correctness was judged against the oracle (gate --against), not only a stored baseline;
+    `correctness`: whether it was judged at all (--no-correctness)."""
     lines = [f"## dcnbench gate: {decision.headline}", "",
              f"Baseline: `{baseline_name}` ({_describe(baseline_env)})  ",
              f"Candidate: {candidate_name} ({_describe(candidate_env)})", ""]
@@ -33,7 +34,9 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
               "| performance | " + " | ".join(str(sum(p.verdict == v for p in perf)) for v in VERDICTS) + " |", ""]
 
     lines.append("### Correctness (hard gate)")
-    if decision.regressions:
+    if not correctness:
+        lines.append("Not checked (--no-correctness).")
+    elif decision.regressions:
         what = "fail against the oracle, or passed in the stored baseline and do not now" if oracle else \
             "passed in the baseline and do not now"
         lines += [f"{len(decision.regressions)} case(s) {what}:", "",

@@ -119,7 +119,7 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
         saved = results.RESULTS_DIR / f"gate-{stamp()}.json"
         results.save(saved, results.bundle("gate-candidate", cand_env, cand_docs))
         name = f"this run (saved as `{saved}`)"
-    text = gate_markdown(decision, settings, str(baseline), base_doc["environment"], name, cand_env)
+    text = gate_markdown(decision, settings, str(baseline), base_doc["environment"], name, cand_env, correctness=correctness)
     if summary:
         results.write_text(summary, text)
     console.print(text, markup=False, highlight=False, soft_wrap=True)

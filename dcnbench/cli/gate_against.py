@@ -104,7 +104,7 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
                         f"{plan.repeat} samples per backend, base and head alternating (ABBA); every run's results in `{scratch}`")
     decision = g.Decision(tuple(regressions), tuple(not_run), checked, tuple(perf), performance, tuple(notes), allow_missing)
     text = gate_markdown(decision, settings, f"{rev} @ {commit[:12]}", base_env, "the working tree", env,
-                         oracle=correctness)
+                         oracle=correctness, correctness=correctness)
     if summary:
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(text)
