@@ -68,12 +68,16 @@ def problems(results: Iterable[VerifyResult], statuses: tuple[str, ...] = ORDER)
 
 
 def unsupported(results: Iterable[VerifyResult]) -> list[Unsupported]:
-    """The `unsupported` results, one group per backend and reason, in order of first appearance."""
+    """The `unsupported` results, one group per backend and reason: backends in order of first
+    appearance, each backend's reasons likewise."""
     groups: dict[tuple[str, str], list[str]] = {}
+    backends: dict[str, int] = {}
     for r in results:
         if r.status == Status.UNSUPPORTED:
             groups.setdefault((r.backend, r.message), []).append(r.case.case_id)
-    return [Unsupported(b, reason, tuple(ids)) for (b, reason), ids in groups.items()]
+            backends.setdefault(r.backend, len(backends))
+    ordered = sorted(groups.items(), key=lambda item: backends[item[0][0]])  # stable: reasons keep their order
+    return [Unsupported(b, reason, tuple(ids)) for (b, reason), ids in ordered]
 
 
 def one_line(p: Problem) -> str:
