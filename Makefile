@@ -16,8 +16,10 @@ SYNCED := $(VENV)/.synced
 WORKER_ENVS := mxnet paddle
 WORKER_SYNCED := $(foreach e,$(WORKER_ENVS),.venv-$(e)/.synced)
 DCNBENCH := $(VENV)/bin/dcnbench
+# Debian's Chromium opens the generated HTML report in the browser tests (tests/test_report_browser.py).
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: help env envs $(foreach e,$(WORKER_ENVS),$(e)-env) demo test gpu-check clean
+.PHONY: help env envs $(foreach e,$(WORKER_ENVS),$(e)-env) chromium demo test example-report gpu-check clean
 .DEFAULT_GOAL := help
 
 help:
@@ -27,6 +29,8 @@ help:
 	@echo "make envs   create every framework backend's own environment: $(WORKER_ENVS)"
 	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
 	@echo "make paddle-env  create .venv-paddle (paddlepaddle 3.3.1 CPU) for the paddle backend"
+	@echo "make chromium    install Debian's chromium (as root) for the browser test of the HTML report"
+	@echo "make example-report   regenerate reports/example/ from one run of every backend and operator, check it in Chromium"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -48,6 +52,14 @@ envs: $(WORKER_SYNCED)
 
 $(addsuffix -env,$(WORKER_ENVS)): %-env: .venv-%/.synced
 
+# Installed from Debian's packages when missing (CI runs as root on a fresh machine).
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then echo "Chromium is missing at $(CHROMIUM): as root, apt-get install chromium (or set CHROMIUM=...)"; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM)
+
 demo: $(SYNCED) $(WORKER_SYNCED)
 	$(DCNBENCH) backends
 	$(DCNBENCH) verify
@@ -56,13 +68,19 @@ demo: $(SYNCED) $(WORKER_SYNCED)
 
 # The CUDA library built exactly as a GPU user's first run builds it (compiled and linked for sm_80
 # and sm_90; no GPU here, so it is not run: a build that fails for a user fails CI), the tests
-# (they run the CUDA kernels emulated on the CPU, under ThreadSanitizer too), then the project's
+# (they run the CUDA kernels emulated on the CPU, under ThreadSanitizer too; the browser test of the HTML
+# report must run, not skip), then the project's
 # own gate against the committed baseline: correctness is hard, performance is printed only (a
 # shared machine is too noisy to fail CI on).
-test: $(SYNCED) $(WORKER_SYNCED)
+test: $(SYNCED) $(WORKER_SYNCED) $(CHROMIUM)
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
-	$(VENV)/bin/pytest
+	DCNBENCH_REQUIRE_BROWSER=1 DCNBENCH_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest
 	$(DCNBENCH) gate --baseline reports/baseline-cpu.json --performance report-only --summary results/gate-summary.md
+
+# One verify run and one speed run of every available backend on every registered operator's default
+# preset, reports/example/ written from them, and the page checked in Chromium (screenshot in results/).
+example-report: $(SYNCED) $(WORKER_SYNCED) $(CHROMIUM)
+	DCNBENCH_CHROMIUM=$(CHROMIUM) bash benchmarks/example_report.sh
 
 # On a GPU machine with torch preinstalled (no uv, no network): PYTHONPATH=. with its python3.
 gpu-check:

@@ -20,6 +20,9 @@ from dcnbench.results import expand, partial_note
 from dcnbench.status import PASSING
 # What must match for times to be comparable across runs.
 ENV_KEYS = ("device", "device_name", "cpu_model", "torch_version", "torchvision_version", "threads")
+# Within one job on one machine (gate --against) only the machine must match: the versions are part
+# of the change being judged.
+MACHINE_KEYS = ("device", "device_name", "cpu_model", "threads")
 BASELINE_KIND = "baseline"
 
 
@@ -159,11 +162,11 @@ def median_uncertainty(values: list[float]) -> float:
     return 1.57 * (q3 - q1) / (q2 * len(values) ** 0.5) if q2 > 0 else float("inf")
 
 
-def _env_difference(a: dict, b: dict, backends: tuple[str, ...]) -> str:
-    for key in ENV_KEYS:
+def _env_difference(a: dict, b: dict, backends: tuple[str, ...], same_job: bool = False) -> str:
+    for key in MACHINE_KEYS if same_job else ENV_KEYS:
         if a.get(key) != b.get(key):
             return f"environment differs: {key} {a.get(key)!r} vs {b.get(key)!r}"
-    for name in backends:
+    for name in () if same_job else backends:
         va, vb = a.get("backend_versions", {}).get(name), b.get("backend_versions", {}).get(name)
         if va != vb:
             return f"environment differs: {name} {va!r} vs {vb!r}"
@@ -191,7 +194,8 @@ def classify(base: list[float], now: list[float], factor: float, settings: Setti
     return "same", p
 
 
-def compare_performance(baseline: list[dict], candidate: list[dict], settings: Settings) -> list[PerfComparison]:
+def compare_performance(baseline: list[dict], candidate: list[dict], settings: Settings,
+                        same_job: bool = False) -> list[PerfComparison]:
     def index(docs):
         return {(r["case_digest"], r["backend"]): (r, env) for r, env in _records(docs, "speed")}
 
@@ -215,7 +219,7 @@ def compare_performance(baseline: list[dict], candidate: list[dict], settings: S
         elif c[0]["status"] != "ok":
             reason = f"the candidate's run of {backend} is {c[0]['status']}: {c[0].get('message', '')}"
         else:
-            reason = _env_difference(b_env, c[1], (backend, ref))
+            reason = _env_difference(b_env, c[1], (backend, ref), same_job)
         if reason:
             found.append(PerfComparison(case_id, backend, "not comparable", factor=factor, reason=reason))
             continue

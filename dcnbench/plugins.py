@@ -89,28 +89,28 @@ def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | No
                           hint=f"define {func_name}{ops.get(op or DEFAULT_OP).signature} in it")
     if not callable(func):
         raise PluginError(f"'{func_name}' in '{path}' is not callable", hint="point --impl at a function")
-    op = getattr(func, "dcnbench_op", None) or op or DEFAULT_OP
-    if op not in ops.names():
-        raise PluginError(f"'{func_name}' in '{path}' declares dcnbench_op = {op!r}", hint=f"use one of: {', '.join(ops.names())}")
-    dtypes = getattr(func, "dcnbench_dtypes", ALL_DTYPES)
-    if isinstance(dtypes, str) or not isinstance(dtypes, (tuple, list)) or not dtypes or not set(dtypes) <= set(ALL_DTYPES):
-        raise PluginError(f"'{func_name}' in '{path}' declares dcnbench_dtypes = {dtypes!r}",
-                          hint=f"declare a non-empty tuple of: {', '.join(ALL_DTYPES)}")
-    dtypes = tuple(dtypes)
-    backend = Backend(
-        name=name or func_name,
-        description=f"{path}:{func_name}",
-        ops={op: func},
-        dtypes={"cpu": dtypes, "cuda": dtypes},
-        version=getattr(module, "__version__", None),
-        origin="plugin",
-    )
+    backend = callable_backend(func, name=name or func_name, description=f"{path}:{func_name}", op=op,
+                               version=getattr(module, "__version__", None))
     if probe:
-        _probe(backend, spec, device, op)
+        probe_backend(backend, spec, device, next(iter(backend.ops)))
     return backend
 
 
-def _probe(backend: Backend, impl: str, device: str, op: str) -> None:
+def callable_backend(func, *, name: str, description: str, op: str | None = None, version: str | None = None) -> Backend:
+    """A callable with one op's signature as a backend (its `dcnbench_op` and `dcnbench_dtypes` honoured)."""
+    op = getattr(func, "dcnbench_op", None) or op or DEFAULT_OP
+    if op not in ops.names():
+        raise PluginError(f"'{description}' declares dcnbench_op = {op!r}", hint=f"use one of: {', '.join(ops.names())}")
+    dtypes = getattr(func, "dcnbench_dtypes", ALL_DTYPES)
+    if isinstance(dtypes, str) or not isinstance(dtypes, (tuple, list)) or not dtypes or not set(dtypes) <= set(ALL_DTYPES):
+        raise PluginError(f"'{description}' declares dcnbench_dtypes = {dtypes!r}",
+                          hint=f"declare a non-empty tuple of: {', '.join(ALL_DTYPES)}")
+    dtypes = tuple(dtypes)
+    return Backend(name=name, description=description, ops={op: func}, dtypes={"cpu": dtypes, "cuda": dtypes},
+                   version=version, origin="plugin")
+
+
+def probe_backend(backend: Backend, impl: str, device: str, op: str) -> None:
     """One tiny call per variant; the plugin is broken if none gives a finite, right-shaped tensor."""
     dtype = "float32" if "float32" in backend.dtypes[device] else backend.dtypes[device][0]
     problem = None

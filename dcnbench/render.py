@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from dcnbench import problems
 from dcnbench.results import worst
 from dcnbench.status import VERIFY_STATUSES, Status
 
@@ -65,26 +67,6 @@ def verify_table(results: list[VerifyResult]) -> Table:
     return table
 
 
-def problems_table(results: list[VerifyResult]) -> Table | None:
-    """One row per failing quantity or non-passing result, with the numbers that decided it."""
-    rows = []
-    for r in results:
-        if r.status == "fail":
-            rows += [(r.case.case_id, r.backend, r.status, q.quantity, _fmt_err(q.rel_err), _fmt_err(q.max_abs_err),
-                      f"{q.tolerance:.0e}", q.note) for q in r.failing]
-        elif r.status in ("error", "nondeterministic"):
-            rows.append((r.case.case_id, r.backend, r.status, "", "", "", "", r.message))
-    if not rows:
-        return None
-    table = Table(title="problems", title_justify="left")
-    for name, justify in (("case", "left"), ("backend", "left"), ("status", "left"), ("quantity", "left"),
-                          ("rel err", "right"), ("max abs", "right"), ("tol", "right"), ("note", "left")):
-        table.add_column(name, justify=justify)
-    for row in rows:
-        table.add_row(*row[:2], Text(row[2], style=STATUS_STYLE[row[2]]), *row[3:])
-    return table
-
-
 def dialect_table(results: list[VerifyResult]) -> Table | None:
     """For backends that declare another boundary rule: where they part from the paper, and by how much."""
     rows = [r for r in results if r.dialect is not None and r.status in ("pass", "dialect", "fail", "nondeterministic")]
@@ -118,8 +100,49 @@ def verify_summary(results: list[VerifyResult]) -> Table:
     return table
 
 
-def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Table]:
-    """One table per workload, backends as rows, coloured by ratio to the fastest."""
+# What `verify --show` prints after the summary: the results that did not pass, the full matrix too, or nothing.
+SHOW_CHOICES = ("failures", "all", "none")
+
+
+def not_passing(results: list[VerifyResult], examples: int = 3) -> list[RenderableType]:
+    """One aligned line per result that did not pass (per failing quantity for a `fail`), failures
+    first; `unsupported` results one line per backend and reason, with a few of the cases."""
+    found = problems.problems(results)
+    groups = problems.unsupported(results)
+    counts = {s: sum(r.status == s for r in results) for s in VERIFY_STATUSES if s != Status.PASS}
+    head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
+    lines: list[RenderableType] = [Text(f"not passing: {head}", style="bold")]
+    if found:
+        w = [max(len(x) for x in col) for col in zip(*[(p.status, p.case_id, p.backend, p.quantity) for p in found])]
+        for p in found:
+            lines.append(Text.assemble("  ", (p.status.ljust(w[0]), STATUS_STYLE[p.status]), "  ", p.case_id.ljust(w[1]), "  ",
+                                       p.backend.ljust(w[2]), "  ", p.quantity.ljust(w[3]), "  ", p.detail))
+    for g in groups:
+        shown = ", ".join(g.case_ids[:examples]) + (f", ... (+{len(g.case_ids) - examples})" if len(g.case_ids) > examples else "")
+        lines.append(Text.assemble("  ", (Status.UNSUPPORTED.value, STATUS_STYLE[Status.UNSUPPORTED]),
+                                   f"  {g.backend}: {len(g.case_ids)} case(s): {g.reason}  [{shown}]"))
+    return lines
+
+
+def verify_report(results: list[VerifyResult], show: str = "failures") -> list[RenderableType]:
+    """What `verify` prints, in order: the summary per backend, then (unless `show` is "none") what
+    did not pass, then (with `show` "all") the full case x backend matrix and the dialect table."""
+    parts: list[RenderableType] = [verify_summary(results)]
+    if show in ("failures", "all"):
+        parts += not_passing(results)
+    if show == "all":
+        parts += [t for t in (verify_table(results), dialect_table(results)) if t is not None]
+    elif show == "failures":
+        parts.append(Text("(the full case x backend matrix: --show all, or -v)", style="dim"))
+    return parts
+
+
+def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[RenderableType]:
+    """One table per workload, backends as rows, coloured by ratio to the fastest.
+
+    A backend that cannot run the workload is one footnote line under its table (a long reason in
+    a table cell folds over many lines); one that raised keeps a row, its message in a footnote.
+    """
     tables = []
     by_case: dict[str, list[SpeedResult]] = {}
     for r in results:
@@ -133,9 +156,12 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Table
         for name in ("median ms", "IQR ms", f"x {base}" if base else "ratio", "x best", "GFLOP/s", "peak mem"):
             table.add_column(name, justify="right")
         table.add_column("notes")
+        notes = []
         for r in rows:
             if not r.measurement:
-                table.add_row(r.backend, "-", "-", "-", "-", "-", "-", Text(f"{r.status}: {r.message}", style=STATUS_STYLE[r.status]))
+                notes.append(Text(f"  {r.backend}: {r.status}: {r.message}", style=STATUS_STYLE[r.status]))
+                if r.status == Status.ERROR:
+                    table.add_row(r.backend, "-", "-", "-", "-", "-", "-", Text("error (below)", style=STATUS_STYLE[r.status]))
                 continue
             m = r.measurement
             vs_best = m.median_ms / best if best else None
@@ -146,7 +172,7 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Table
                 Text(f"{vs_best:.2f}", style=style), "-" if r.gflops is None else f"{r.gflops:.1f}",
                 _fmt_bytes(r.peak_bytes), r.message,
             )
-        tables.append(table)
+        tables.append(Group(table, *notes) if notes else table)
     return tables
 
 

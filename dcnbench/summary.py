@@ -23,7 +23,9 @@ def _reference(settings: Settings) -> str:
 
 
 def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, baseline_env: dict,
-                  candidate_name: str, candidate_env: dict) -> str:
+                  candidate_name: str, candidate_env: dict, oracle: bool = False, correctness: bool = True) -> str:
+    """`oracle`: correctness was judged against the oracle (gate --against), not only a stored baseline;
+    `correctness`: whether it was judged at all (--no-correctness)."""
     lines = [f"## dcnbench gate: {decision.headline}", "",
              f"Baseline: `{baseline_name}` ({_describe(baseline_env)})  ",
              f"Candidate: {candidate_name} ({_describe(candidate_env)})", ""]
@@ -32,12 +34,17 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
               "| performance | " + " | ".join(str(sum(p.verdict == v for p in perf)) for v in VERDICTS) + " |", ""]
 
     lines.append("### Correctness (hard gate)")
-    if decision.regressions:
-        lines += [f"{len(decision.regressions)} case(s) passed in the baseline and do not now:", "",
+    if not correctness:
+        lines.append("Not checked (--no-correctness).")
+    elif decision.regressions:
+        what = "fail against the oracle, or passed in the stored baseline and do not now" if oracle else \
+            "passed in the baseline and do not now"
+        lines += [f"{len(decision.regressions)} case(s) {what}:", "",
                   "| case | backend | was | now | what fails |", "|---|---|---|---|---|"]
         lines += [f"| {c.case_id} | {c.backend} | {c.was} | **{c.now}** | {c.detail} |" for c in decision.regressions]
     else:
-        lines.append(f"All {decision.correctness_checked} case×backend results that passed in the baseline still pass.")
+        lines.append(f"All {decision.correctness_checked} case×backend results that ran pass against the oracle." if oracle else
+                     f"All {decision.correctness_checked} case×backend results that passed in the baseline still pass.")
     if decision.correctness_not_run:
         how = "allowed by --allow-missing" if decision.allow_missing else "**fails the gate** (pass --allow-missing to accept)"
         lines += ["", f"{len(decision.correctness_not_run)} case×backend result(s) that passed in the baseline were not run "

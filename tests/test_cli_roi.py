@@ -13,7 +13,7 @@ PSROI_SHAPE = "1,8,10,12:6,2:0.5,2,0.25,2,2"  # output_dim 2, group 2, pooled 2,
 
 def test_verify_op_runs_only_that_ops_cases():
     res = invoke("verify", "--op", "deform_psroi_pool", "--backend", "pytorch", "--backend", "mxnet", "--case", "inside",
-                 "--json", "/dev/null", "--csv", "/dev/null")
+                 "--json", "/dev/null", "--csv", "/dev/null", "--show", "all")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "psroi-inside/float64" in res.stdout and "roi-inside/" not in res.stdout.replace("psroi-inside", "")
     assert "v2/" not in res.stdout

@@ -28,6 +28,7 @@ def _run(*args: str) -> tuple[str, int]:
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("verify", "--help"), ("speed", "--help"),
                                   ("gate", "--help"), ("report", "--help"), ("build", "--help"), ("export-check", "--help"),
+                                  ("repro", "--help"), ("verify", "--show", "bogus"),
                                   ("speed", "--shape", "1,2,3"), ("verify", "--op", "nope")])
 def test_no_heavy_import_before_the_command_needs_it(args):
     heavy, code = _run(*args)

@@ -24,8 +24,8 @@ def test_builtins_pass_and_exit_0(tmp_path):
 def test_planted_bug_exits_1_and_names_the_quantity(tmp_path, bug, quantity):
     out = run_cli("verify", "--impl", f"{PLANTED}:{bug}", "--csv", str(tmp_path / "v.csv"), "--json", str(tmp_path / "v.json"))
     assert out.returncode == 1
-    problems = out.stdout.split("problems", 1)[1]
-    assert quantity in problems and "fail" in problems
+    problems = out.stdout.split("not passing", 1)[1]
+    assert any(bug in line and quantity in line and "fail" in line for line in problems.splitlines())
 
 
 def test_nondeterminism_is_its_own_status_and_can_be_allowed(tmp_path):
@@ -65,3 +65,33 @@ def test_version_and_help():
     assert run_cli("--version").stdout.startswith("dcnbench ")
     out = run_cli()
     assert "verify" in out.stdout and "speed" in out.stdout and "backends" in out.stdout
+
+
+def _sections(stdout: str) -> list[str]:
+    """Which parts the output has, in order."""
+    marks = {"summary": "summary", "not passing": "not passing:", "matrix": "dcnbench verify", "dialects": "dialects:"}
+    found = sorted((stdout.find(text), name) for name, text in marks.items() if text in stdout)
+    return [name for _, name in found]
+
+
+def test_failures_come_first_one_line_each_and_the_matrix_only_on_request(tmp_path):
+    args = ["verify", "--backend", "torchvision", "--impl", f"{PLANTED}:missing_offset_grad", "--case", "band-low-v2", "--case", "v2/bfloat16",
+            "--dtype", "float64", "--dtype", "bfloat16", "--json", str(tmp_path / "v.json"), "--csv", str(tmp_path / "v.csv")]
+    default = invoke(*args)
+    assert default.returncode == 1
+    assert _sections(default.stdout) == ["summary", "not passing"]
+    lines = default.stdout.splitlines()
+    # One line per failing quantity: status, case, backend, quantity and why, all on it.
+    fail = [ln.split(maxsplit=4) for ln in lines if ln.split()[:1] == ["fail"]]
+    assert [(f[1], f[2], f[3], f[4]) for f in fail] == [("band-low-v2/float64", "missing_offset_grad", "grad_offset",
+                                                          "missing (None) (tol 1e-10)")]
+    # unsupported results: one line per backend and reason, with the count.
+    unsupported = [ln for ln in lines if ln.split()[:1] == ["unsupported"]]
+    assert any(ln.split()[1] == "torchvision:" and "bfloat16" in ln for ln in unsupported)
+    assert len(unsupported) == len({" ".join(ln.split()[:3]) + ln.split("case(s):")[1].split("[")[0] for ln in unsupported})
+    full = invoke(*args, "--show", "all")
+    assert _sections(full.stdout) == ["summary", "not passing", "matrix"]
+    assert invoke(*args, "-v").stdout == full.stdout
+    quiet = invoke(*args, "--show", "none")
+    assert quiet.returncode == 1 and _sections(quiet.stdout) == ["summary"]
+    assert invoke(*args, "--show", "everything").returncode == 2

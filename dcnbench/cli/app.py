@@ -10,7 +10,7 @@ try:
     import typer
 
     from dcnbench import __version__
-    from dcnbench.cli import backends, build, export_check, gate, report, speed, verify
+    from dcnbench.cli import backends, build, export_check, gate, repro, report, speed, verify
 except KeyboardInterrupt:  # Ctrl-C while the CLI itself loads: one line, no traceback
     os.write(2, b"interrupted\n")  # os-level: nothing half-imported is needed to say it
     os._exit(130)
@@ -21,6 +21,7 @@ app.command("verify")(verify.command)
 app.command("speed")(speed.command)
 app.command("gate")(gate.command)
 app.command("report")(report.command)
+app.command("repro")(repro.command)
 app.command("backends")(backends.command)
 app.command("build")(build.command)
 app.command("export-check")(export_check.command)

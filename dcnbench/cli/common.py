@@ -8,18 +8,48 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from dcnbench import ops
 from dcnbench.backends import ALL_DTYPES
 from dcnbench.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DcnbenchError, Terminated, UsageError
 
-console = Console()
-err_console = Console(stderr=True)
+# Width of output that goes to a log (a pipe, a file, CI) when COLUMNS does not say: wide enough
+# that no table folds, where Rich would assume an 80-column terminal.
+LOG_WIDTH = 250
+
+
+class LogConsole(Console):
+    """A Rich console that a log can read: when its stream is not a terminal and COLUMNS is unset,
+    lines are LOG_WIDTH wide instead of 80. Colour follows Rich's conventions: none when the stream
+    is not a terminal unless FORCE_COLOR is set, none at all when NO_COLOR is set."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        found = super().size
+        if self._width is None and not os.environ.get("COLUMNS", "").isdigit() and not _isatty(self.file):
+            return ConsoleDimensions(LOG_WIDTH, found.height)
+        return found
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+console = LogConsole()
+err_console = LogConsole(stderr=True)
 
 BackendOpt = Annotated[list[str] | None, typer.Option("--backend", "-b", help="Backend to run (repeatable). Default: every available one.")]
 ImplOpt = Annotated[list[str] | None, typer.Option("--impl", help="Add a kernel as a backend: [NAME=]PATH.py:FUNC (repeatable).")]

@@ -119,11 +119,16 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
         saved = results.RESULTS_DIR / f"gate-{stamp()}.json"
         results.save(saved, results.bundle("gate-candidate", cand_env, cand_docs))
         name = f"this run (saved as `{saved}`)"
-    text = gate_markdown(decision, settings, str(baseline), base_doc["environment"], name, cand_env)
+    text = gate_markdown(decision, settings, str(baseline), base_doc["environment"], name, cand_env, correctness=correctness)
     if summary:
         results.write_text(summary, text)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     return decision.exit_code
+
+
+def _check_settings(factor: float, alpha: float, noise: float) -> None:
+    if not (math.isfinite(factor) and factor > 1 and 0 < alpha < 1 and math.isfinite(noise) and noise > 0):
+        raise UsageError("--factor must be > 1, --alpha in (0, 1) and --noise > 0", hint="e.g. --factor 1.1 --alpha 0.01")
 
 
 def _overrides(items: list[str] | None) -> tuple[tuple[str, float], ...]:
@@ -161,11 +166,18 @@ def command(
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Do not fail when the candidate did not run a case (or "
                                                 "time a workload) the baseline covers; list them instead.")] = False,
     summary: Annotated[Path | None, typer.Option("--summary", help="Also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", help="With --write-baseline: timed samples per backend (gate runs reuse it).")] = 20,
-    warmup: Annotated[float, typer.Option("--warmup", help="With --write-baseline: warm-up seconds per backend (gate runs reuse it).")] = 3.0,
-    dcn: Annotated[str, typer.Option("--dcn", help="With --write-baseline: v2 or v1.")] = "v2",
+    repeat: Annotated[int, typer.Option("--repeat", help="With --write-baseline: timed samples per backend (gate runs reuse it); "
+                                        "with --against: samples per backend per side, over all rounds.")] = 20,
+    warmup: Annotated[float | None, typer.Option("--warmup", help="Warm-up seconds per backend: with --write-baseline (default 3, "
+                                                 "gate runs reuse it), with --against per run (default 1).")] = None,
+    dcn: Annotated[str, typer.Option("--dcn", help="With --write-baseline or --against: v2 or v1.")] = "v2",
+    against: Annotated[str | None, typer.Option("--against", help="Build this git revision (branch, tag, commit) in a worktree "
+                                                "with its own environment and time it against the working tree, "
+                                                "interleaved, in this job.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="With --against: runs per side, base and head alternating.")] = 5,
 ) -> None:
-    """Compare a run with a baseline: hard correctness gate, statistical performance gate.
+    """Compare a run with a baseline, or the working tree with a git revision built and timed now (--against):
+    hard correctness gate, statistical performance gate.
 
     Exit status: 0 pass, 1 correctness regression (or a baseline case the candidate did not run),
     2 usage error, 3 performance regression, 4 measurements too noisy to decide.
@@ -173,17 +185,30 @@ def command(
     from dcnbench.results import check_writable
 
     check_count("--repeat", repeat)
-    check_seconds("--warmup", warmup)
+    if warmup is not None:
+        check_seconds("--warmup", warmup)
     for path, option in ((write_baseline_to, "--write-baseline"), (summary, "--summary")):
         if path is not None:
             check_writable(path, option)
     if write_baseline_to:
         raise typer.Exit(write_baseline(path=write_baseline_to, shapes=shape, presets=preset, backends=backend, impls=impl,
-                                        reference=reference, repeat=repeat, warmup_s=warmup, dcn=dcn))
+                                        reference=reference, repeat=repeat, warmup_s=3.0 if warmup is None else warmup, dcn=dcn))
+    if against is not None:
+        if candidates:
+            raise UsageError("--against measures both revisions now: it takes no results files",
+                             hint="drop the files, or gate them with --baseline FILE instead")
+        _check_settings(factor, alpha, noise)
+        from dcnbench import gate as g
+        from dcnbench.cli.gate_against import gate_against
+
+        settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
+        raise typer.Exit(gate_against(rev=against, shapes=shape, presets=preset, backends=backend, impls=impl, settings=settings,
+                                      performance=performance, correctness=correctness, baseline=baseline, summary=summary,
+                                      rounds=rounds, repeat=repeat, warmup_s=1.0 if warmup is None else warmup, dcn=dcn,
+                                      default_shape=DEFAULT_GATE_SHAPE, allow_missing=allow_missing))
     if baseline is None:
         raise UsageError("no --baseline given", hint="pass --baseline FILE, or create one with --write-baseline FILE")
-    if not (math.isfinite(factor) and factor > 1 and 0 < alpha < 1 and math.isfinite(noise) and noise > 0):
-        raise UsageError("--factor must be > 1, --alpha in (0, 1) and --noise > 0", hint="e.g. --factor 1.1 --alpha 0.01")
+    _check_settings(factor, alpha, noise)
     from dcnbench import gate as g
 
     settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from dcnbench import ops
+from dcnbench.cli.progress import LateProgress
+from dcnbench.cli.repro import save_repro_bundles
 from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOpt, InProcessOpt, IsolateOpt, JsonOpt, OpOpt,
                                  SeedOpt, ShardOpt, TimeoutOpt, check_count, check_device, check_dtype, check_isolation,
                                  check_seconds, check_seed, console, err_console, output_paths, plugin_op, run_writing,
@@ -16,16 +18,27 @@ from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
 
+def check_show(show: str) -> str:
+    from dcnbench.render import SHOW_CHOICES
+
+    if show not in SHOW_CHOICES:
+        raise UsageError(f"unknown --show '{show}'", hint=f"choose from: {', '.join(SHOW_CHOICES)}")
+    return show
+
+
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
            shard: str | None = None, knobs: bool = False, fuzz: int = 0, fuzz_time: float = 60.0,
            case_json: str | None = None, isolate: bool = False, in_process: bool = False,
-           timeout: float | None = None) -> int:
+           timeout: float | None = None, show: str = "failures", save_failures: Path | None = None) -> int:
     """Run the suite (or `fuzz` random problems per operator, or the one case `case_json` names);
     returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
     isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
+    show = check_show(show)
+    if save_failures is not None and save_failures.exists() and not save_failures.is_dir():
+        raise UsageError(f"--save-failures '{save_failures}' is a file, not a folder", hint="give a folder (created if missing)")
     for d in dtypes or []:
         check_dtype(d)
     ops.check_ops(op_names)
@@ -39,8 +52,6 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         return run_fuzz_command(backends=backends, impls=impls, device=device, op_names=op_names, examples=fuzz,
                                 seconds=fuzz_time, seed=seed, csv_path=csv_path, json_path=json_path,
                                 isolate=isolate_plugins)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dcnbench import backends as registry
     from dcnbench import render, results
@@ -75,27 +86,23 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     writer = results.ResultsWriter(kind="verify", env=env, csv_path=csv_path, json_path=json_path, expected=total)
 
     def run():
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
-            task = progress.add_task("verify", total=total)
-
+        with LateProgress(err_console, total, "verify") as bar:
             def done(r):
                 writer.add(r)
-                progress.update(task, advance=1, description=f"{r.backend} {r.case.case_id}")
+                bar.advance(f"{r.backend} {r.case.case_id}")
 
             return run_verify(backends=chosen, cases=chosen_cases, device=device, knobs=knobs, on_result=done)
 
     found = run_writing(writer, run, "case x backend results")
 
-    console.print(render.verify_table(found))
-    for extra in (render.dialect_table(found), render.problems_table(found)):
-        if extra is not None:
-            console.print(extra)
-    console.print(render.verify_summary(found))
+    for part in render.verify_report(found, show):
+        console.print(part, highlight=False)
     for b in chosen:
         if b.mode:
             console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
+    if save_failures is not None:
+        save_repro_bundles(found, save_failures, device=device, env=env, impls=impls)
     return EXIT_FAILED if failed(found, allow_nondeterministic) else EXIT_OK
 
 
@@ -176,6 +183,11 @@ def command(
     isolate: IsolateOpt = False,
     in_process: InProcessOpt = False,
     timeout: TimeoutOpt = None,
+    show: Annotated[str, typer.Option("--show", help="After the summary: failures (every result that did not pass, one line "
+                                      "each), all (and the full case x backend matrix) or none.")] = "failures",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Same as --show all.")] = False,
+    save_failures: Annotated[Path | None, typer.Option("--save-failures", help="Write a repro bundle per failing case x backend "
+                                                       "into this folder (re-run one with `dcnbench repro FILE`).")] = None,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
@@ -187,4 +199,5 @@ def command(
     raise typer.Exit(verify(backends=backend, impls=impl, dtypes=dtype, device=device, cases=case, op_names=op, seed=seed, csv=csv,
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
                             shard=shard, knobs=knobs, fuzz=fuzz, fuzz_time=fuzz_time, case_json=case_json,
-                            isolate=isolate, in_process=in_process, timeout=timeout))
+                            isolate=isolate, in_process=in_process, timeout=timeout,
+                            show="all" if verbose else show, save_failures=save_failures))

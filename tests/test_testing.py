@@ -1,0 +1,68 @@
+"""dcnbench.testing: the pytest API checks a callable exactly as `verify --impl` does."""
+
+import json
+
+import pytest
+from torchvision.ops import deform_conv2d as tv_deform_conv2d
+
+from dcnbench.testing import assert_op_matches_oracle, case_params, oracle_cases, verify_callable
+from tests.conftest import PLANTED, invoke
+from tests.plugins import planted_bugs, planted_roi_bugs
+
+# A few cheap cases that still cover DCNv1/v2, groups and a non-contiguous layout.
+FEW = ["v2/", "v1/", "groups2/", "noncontiguous"]
+
+
+def test_a_correct_kernel_passes():
+    assert_op_matches_oracle(tv_deform_conv2d, op="deform_conv2d", dtypes=["float64"], cases=FEW)
+
+
+def test_a_planted_bug_fails_naming_case_quantity_error_and_tolerance():
+    with pytest.raises(AssertionError) as caught:
+        assert_op_matches_oracle(planted_bugs.weight_grad_off_by_0_1_percent, dtypes=["float64"], cases=["v2/"])
+    text = str(caught.value)
+    assert "weight_grad_off_by_0_1_percent does not match the deform_conv2d oracle" in text
+    # The gradient is 0.1 % off: rel err ~1e-3 against float64's 1e-10; nothing else fails.
+    line = next(x for x in text.splitlines() if "v2/float64" in x)
+    assert "grad_weight: rel err 1.00e-03 > tol 1e-10" in line
+    assert not any(q in text for q in ("output:", "grad_input:", "grad_offset:", "grad_mask:"))
+
+
+def test_the_api_fails_on_exactly_what_verify_impl_fails(tmp_path):
+    # Same cases, same tolerances, same checks: the failing (case, quantity, error) sets coincide to the bit.
+    out = tmp_path / "v.json"
+    r = invoke("verify", "--impl", f"{PLANTED}:mask_grad_doubled", "--dtype", "float32", "--case", "v2/", "--case", "v1/",
+               "--json", str(out), "--csv", str(tmp_path / "v.csv"), "--show", "none")
+    assert r.returncode == 1
+    records = json.loads(out.read_text())["records"]
+    cli = {(rec["case_id"], q["quantity"], q["rel_err"], q["tolerance"]) for rec in records for q in rec["quantities"] if not q["ok"]}
+    results = verify_callable(planted_bugs.mask_grad_doubled, dtypes=["float32"], cases=["v2/", "v1/"])
+    api = {(x.case.case_id, q.quantity, q.rel_err, q.tolerance) for x in results for q in x.quantities if not q.ok}
+    assert cli and api == cli
+    assert [x.case.case_id for x in results] == [rec["case_id"] for rec in records]
+    with pytest.raises(AssertionError) as caught:
+        assert_op_matches_oracle(planted_bugs.mask_grad_doubled, dtypes=["float32"], cases=["v2/", "v1/"])
+    for case_id, quantity, rel_err, tol in cli:
+        assert f"{case_id} on mask_grad_doubled: fail: {quantity}: rel err {rel_err:.2e} > tol {tol:.0e}" in str(caught.value)
+
+
+def test_the_pooling_ops_and_their_planted_bugs():
+    # The op comes from the callable's dcnbench_op, as for --impl.
+    with pytest.raises(AssertionError, match=r"roi-inside/float64 on roi_offset_xy_swapped: fail: output: rel err"):
+        assert_op_matches_oracle(planted_roi_bugs.roi_offset_xy_swapped, dtypes=["float64"], cases=["roi-inside"])
+
+
+def test_a_broken_callable_is_an_assertion_error_from_the_probe():
+    with pytest.raises(AssertionError, match="failed its probe call"):
+        assert_op_matches_oracle(lambda *a, **k: 1.0, dtypes=["float64"], cases=["v2/"])
+
+
+def test_params_are_one_per_case_with_the_case_id():
+    params = case_params("deform_conv2d", dtypes=["float32"], cases=["v2/", "v1/"])
+    assert [p.id for p in params] == [c.case_id for c in oracle_cases("deform_conv2d", dtypes=["float32"], cases=["v2/", "v1/"])]
+    assert len({p.id for p in params}) == len(params) > 1
+
+
+@pytest.mark.parametrize("case", case_params("deform_conv2d", dtypes=["float32"], cases=["v2/", "v1/"]))
+def test_each_case_is_its_own_test(case):
+    assert_op_matches_oracle(tv_deform_conv2d, cases=[case])
