@@ -77,7 +77,7 @@ def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | No
         backend = isolation.plugin_backend(spec, name, f"{path}:{func_name}", op)
         if probe:
             try:
-                _probe(backend, spec, device, next(iter(backend.ops)))
+                probe_backend(backend, spec, device, next(iter(backend.ops)))
             except PluginError:
                 isolation.close(backend)
                 raise

@@ -191,7 +191,7 @@ def reference(case: Case, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
     `rule` picks the oracle's boundary rule for the "oracle" check (identities have no rule).
     """
     spec = ops.of(case)
-    inputs = {k: v.double().cpu() for k, v in case.inputs("cpu").items()}
+    inputs = case.reference_inputs({k: v.double().cpu() for k, v in case.inputs("cpu").items()})
     # The same values the backend's cotangents hold, contiguous and in float64 (only "expanded"
     # holds other values than "random"; the other layouts compare with the random gradients).
     cots = {k: v.double().contiguous() for k, v in cotangents(case).items() if k in ("random", "expanded")}
@@ -206,12 +206,14 @@ def reference(case: Case, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
 # ---- comparison ------------------------------------------------------------------------------
 
 
-def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str) -> QuantityError:
+def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str, nonfinite: bool = False) -> QuantityError:
     """Normwise relative error of `got` against the float64 `ref`, and whether it is within tolerance.
 
     Where the reference is exactly zero there is no relative error: the error reported is the max
     abs error, and only an exact zero passes. A failure says how when it is not by size alone:
-    NaN or Inf where the reference is finite, or all zeros where it is not.
+    NaN or Inf where the reference is finite, or all zeros where it is not. Where the reference is
+    not finite everywhere, or with `nonfinite` (a case that plants NaN/Inf), the non-finite entries
+    must match the reference's exactly (else the quantity is `nonfinite:<name>`).
     """
     tol = tolerance(dtype, name)
     if got is None:
@@ -219,7 +221,7 @@ def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str) 
     if tuple(got.shape) != tuple(ref.shape):
         return QuantityError(name, None, None, tol, False, f"shape {tuple(got.shape)}, expected {tuple(ref.shape)}")
     got = got.detach().double().cpu()
-    if not bool(ref.isfinite().all()):
+    if nonfinite or not bool(ref.isfinite().all()):
         return _compare_nonfinite(name, got, ref, dtype)
     diff = got - ref
     ref_norm = float(torch.linalg.vector_norm(ref)) if ref.numel() else 0.0
@@ -260,10 +262,12 @@ def _compare_nonfinite(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: s
 def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], label: str,
                   no_backward: str | None = None) -> list[QuantityError]:
     tol = tolerance(case.dtype, "output")
+    # A case that plants NaN/Inf holds every quantity to the reference's non-finite entries.
+    against = partial(compare, nonfinite=case.poison is not None)
     found = []
     for q in quantities:
         if q == "output":
-            err = compare(q, run.output, ref.output, case.dtype)
+            err = against(q, run.output, ref.output, case.dtype)
             if err.ok and run.output.dtype != DTYPES[case.dtype]:
                 err = QuantityError(q, err.rel_err, err.max_abs_err, tol, False, f"dtype {run.output.dtype}, expected {case.dtype}")
             found.append(replace(err, reference=label))
@@ -271,12 +275,12 @@ def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], l
             if no_backward:
                 found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))
             else:
-                found.append(replace(compare(q, run.grads.get(q), ref.grads[q], case.dtype), reference=label))
+                found.append(replace(against(q, run.grads.get(q), ref.grads[q], case.dtype), reference=label))
     for layout, grads in run.layout_grads.items():
         expected = ref.layout_grads["expanded"] if layout == "expanded" else ref.grads
         for q, got in grads.items():
             if q in quantities and expected.get(q) is not None:
-                err = compare(q, got, expected[q], case.dtype)
+                err = against(q, got, expected[q], case.dtype)
                 found.append(replace(err, quantity=f"{q}@{layout}", reference=label))
     for name in run.mutated:
         found.append(QuantityError(f"unchanged:{name}", None, None, tol, False, f"the backend modified the caller's {name}", label))

@@ -10,7 +10,7 @@ import pytest
 from dcnbench.backends import get
 from dcnbench.errors import PluginError
 from dcnbench.ops.deform_conv2d.contract import parse_shape
-from dcnbench.plugins import _probe, load_plugin
+from dcnbench.plugins import load_plugin, probe_backend
 from dcnbench.speed import SpeedCase, run_speed
 from dcnbench.verify import default_suite, run_verify, select_cases
 from dcnbench.worker import isolation
@@ -72,7 +72,7 @@ def test_a_plugin_that_crashes_or_hangs_on_its_probe_is_a_plugin_error(faults, t
     plugin = isolation.plugin_backend(f"{faults}:hangs_always", None, "hangs", None)
     plugin.worker._timeout_s = 2.0
     with pytest.raises(PluginError, match="timed out after 2 s"):
-        _probe(plugin, f"{faults}:hangs_always", "cpu", "deform_conv2d")
+        probe_backend(plugin, f"{faults}:hangs_always", "cpu", "deform_conv2d")
     isolation.close(plugin)
     assert not alive(str(tmp_path))
 

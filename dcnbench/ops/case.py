@@ -21,6 +21,17 @@ def digest_of(definition: dict) -> str:
     return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Where a case plants non-finite values (Case.poison), and the values it plants, in turn.
+POISONS = ("unread", "read")
+NON_FINITE = (float("inf"), float("nan"), float("-inf"))
+
+
+def non_finite_like(t: torch.Tensor) -> torch.Tensor:
+    """A tensor of t's shape holding +Inf, NaN and -Inf in turn."""
+    cycle = torch.tensor(NON_FINITE, dtype=t.dtype, device=t.device)
+    return cycle[torch.arange(t.numel(), device=t.device) % 3].reshape(t.shape)
+
+
 def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values as a strided, non-contiguous view (every other element of a wider buffer)."""
     return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]
@@ -45,6 +56,10 @@ class Case:
     # "channels_last": every 4-D tensor the backend receives is in channels-last memory (None: as
     # `contiguous` says). Left out of the definition when None, so older cases keep their digests.
     memory_format: str | None = None
+    # Non-finite values planted in the inputs (POISONS): "unread" puts NaN/Inf only in pixels no
+    # sample reads, "read" also in a few that some samples read. None (no poison) is left out of the
+    # definition.
+    poison: str | None = None
 
     differentiable: ClassVar[tuple[str, ...]] = ()
     geometry_type: ClassVar[type]  # the op's geometry dataclass
@@ -81,6 +96,16 @@ class Case:
         if self.memory_format == "channels_last" and t.dim() == 4:
             return t.contiguous(memory_format=torch.channels_last)
         return t if self.contiguous else noncontiguous(t)
+
+    def reference_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inputs the reference computes with. With poison "unread" the non-finite pixels are
+        zeroed: nothing reads them, so the result must be the one the same map with zeros gives
+        (which does not trust the oracle's own isolation). With "read" the reference sees them:
+        the oracle's non-finite pattern is checked against an independent model in the tests."""
+        if self.poison != "unread":
+            return inputs
+        x = inputs["input"]
+        return inputs | {"input": torch.where(x.isfinite(), x, torch.zeros_like(x))}
 
     def unsupported_by(self, fn) -> str | None:
         """Why the callable `fn` cannot take this case although its backend runs the op (e.g. an

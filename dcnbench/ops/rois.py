@@ -20,7 +20,7 @@ import torch
 
 from dcnbench.errors import UsageError
 from dcnbench.limits import Cost
-from dcnbench.ops.case import DTYPES, Case
+from dcnbench.ops.case import DTYPES, Case, non_finite_like
 from dcnbench.ops.contract import ITEMSIZE
 
 # Where RoIs lie, in image coordinates (map size / spatial_scale):
@@ -181,7 +181,11 @@ def make_pool_inputs(case: PoolCase, device: str = "cpu") -> dict[str, torch.Ten
     kinds = [case.rois] * geo.rois
     if case.rois == "mixed":  # fix each RoI's kind once, so a redraw keeps it
         kinds = [_MIXED_FROM[int(v * len(_MIXED_FROM))] for v in torch.rand(geo.rois, generator=gen, dtype=torch.float64).tolist()]
-    batch = (torch.arange(geo.rois) % geo.n)[torch.randperm(geo.rois, generator=gen)].double()
+    # A poisoned case keeps its last image out of every RoI (it holds the unread NaN/Inf pixels).
+    images = geo.n - 1 if case.poison else geo.n
+    if case.poison and images < 1:
+        raise ValueError(f"{case.case_id}: a poisoned pooling case needs two images or more")
+    batch = (torch.arange(geo.rois) % images)[torch.randperm(geo.rois, generator=gen)].double()
 
     def draw_offsets(k: int) -> torch.Tensor:
         s = case.offset_scale
@@ -208,6 +212,12 @@ def make_pool_inputs(case: PoolCase, device: str = "cpu") -> dict[str, torch.Ten
                 offset[idx] = rounded(draw_offsets(len(idx)))
         else:  # a suite case that cannot keep its margin would make verification flaky: say so
             raise RuntimeError(f"{case.case_id}: no RoIs found whose samples stay {case.kink_margin} from a kink")
+    if case.poison:
+        x[-1] = non_finite_like(x[-1])  # no RoI reads the last image
+        if case.poison == "read":  # the centre pixel (all channels) of two RoIs: read by their samples
+            for roi, value in zip(rois[:2], (float("inf"), float("nan"))):
+                cx, cy = ((roi[1:3] + roi[3:5]) / 2 * geo.spatial_scale).tolist()
+                x[int(roi[0]), :, min(max(int(cy), 0), geo.h - 1), min(max(int(cx), 0), geo.w - 1)] = value
     tensors = {"input": x, "rois": rois}
     if case.keeps_offset_argument:
         tensors["offset"] = offset

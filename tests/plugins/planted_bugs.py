@@ -189,6 +189,20 @@ def corner_stride_w3_dilation_h2(input, offset, weight, bias=None, stride=(1, 1)
     return tv(input, offset, weight, bias, stride, padding, dilation, mask)
 
 
+def out_of_map_corner_reads_pixel_zero(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                                       mask=None):
+    """ext's leak before the GPU issue: a bilinear corner outside the map reads pixel (0, 0) with
+    weight 0, so a NaN or Inf there turns every output with such a corner into NaN (0 x Inf). Right
+    on every finite input."""
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    out = tv(input, offset, weight, bias, stride, padding, dilation, mask)
+    p = _base(geo, offset.dtype, offset.device) + _taps(geo, offset)  # (N, G, kh, kw, 2, Ho, Wo)
+    y, x = p[:, :, :, :, 0], p[:, :, :, :, 1]
+    corner_off_map = ((y < 0) | (y >= geo.h - 1) | (x < 0) | (x >= geo.w - 1)).flatten(1, 3).any(1)  # (N, Ho, Wo)
+    read = 0 * input[:, :, :1, :1].sum(1, keepdim=True)  # weight 0 times pixel (0, 0)
+    return out + torch.where(corner_off_map[:, None], read, torch.zeros_like(read))
+
+
 corner_stride_w3_dilation_h2.dcnbench_dtypes = ("float64", "float32", "float16")
 
 # Bugs that only `verify --knobs` finds (the default suite passes them).
@@ -211,6 +225,7 @@ BUGS = {
     "mutates_offset": {"unchanged:offset"},
     "last_column_chunk_off_by_one": {"output"},
     "grad_output_read_as_contiguous": {"grad_input@expanded", "grad_input@transposed", "grad_input@channels_last"},
+    "out_of_map_corner_reads_pixel_zero": {"nonfinite:output"},
 }
 
 # torchvision has no bfloat16 kernel: declare what the wrapped kernels run, so bfloat16 cases are

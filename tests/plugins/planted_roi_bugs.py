@@ -55,6 +55,15 @@ for _f in (roi_offset_xy_swapped, roi_gamma_twice, roi_offset_not_differentiated
 for _f in (psroi_rounding_dropped, psroi_trans_xy_swapped, psroi_trans_std_twice):
     _f.dcnbench_op = "deform_psroi_pool"
 
+def psroi_whole_image_in_every_bin(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
+                                   sample_per_part=1, trans_std=0.0, no_trans=False):
+    """Adds 0 x (the sum of every image) to every bin (a normalisation over the whole batch, say):
+    right on finite maps, NaN everywhere once one pixel anywhere is not finite."""
+    out = deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
+                            sample_per_part, trans_std, no_trans)
+    return out + 0 * input.sum()
+
+
 BUGS = {
     "roi_offset_xy_swapped": ("deform_roi_pool", {"output", "grad_offset"}),
     "roi_gamma_twice": ("deform_roi_pool", {"output", "grad_offset"}),
@@ -62,4 +71,5 @@ BUGS = {
     "psroi_rounding_dropped": ("deform_psroi_pool", {"output", "grad_input"}),
     "psroi_trans_xy_swapped": ("deform_psroi_pool", {"output", "grad_offset"}),
     "psroi_trans_std_twice": ("deform_psroi_pool", {"output", "grad_offset"}),
+    "psroi_whole_image_in_every_bin": ("deform_psroi_pool", {"nonfinite:output"}),
 }

@@ -57,6 +57,13 @@ _GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch31": (27000, _geo(n=31, c=2, h=6, w=6, o=3), {}),
     "batch32": (28000, _geo(n=32, c=2, h=6, w=6, o=3), {}),
     "batch33": (29000, _geo(n=33, c=2, h=6, w=6, o=3), {}),
+    # NaN and Inf in the input (issue: a bad pixel must poison only the outputs that read it): in
+    # pixels no sample reads (the result must be the one zeros there give), and also in pixels and a
+    # mask entry some samples read (exactly those outputs and gradients non-finite, the rest exact).
+    "nonfinite-unread-v2": (32000, _geo(c=4, h=12, w=16, o=4, groups=2, og=2), {"offsets": "fenced", "poison": "unread"}),
+    "nonfinite-unread-v1": (33000, _geo(c=4, h=12, w=16, o=4, groups=2, og=2), {"offsets": "fenced", "poison": "unread", "mask": False}),
+    "nonfinite-read-v2": (34000, _geo(c=4, h=12, w=16, o=4, groups=2, og=2), {"offsets": "fenced", "poison": "read"}),
+    "nonfinite-read-v1": (35000, _geo(c=4, h=12, w=16, o=4, groups=2, og=2), {"offsets": "fenced", "poison": "read", "mask": False}),
 }
 
 # One image past ext's CPU column chunk (2^23 column elements: 14 images of 64x9x32x32): the

@@ -10,7 +10,7 @@ import torch
 
 from dcnbench.errors import UsageError
 from dcnbench.limits import Cost
-from dcnbench.ops.case import DTYPES, Case
+from dcnbench.ops.case import DTYPES, Case, non_finite_like
 from dcnbench.ops.contract import ITEMSIZE
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 
@@ -23,7 +23,9 @@ from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 #   interior:    p drawn inside [0.5, size-1.5], never near an edge
 #   band-low:    py in the low band (-1, 0), px interior: where rules Z and C differ, one band at a time
 #   band-high:   py in the high band (H-1, H), px interior
-OFFSET_KINDS = ("uniform", "anisotropic", "integer", "zero", "border", "interior", "band-low", "band-high")
+#   fenced:      py in [2.5, H-1.5], px in [0.5, W/2-1.5], and a quarter of the samples far outside
+#                the map instead: no sample reads rows 0-1 or the columns from W/2 on (FENCED_OFF)
+OFFSET_KINDS = ("uniform", "anisotropic", "integer", "zero", "border", "interior", "band-low", "band-high", "fenced")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +106,13 @@ def _offsets(case: ConvCase, gen: torch.Generator) -> torch.Tensor:
     elif kind == "interior":
         dy = uniform(0.5, max(geo.h - 1.5, 0.5)) - by
         dx = uniform(0.5, max(geo.w - 1.5, 0.5)) - bx
+    elif kind == "fenced":
+        far = torch.rand(shape, generator=gen, dtype=torch.float64) < 0.25
+        above = torch.rand(shape, generator=gen, dtype=torch.float64) < 0.5
+        py = torch.where(far, torch.where(above, uniform(-4.0, -1.5), uniform(geo.h + 0.5, geo.h + 3.0)),
+                         uniform(2.5, max(geo.h - 1.5, 2.5)))
+        dy = py - by
+        dx = uniform(0.5, max(geo.w // 2 - 1.5, 0.5)) - bx
     elif kind in ("band-low", "band-high"):
         lo = -0.95 if kind == "band-low" else geo.h - 0.95
         dy = uniform(lo, lo + 0.9) - by
@@ -146,11 +155,29 @@ def make_inputs(case: ConvCase, device: str = "cpu") -> dict[str, torch.Tensor]:
             tensors["mask"] = torch.zeros_like(m)
     if case.bias:
         tensors["bias"] = torch.randn(geo.o, generator=gen, dtype=torch.float64)
+    if case.poison:
+        _poison(case, tensors)
     out = {}
     for name, t in tensors.items():
         t = t.to(dtype).to(device)
         out[name] = case.arrange(t)
     return out
+
+
+def _poison(case: ConvCase, tensors: dict[str, torch.Tensor]) -> None:
+    """NaN and +-Inf in every pixel that "fenced" offsets never read (rows 0-1, among them pixel
+    (0, 0), where a kernel that reads out-of-map corners at index 0 looks; the columns from W/2
+    on); with poison "read" also in two pixels that some samples read and (DCNv2) one mask entry."""
+    if case.offsets != "fenced":
+        raise ValueError(f"{case.case_id}: a poisoned conv case needs offsets 'fenced' (its bad pixels must be unread)")
+    x, w = tensors["input"], case.geometry.w
+    x[..., :2, :] = non_finite_like(x[..., :2, :])
+    x[..., w // 2:] = non_finite_like(x[..., w // 2:])
+    if case.poison == "read":
+        x[0, 0, 3, 1] = float("inf")
+        x[-1, -1, case.geometry.h - 3, 2] = float("nan")
+        if "mask" in tensors:
+            tensors["mask"][0, 0, 0, 0] = float("nan")
 
 
 def cost(case: ConvCase) -> Cost:

@@ -33,6 +33,10 @@ _CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
     # With zero offsets MXNet's operator is (ps_)roi_align on moved RoIs, where every sample lies inside the map.
     "identity-psroi-ps-roi-align": (27300, _psroi(spp=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
     "identity-psroi-group1-roi-align": (28300, _psroi(group=1, d=3), {"rois": "inside", "offsets": "zero", "check": "ps_roi_align"}),
+    # NaN and Inf in an image no RoI reads (the result must be the one zeros there give), and also in
+    # two pixels that some RoIs read (exactly the bins and gradients that read them non-finite).
+    "psroi-nonfinite-unread": (34300, _psroi(n=3), {"rois": "mixed", "poison": "unread"}),
+    "psroi-nonfinite-read": (35300, _psroi(n=3), {"rois": "mixed", "poison": "read"}),
 }
 
 # Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).

@@ -30,6 +30,10 @@ _CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
     # With zero offsets mmcv's operator is roi_align(aligned=True), in any setting.
     "identity-roi-align": (25300, _roi(sr=0), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
     "identity-roi-align-sr2": (26300, _roi(), {"rois": "mixed", "offsets": "zero", "check": "roi_align"}),
+    # NaN and Inf in an image no RoI reads (the result must be the one zeros there give), and also in
+    # two pixels that some RoIs read (exactly the bins and gradients that read them non-finite).
+    "roi-nonfinite-unread": (33300, _roi(n=3), {"rois": "mixed", "poison": "unread"}),
+    "roi-nonfinite-read": (34300, _roi(n=3), {"rois": "mixed", "poison": "read"}),
 }
 
 # Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
