@@ -83,8 +83,9 @@ def test_failures_come_first_one_line_each_and_the_matrix_only_on_request(tmp_pa
     lines = default.stdout.splitlines()
     # One line per failing quantity: status, case, backend, quantity and why, all on it.
     fail = [ln.split(maxsplit=4) for ln in lines if ln.split()[:1] == ["fail"]]
-    assert [(f[1], f[2], f[3], f[4]) for f in fail] == [("band-low-v2/float64", "missing_offset_grad", "grad_offset",
-                                                          "missing (None) (tol 1e-10)")]
+    assert [(f[1], f[2], f[3], f[4]) for f in fail] == [("band-low-v2/float64", "missing_offset_grad", f"grad_offset{at}",
+                                                          "missing (None) (tol 1e-10)")
+                                                         for at in ("", "@expanded", "@transposed", "@channels_last")]
     # unsupported results: one line per backend and reason, with the count.
     unsupported = [ln for ln in lines if ln.split()[:1] == ["unsupported"]]
     assert any(ln.split()[1] == "torchvision:" and "bfloat16" in ln for ln in unsupported)

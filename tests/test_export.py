@@ -26,7 +26,7 @@ def test_the_family_covers_bands_asymmetry_groups_and_both_variants():
 
 
 def test_torchvision_and_ext_export_to_one_deformconv_node_and_agree_with_the_oracle():
-    for name in ("torchvision", "ext"):
+    for name in ("torchvision", "ext", "ext-cuda-emu"):
         backend = get(name)
         assert backend.check is None or backend.check() is None
         for r in run_verify(backends=[backend], cases=EXPORT):

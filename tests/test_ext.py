@@ -33,7 +33,8 @@ def test_ext_passes_the_whole_suite_in_every_dtype_it_claims(results, backend):
     assert not bad and not failed(results)
     ran = {r.case.dtype for r in results if r.status == "pass"}
     assert ran == set(backend.dtypes["cpu"]) == {"float64", "float32", "bfloat16"}
-    unsupported = [r for r in results if r.status == "unsupported" and r.case.check != "compile"]
+    assert all(r.status == "pass" for r in results if r.case.check == "compile")  # opcheck-clean ops trace
+    unsupported = [r for r in results if r.status == "unsupported"]
     assert unsupported and all(r.case.dtype == "float16" and "CUDA only" in r.message for r in unsupported)
 
 
@@ -44,7 +45,8 @@ def test_suite_rows_cover_what_the_issue_lists(results):
                     "gradcheck-v2/float64", "gradcheck-v1-border/float64", "roi-many-3-images/float32",
                     "psroi-many-3-images-2-classes/float64", "gradcheck-roi/float64", "gradcheck-psroi/float64"):
         assert case_id in passed, case_id
-    assert all("mode: deterministic" in r.message for r in results if r.status == "pass")
+    # The export check runs onnxruntime on the exported graph, not ext's kernels: no mode to state.
+    assert all("mode: deterministic" in r.message for r in results if r.status == "pass" and r.case.check != "export")
 
 
 def test_batches_larger_than_one_column_chunk_match_the_oracle(backend):

@@ -28,6 +28,8 @@ def samples():
     x, w, off, m, b = r(2, 4, 6, 7), r(6, 2, 3, 3), r(2, 36, 6, 7), r(2, 18, 6, 7).sigmoid(), r(6)
     x8, roi_off, trans = r(2, 8, 6, 7), r(2, 2, 3, 3), r(2, 4, 3, 3)
     geo = [1, 1, 1, 1, 1, 1, 2, 2]
+    nhwc, v3_off, v3_mask, v4_om = r(2, 5, 6, 8), r(2, 5, 6, 36), r(2, 5, 6, 18).softmax(-1), r(2, 5, 6, 56)
+    group_geo = [3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 0.5]  # kernel, stride, pad, dilation, group, group_channels, offset_scale
     return [
         ("deform_conv2d_forward", (*grad(x, w, off, m, b), *geo)),
         ("deform_conv2d_forward", (*grad(x, w, off), None, None, *geo)),
@@ -41,6 +43,13 @@ def samples():
         ("psroi_pool_forward", (*grad(x8), ROIS, None, 0.5, 2, 2, 3, 3, 2, 0.0)),
         ("psroi_pool_backward", (r(2, 2, 3, 3), x8, ROIS, trans, 0.5, 2, 2, 3, 3, 2, 0.1, False)),
         ("psroi_pool_backward", (r(2, 2, 3, 3), x8, ROIS, None, 0.5, 2, 2, 3, 3, 2, 0.0, True)),
+        # DCNv3/DCNv4: (2, 5, 6) map, 2 groups of 4 channels, 3x3 (P = 9), pad 1; DCNv4 packs 2*27 lanes into 56.
+        ("dcnv3_forward", (*grad(nhwc, v3_off, v3_mask), *group_geo, False)),
+        ("dcnv3_forward", (*grad(nhwc, v3_off[..., :32], v3_mask[..., :16]), *group_geo, True)),
+        ("dcnv3_backward", (r(2, 5, 6, 8), nhwc, v3_off, v3_mask, *group_geo, False)),
+        ("dcnv4_forward", (*grad(nhwc, v4_om), *group_geo, False, False)),
+        ("dcnv4_forward", (*grad(nhwc, v4_om), *group_geo, False, True)),
+        ("dcnv4_backward", (r(2, 5, 6, 8), nhwc, v4_om, *group_geo, False, True)),
     ]
 
 

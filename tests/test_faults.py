@@ -210,7 +210,7 @@ def test_a_truncated_cached_library_is_rebuilt_once_with_one_line_even_by_concur
     base, lib = _cache_copy(tmp_path)
     lib.write_bytes(lib.read_bytes()[:100_000])  # as an interrupted link or a full disk leaves it (was SIGBUS)
     env = dict(os.environ, DCNBENCH_EXT_BUILD_DIR=str(base), COLUMNS="200", NO_COLOR="1")
-    commands = ([EXE, "verify", "--backend", "ext", "--case", "v2/float64", "--json", str(tmp_path / "v.json"), "--csv",
+    commands = ([EXE, "verify", "--backend", "ext", "--case", "v2/float64", "--show", "all", "--json", str(tmp_path / "v.json"), "--csv",
                  str(tmp_path / "v.csv")], [EXE, "build"])
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
              for c in commands]

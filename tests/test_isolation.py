@@ -17,7 +17,7 @@ from dcnbench.worker import isolation
 from tests.conftest import PLANTED, ROOT, run_cli
 from tests.test_worker import alive
 
-SUITE = default_suite()
+SUITE = default_suite(op_names=["deform_conv2d"])
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_a_crash_or_an_exit_is_an_error_row_and_the_run_goes_on(faults, tmp_path
     # Each plugin passes its probe (float32) and kills its worker on the float64 case; in one process
     # they took dcnbench down (exit 139, 1, 3) with every result lost.
     res = run_cli("verify", "--impl", f"segv={faults}:segfaults", "--impl", f"osexit={faults}:os_exits",
-                  "--impl", f"sysexit={faults}:sys_exits", "--backend", "torchvision", "--case", "batch1/float64",
+                  "--impl", f"sysexit={faults}:sys_exits", "--backend", "torchvision", "--op", "deform_conv2d", "--case", "batch1/float64",
                   "--json", str(tmp_path / "v.json"), "--csv", str(tmp_path / "v.csv"))
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
     doc = json.loads((tmp_path / "v.json").read_text())
@@ -104,3 +104,17 @@ def test_isolate_moves_a_builtin_into_a_worker_with_the_same_results():
         assert _summary(run_verify(backends=[moved], cases=cases)) == _summary(run_verify(backends=[builtin], cases=cases))
     finally:
         isolation.close(moved)
+
+
+def test_the_cotangent_keeps_its_layout_across_the_worker():
+    # A backward that reads its incoming gradient as if contiguous fails the cotangent-layout checks
+    # in a worker too (the cotangent crossed as a fresh contiguous array before, and it passed).
+    plugin = load_plugin(f"{PLANTED}:grad_output_read_as_contiguous", isolate=True)
+    try:
+        (result,) = run_verify(backends=[plugin], cases=select_cases(SUITE, ["v2/float64"], None)[:1])
+    finally:
+        isolation.close(plugin)
+    assert result.case.case_id == "v2/float64" and result.status == "fail"
+    failing = {q.quantity for q in result.failing}
+    assert {"grad_input@expanded", "grad_input@transposed", "grad_input@channels_last"} <= failing
+    assert all("@" in q for q in failing)  # the random contiguous cotangent still passes

@@ -59,7 +59,7 @@ def test_dcnv1_follows_rule_c_and_parts_from_the_paper_only_in_the_bands(mxnet, 
 
 def test_dialect_is_not_a_failure_and_is_shown(mxnet):
     out = invoke("verify", "--backend", "mxnet", "--case", "band-high-v1/float64", "--case", "interior-only-v1/float64",
-                 "--csv", os.devnull, "--json", os.devnull)
+                 "--show", "all", "--csv", os.devnull, "--json", os.devnull)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "dialect rule C" in out.stdout and "diverges from the paper only in the border bands" in out.stdout
 

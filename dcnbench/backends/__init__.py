@@ -46,6 +46,9 @@ class Backend:
     backward_unsupported: Callable[[object, str], str | None] | None = None
     # (geometry, device) -> why this whole workload cannot run (a known crash, a size limit), or None.
     workload_unsupported: Callable[[object, str], str | None] | None = None
+    # (case, device) -> why it does not run this verify case although it runs its workload (a
+    # measured deviation it is known for, stated instead of failing every run), or None.
+    case_unsupported: Callable[[object, str], str | None] | None = None
     # A deeper availability check (e.g. starting a worker), run only for backends a command uses.
     check: Callable[[], str | None] | None = None
     # For out-of-process backends that time themselves: (case, direction, device) -> object with

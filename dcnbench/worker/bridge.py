@@ -92,8 +92,14 @@ class WorkerCall(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.backward_refused:
             raise RuntimeError(ctx.backward_refused)
-        cot = dict([pack("cotangent", grad)]) if ctx.exact else {"cotangent": plain(grad)}
-        _, grads = ctx.client_of().request({"cmd": "backward", "call": ctx.call}, cot)
+        header = {"cmd": "backward", "call": ctx.call}
+        if ctx.exact:  # the cotangent keeps its layout (expanded, transposed, channels-last): a backward may misread it
+            layouts: dict = {}
+            cot = dict([pack("cotangent", grad, layouts)])
+            header["layouts"] = layouts
+        else:
+            cot = {"cotangent": plain(grad)}
+        _, grads = ctx.client_of().request(header, cot)
         got = unpack(grads, device=grad.device) if ctx.exact else {k: torch.from_numpy(v) for k, v in grads.items()}
 
         def g(name):

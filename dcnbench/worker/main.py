@@ -10,6 +10,7 @@ with: a hello first, then one reply per request. The framework file supplies
                                                            # count; {"versions": {...}, "gpus": n, ...}
     def call(params, arrays, device, record) -> (dict[str, ndarray], handle | None)
     def backward(handle, arrays) -> dict[str, ndarray]     # arrays["cotangent"] -> {"grad_input": ...}; optional
+                                                           # (the torch one also takes layouts=, see bridge.pack)
     def time(params, arrays, direction, device) -> (before | None, run)
         # untimed preparation happens in time(); before() runs untimed before every sample (the
         # forward of direction "bwd"); run() is the timed region and returns when the device is done
@@ -131,7 +132,8 @@ class Worker:
             raise RuntimeError(f"{self.fw.NAME} has no backward")
         if header["call"] not in self.calls:
             raise RuntimeError(f"no recorded call {header['call']} (only the last {KEEP_CALLS} are kept)")
-        return {}, self.fw.backward(self.calls[header["call"]], arrays)
+        layouts = {"layouts": header["layouts"]} if "layouts" in header else {}  # exact (torch) calls only
+        return {}, self.fw.backward(self.calls[header["call"]], arrays, **layouts)
 
     def time(self, header, arrays):
         """One timed sample (ms) of the case `header["case"]`; its data comes once, later samples reuse it."""

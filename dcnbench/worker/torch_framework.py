@@ -84,7 +84,7 @@ def call(params, arrays, device, record):
     return found, ((tensors, out) if record else None)
 
 
-def backward(handle, arrays):
+def backward(handle, arrays, layouts=None):
     from dcnbench.worker.bridge import pack, unpack
 
     tensors, out = handle
@@ -93,7 +93,7 @@ def backward(handle, arrays):
     leaves = {name: t for name, t in tensors.items() if t.requires_grad}
     for t in leaves.values():
         t.grad = None
-    out.backward(unpack(arrays, device=out.device.type)["cotangent"].to(out.device), retain_graph=True)
+    out.backward(unpack(arrays, layouts, device=out.device.type)["cotangent"].to(out.device), retain_graph=True)
     return dict(pack(f"grad_{name}", t.grad) for name, t in leaves.items() if t.grad is not None)
 
 

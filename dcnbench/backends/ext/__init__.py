@@ -44,22 +44,6 @@ def _ops():
 # ---- DCNv3 and DCNv4 (csrc/cpu/dcnv34.cpp; CPU only) ---------------------------------------------
 
 
-class _GroupDeform(torch.autograd.Function):
-    """Either op: `name` picks the `<name>_forward`/`<name>_backward` kernels; `tensors` are
-    (offset, mask) for DCNv3 and (offset_mask,) for DCNv4."""
-
-    @staticmethod
-    def forward(ctx, name, params, input, *tensors):
-        ctx.save_for_backward(input, *tensors)
-        ctx.name, ctx.params = name, params
-        return getattr(_ops(), f"{name}_forward")(input, *tensors, *params)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grads = getattr(_ops(), f"{ctx.name}_backward")(grad, *ctx.saved_tensors, *ctx.params)
-        return (None, None, *grads)
-
-
 def _group_params(geo) -> tuple:
     return (geo.kh, geo.kw, *geo.stride, *geo.padding, *geo.dilation, geo.group, geo.group_channels, geo.offset_scale,
             geo.remove_center)
@@ -75,7 +59,7 @@ def dcnv3(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pa
         _same(name, t, input)
     if input.device.type != "cpu":
         raise ValueError(f"ext has DCNv3 kernels for the CPU only, got input on {input.device}")
-    out = _GroupDeform.apply("dcnv3", _group_params(geo), *_compute(input, offset, mask))
+    out = _ops().dcnv3_forward(*_compute(input, offset, mask), *_group_params(geo))
     return out.to(input.dtype)
 
 
@@ -87,7 +71,7 @@ def dcnv4(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad
     _same("offset_mask", offset_mask, input)
     if input.device.type != "cpu":
         raise ValueError(f"ext has DCNv4 kernels for the CPU only, got input on {input.device}")
-    out = _GroupDeform.apply("dcnv4", (*_group_params(geo), geo.softmax), *_compute(input, offset_mask))
+    out = _ops().dcnv4_forward(*_compute(input, offset_mask), *_group_params(geo), geo.softmax)
     return out.to(input.dtype)
 
 

@@ -97,7 +97,15 @@ def backend() -> Backend:
         dtypes={"cpu": ("float64", "float32", "float16", "bfloat16")},
         version=torch.__version__,
         kind="emulated",
+        onnx_translations=_onnx_translations,
         check=check,
         environment=lambda: f"built in {build.target_dir(build.emulated())}",
         mode=mode,
     )
+
+
+def _onnx_translations() -> dict:
+    """The emulated library's forward op as one DeformConv node, as ext's (onnx.py)."""
+    from dcnbench.backends.ext import onnx
+
+    return onnx.translations(LIBRARY)

@@ -51,11 +51,45 @@ def psroi_pool_backward(grad, input, rois, trans, spatial_scale, output_dim, gro
     return _new(input, input.shape), _grad_of(trans, input)
 
 
+def _group_output(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                  group_channels):
+    n, h, w, _ = input.shape
+    return _new(input, (n, out_size(h, kernel_h, stride_h, pad_h, dilation_h), out_size(w, kernel_w, stride_w, pad_w,
+                                                                                     dilation_w), group * group_channels))
+
+
+def dcnv3_forward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                  group, group_channels, offset_scale, remove_center):
+    return _group_output(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                         group_channels)
+
+
+def dcnv3_backward(grad, input, offset, mask, *params):
+    return _new(input, input.shape), _new(offset, offset.shape), _new(mask, mask.shape)
+
+
+def dcnv4_forward(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                  group, group_channels, offset_scale, remove_center, softmax):
+    return _group_output(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                         group_channels)
+
+
+def dcnv4_backward(grad, input, offset_mask, *params):
+    return _new(input, input.shape), _new(offset_mask, offset_mask.shape)
+
+
 KERNELS = (deform_conv2d_forward, deform_conv2d_backward, roi_pool_forward, roi_pool_backward, psroi_pool_forward,
-           psroi_pool_backward)
+           psroi_pool_backward, dcnv3_forward, dcnv3_backward, dcnv4_forward, dcnv4_backward)
+
+
+def defined(namespace: str) -> set[str]:
+    """The op names a loaded library defines (the emulated CUDA library has no DCNv3/DCNv4 ops)."""
+    return {s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith(f"{namespace}::")}
 
 
 def register(namespace: str) -> None:
     """Register every fake kernel for the ops of `namespace` (a loaded ext library)."""
+    ops = defined(namespace)
     for kernel in KERNELS:
-        torch.library.register_fake(f"{namespace}::{kernel.__name__}", kernel)
+        if kernel.__name__ in ops:
+            torch.library.register_fake(f"{namespace}::{kernel.__name__}", kernel)

@@ -98,9 +98,25 @@ def _register_autograd(namespace: str) -> None:
 
         return backward
 
+    def group_backward(name: str, tensors: int):
+        def backward(ctx, grad):
+            grads = getattr(ops, f"{name}_backward")(grad, *ctx.saved_tensors, *ctx.params)
+            return *grads, *([None] * len(ctx.params))
+
+        def setup(ctx, inputs, output):
+            ctx.save_for_backward(*inputs[:tensors])
+            ctx.params = inputs[tensors:]
+
+        return backward, setup
+
     torch.library.register_autograd(f"{namespace}::deform_conv2d_forward", conv_backward, setup_context=_conv_setup)
     for name in ("roi_pool", "psroi_pool"):
         torch.library.register_autograd(f"{namespace}::{name}_forward", pool_backward(name), setup_context=_pool_setup)
+    # DCNv3 takes (input, offset, mask), DCNv4 (input, offset_mask); only the CPU library has them.
+    for name, tensors in (("dcnv3", 3), ("dcnv4", 2)):
+        if f"{name}_forward" in fake.defined(namespace):
+            backward, setup = group_backward(name, tensors)
+            torch.library.register_autograd(f"{namespace}::{name}_forward", backward, setup_context=setup)
 
 
 _registered: set[str] = set()

@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 
 from dcnbench.errors import UsageError
-from dcnbench.ops.contract import geometry_from_dict, hw_text, out_size
+from dcnbench.ops.contract import ContractError, geometry_from_dict, hw_text, out_size
 
 OP = "dcnv3"
 SIGNATURE = ("(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, "
@@ -129,26 +129,26 @@ class GroupGeometry:
 
 def check_shape(name: str, t, expected: tuple[int, ...]) -> None:
     if tuple(t.shape) != expected:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
+        raise ContractError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
 
 
 def check_geometry(geo: GroupGeometry) -> None:
     problems = geo.problems()
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ContractError("; ".join(problems))
 
 
 def geometry_of(input, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
                 group_channels, offset_scale, im2col_step, remove_center, cls=GroupGeometry, **extra):
     """The geometry of a call, with "got X, expected Y" errors for the input."""
     if input.dim() != 4:
-        raise ValueError(f"input must be 4-D (N, H, W, C), got shape {tuple(input.shape)}")
+        raise ContractError(f"input must be 4-D (N, H, W, C), got shape {tuple(input.shape)}")
     n, h, w, c = input.shape
     if c != group * group_channels:
-        raise ValueError(f"input has {c} channels, expected group*group_channels = {group}*{group_channels} "
+        raise ContractError(f"input has {c} channels, expected group*group_channels = {group}*{group_channels} "
                          f"= {group * group_channels} (the layout is channels-last: (N, H, W, C))")
     if remove_center not in (0, 1, False, True):
-        raise ValueError(f"remove_center is {remove_center!r}, expected 0 or 1")
+        raise ContractError(f"remove_center is {remove_center!r}, expected 0 or 1")
     geo = cls(n=n, h=h, w=w, group=int(group), group_channels=int(group_channels), kh=int(kernel_h),
               kw=int(kernel_w), stride=(int(stride_h), int(stride_w)), padding=(int(pad_h), int(pad_w)),
               dilation=(int(dilation_h), int(dilation_w)), offset_scale=float(offset_scale),

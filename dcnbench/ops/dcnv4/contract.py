@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from dcnbench.ops.dcnv3.contract import BENCHMARK, DETECTION, GroupGeometry, check_shape, geometry_of, parse_group_shape
 from dcnbench.ops.dcnv3.contract import format_shape as format_group_shape
+from dcnbench.ops.contract import ContractError
 
 OP = "dcnv4"
 SIGNATURE = ("(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, "
@@ -63,7 +64,7 @@ class Dcnv4Geometry(GroupGeometry):
 def check_call(input, offset_mask, *args, softmax: bool = False) -> Dcnv4Geometry:
     """Validate a DCNv4 call (the fifteen official arguments and the softmax flag)."""
     if offset_mask.dim() != 4:
-        raise ValueError(f"offset_mask must be 4-D (N, Ho, Wo, Cpad), got shape {tuple(offset_mask.shape)}")
+        raise ContractError(f"offset_mask must be 4-D (N, Ho, Wo, Cpad), got shape {tuple(offset_mask.shape)}")
     geo = geometry_of(input, *args, cls=Dcnv4Geometry, softmax=bool(softmax), offset_mask_dim=offset_mask.shape[-1])
     check_shape("offset_mask", offset_mask, (geo.n, geo.ho, geo.wo, geo.cpad))
     return geo

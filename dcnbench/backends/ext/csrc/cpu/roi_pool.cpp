@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../sampling.h"
+#include "../rois.h"
 
 namespace dcnbench_ext {
 namespace {
@@ -44,6 +45,7 @@ RoIPoint<T> roi_point(const RoIBox<T>& box, const T* off, int64_t bins, int64_t 
 at::Tensor roi_forward(const at::Tensor& input_, const at::Tensor& rois_, const std::optional<at::Tensor>& offset_,
                        int64_t ph, int64_t pw, double scale, int64_t sampling_ratio, double gamma) {
   const at::Tensor input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor offset = offset_.has_value() ? offset_->contiguous() : at::Tensor();
   const int64_t c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0), bins = ph * pw;
   at::Tensor out = at::zeros({k, c, ph, pw}, input.options());
@@ -80,6 +82,7 @@ std::tuple<at::Tensor, at::Tensor> roi_backward(const at::Tensor& grad_, const a
                                                 int64_t ph, int64_t pw, double scale, int64_t sampling_ratio,
                                                 double gamma, bool /*deterministic*/) {
   const at::Tensor grad = grad_.contiguous(), input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor offset = offset_.has_value() ? offset_->contiguous() : at::Tensor();
   const int64_t c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0), bins = ph * pw;
   at::Tensor grad_input = at::zeros_like(input);
@@ -184,6 +187,7 @@ at::Tensor psroi_forward(const at::Tensor& input_, const at::Tensor& rois_, cons
                          double scale, int64_t output_dim, int64_t group, int64_t pooled, int64_t part, int64_t spp,
                          double trans_std) {
   const at::Tensor input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor trans = trans_.has_value() ? trans_->contiguous() : at::Tensor();
   const PSParams p{input.size(1), input.size(2), input.size(3), rois.size(0), output_dim, group, pooled, part, spp,
                    trans.defined() ? trans.size(1) / 2 : 1};
@@ -229,6 +233,7 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
                                                   double scale, int64_t output_dim, int64_t group, int64_t pooled,
                                                   int64_t part, int64_t spp, double trans_std, bool /*deterministic*/) {
   const at::Tensor grad = grad_.contiguous(), input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor trans = trans_.has_value() ? trans_->contiguous() : at::Tensor();
   const PSParams p{input.size(1), input.size(2), input.size(3), rois.size(0), output_dim, group, pooled, part, spp,
                    trans.defined() ? trans.size(1) / 2 : 1};

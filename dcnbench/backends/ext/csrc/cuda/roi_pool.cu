@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../sampling.h"
+#include "../rois.h"
 #include "runtime.h"
 
 namespace dcnbench_ext {
@@ -128,6 +129,7 @@ at::Tensor roi_forward(const at::Tensor& input_, const at::Tensor& rois_, const 
                        int64_t ph, int64_t pw, double scale, int64_t sampling_ratio, double gamma) {
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor offset = offset_.has_value() ? offset_->contiguous() : at::Tensor();
   const RoIArgs a{rois.size(0), input.size(1), input.size(2), input.size(3), ph, pw, sampling_ratio, scale, gamma};
   at::Tensor out = at::zeros({a.k, a.c, ph, pw}, input.options());
@@ -147,6 +149,7 @@ std::tuple<at::Tensor, at::Tensor> roi_backward(const at::Tensor& grad_, const a
                                                 double gamma, bool deterministic) {
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor grad = grad_.contiguous(), input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor offset = offset_.has_value() ? offset_->contiguous() : at::Tensor();
   const RoIArgs a{rois.size(0), input.size(1), input.size(2), input.size(3), ph, pw, sampling_ratio, scale, gamma};
   at::Tensor grad_input = at::zeros_like(input);
@@ -330,6 +333,7 @@ at::Tensor psroi_forward(const at::Tensor& input_, const at::Tensor& rois_, cons
                          double trans_std) {
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor trans = trans_.has_value() ? trans_->contiguous() : at::Tensor();
   const PSArgs a = ps_args(input, rois, trans, scale, output_dim, group, pooled, part, spp, trans_std);
   at::Tensor out = at::zeros({a.k, a.d, pooled, pooled}, input.options());
@@ -349,6 +353,7 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
                                                   int64_t part, int64_t spp, double trans_std, bool deterministic) {
   c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor grad = grad_.contiguous(), input = input_.contiguous(), rois = rois_.contiguous();
+  check_batch_indices(rois, input.size(0));
   const at::Tensor trans = trans_.has_value() ? trans_->contiguous() : at::Tensor();
   const PSArgs a = ps_args(input, rois, trans, scale, output_dim, group, pooled, part, spp, trans_std);
   at::Tensor grad_input = at::zeros_like(input);
