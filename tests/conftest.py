@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 (set by execnet); dcnbench's consoles,
+# created on import, must see what a log or CI gives them (no COLUMNS), as a run without -n does.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = ROOT / "tests" / "plugins" / "planted_bugs.py"
 

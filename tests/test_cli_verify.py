@@ -22,7 +22,9 @@ def test_builtins_pass_and_exit_0(tmp_path):
 @pytest.mark.parametrize("bug, quantity", [("taps_column_major", "output"), ("missing_offset_grad", "grad_offset"),
                                            ("mutates_offset", "unchanged:offset")])
 def test_planted_bug_exits_1_and_names_the_quantity(tmp_path, bug, quantity):
-    out = run_cli("verify", "--impl", f"{PLANTED}:{bug}", "--csv", str(tmp_path / "v.csv"), "--json", str(tmp_path / "v.json"))
+    # The CLI path (worker, exit code, failure lines) on two cases; test_verify.py runs each bug on the whole suite.
+    out = run_cli("verify", "--impl", f"{PLANTED}:{bug}", "--case", "v2/float64", "--case", "v1/float32",
+                  "--csv", str(tmp_path / "v.csv"), "--json", str(tmp_path / "v.json"))
     assert out.returncode == 1
     problems = out.stdout.split("not passing", 1)[1]
     assert any(bug in line and quantity in line and "fail" in line for line in problems.splitlines())

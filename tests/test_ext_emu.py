@@ -23,9 +23,10 @@ from tests.conftest import invoke
 # and an odd number of blocks spread over several OS threads (threads of a block split too).
 SETTINGS = {
     "max_blocks=1, shuffled": {"DCNBENCH_EMU_MAX_BLOCKS": "1", "DCNBENCH_EMU_ORDER": "shuffle", "DCNBENCH_EMU_SEED": "7"},
-    "max_blocks=7, 3 OS threads, reversed": {"DCNBENCH_EMU_MAX_BLOCKS": "7", "DCNBENCH_EMU_THREADS": "3",
-                                             "DCNBENCH_EMU_ORDER": "reverse"},
-    "4 OS threads, threads of a block split": {"DCNBENCH_EMU_THREADS": "4", "DCNBENCH_EMU_SPLIT": "thread"},
+    # 7 blocks in reverse, and each block's threads spread over 3 OS threads (the concurrency TSan checks).
+    "max_blocks=7, reversed, a block's threads on 3 OS threads": {
+        "DCNBENCH_EMU_MAX_BLOCKS": "7", "DCNBENCH_EMU_ORDER": "reverse", "DCNBENCH_EMU_THREADS": "3",
+        "DCNBENCH_EMU_SPLIT": "thread"},
 }
 MODES = {"atomic": "0", "deterministic": "1"}
 

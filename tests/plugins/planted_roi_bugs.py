@@ -50,11 +50,6 @@ def psroi_trans_std_twice(input, rois, trans, spatial_scale, output_dim, group_s
                              part_size, sample_per_part, trans_std, no_trans)
 
 
-for _f in (roi_offset_xy_swapped, roi_gamma_twice, roi_offset_not_differentiated):
-    _f.dcnbench_op = "deform_roi_pool"
-for _f in (psroi_rounding_dropped, psroi_trans_xy_swapped, psroi_trans_std_twice):
-    _f.dcnbench_op = "deform_psroi_pool"
-
 def psroi_whole_image_in_every_bin(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size=0,
                                    sample_per_part=1, trans_std=0.0, no_trans=False):
     """Adds 0 x (the sum of every image) to every bin (a normalisation over the whole batch, say):
@@ -62,6 +57,12 @@ def psroi_whole_image_in_every_bin(input, rois, trans, spatial_scale, output_dim
     out = deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size, pooled_size, part_size,
                             sample_per_part, trans_std, no_trans)
     return out + 0 * input.sum()
+
+
+for _f in (roi_offset_xy_swapped, roi_gamma_twice, roi_offset_not_differentiated):
+    _f.dcnbench_op = "deform_roi_pool"
+for _f in (psroi_rounding_dropped, psroi_trans_xy_swapped, psroi_trans_std_twice, psroi_whole_image_in_every_bin):
+    _f.dcnbench_op = "deform_psroi_pool"
 
 
 BUGS = {
