@@ -175,3 +175,16 @@ def test_worker_errors_carry_mxnets_own_message(mxnet):
                               "record": False, "call": 0},
                              {"input": np.zeros((1, 2, 5, 5)), "offset": np.zeros((1, 7, 5, 5)), "weight": np.zeros((2, 2, 3, 3))})
     assert mxb.client().alive  # a refused request does not kill the worker
+
+
+def test_output_channels_that_the_deformable_groups_do_not_divide_are_unsupported_not_errors():
+    # Found by `verify --fuzz`: MXNet (and paddle) require O % offset_groups == 0; the operator does not.
+    from dcnbench.ops.deform_conv2d.contract import ConvGeometry
+    from dcnbench.ops.deform_conv2d.workloads import ConvCase
+    from dcnbench.verify import verify_case
+
+    case = ConvCase(name="fuzz", geometry=ConvGeometry(n=1, c=2, h=1, w=1, o=1, kh=1, kw=1, offset_groups=2))
+    for name in ("mxnet", "paddle"):
+        r = verify_case(get(name), case, "cpu", {})
+        assert r.status == "unsupported" and "multiple of the deformable groups" in r.message, (name, r.message)
+    assert verify_case(get("pytorch"), case, "cpu", {}).status == "pass"

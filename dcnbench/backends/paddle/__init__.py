@@ -54,6 +54,15 @@ def check() -> str | None:
     return _worker.check()
 
 
+# Found by `verify --fuzz`: paddle checks that the output channels divide by the deformable groups.
+FILTERS_PER_GROUP = ("paddle requires the output channels to be a multiple of the deformable groups; the "
+                     "operator does not")
+
+
+def workload_unsupported(geometry, device: str) -> str | None:
+    return FILTERS_PER_GROUP if getattr(geometry, "o", 0) % max(getattr(geometry, "offset_groups", 1), 1) else None
+
+
 def backend() -> Backend:
     ENV.check_settings()  # a malformed DCNBENCH_PADDLE_TIMEOUT is a usage error before any work
     reason = ENV.unavailable()
@@ -73,4 +82,5 @@ def backend() -> Backend:
         check=check,
         self_timed=self_timed,
         environment=_worker.environment,
+        workload_unsupported=workload_unsupported,
     )
