@@ -80,3 +80,13 @@ def test_the_progress_bar_waits_a_few_seconds_and_needs_a_terminal():
         bar.advance("a")
         assert bar.progress is None  # never in a log
     assert log.file.getvalue() == ""
+
+
+def test_help_piped_to_a_log_is_not_folded_into_a_narrow_option_column():
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH", "NO_COLOR", "FORCE_COLOR")}
+    exe = Path(sys.executable).parent / "dcnbench"
+    piped = subprocess.run([str(exe), "gate", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert "Backend to run (repeatable). Default: every available one." in piped.stdout  # one line, not folded
+    narrow = subprocess.run([str(exe), "gate", "--help"], capture_output=True, text=True, env=env | {"COLUMNS": "80"}, timeout=120)
+    assert max(map(len, narrow.stdout.splitlines())) <= 80  # COLUMNS still rules

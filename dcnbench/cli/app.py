@@ -8,12 +8,19 @@ from typing import Annotated
 
 try:
     import typer
+    import typer.rich_utils
 
     from dcnbench import __version__
-    from dcnbench.cli import backends, build, export_check, gate, repro, report, speed, verify
+    from dcnbench.cli import backends, build, common, export_check, gate, repro, report, speed, verify
 except KeyboardInterrupt:  # Ctrl-C while the CLI itself loads: one line, no traceback
     os.write(2, b"interrupted\n")  # os-level: nothing half-imported is needed to say it
     os._exit(130)
+
+# Help piped to a file or a pager is not folded into a 20-character option column: as wide as a
+# reader can still follow, unless COLUMNS or typer's own TERMINAL_WIDTH says otherwise.
+HELP_LOG_WIDTH = 120
+if typer.rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS", "").isdigit() and not common.isatty(sys.stdout):
+    typer.rich_utils.MAX_WIDTH = HELP_LOG_WIDTH
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Verify and benchmark deformable convolution and deformable RoI pooling implementations.")

@@ -32,7 +32,7 @@ class LogConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         found = super().size
-        if self._width is None and not os.environ.get("COLUMNS", "").isdigit() and not _isatty(self.file):
+        if self._width is None and not os.environ.get("COLUMNS", "").isdigit() and not isatty(self.file):
             return ConsoleDimensions(LOG_WIDTH, found.height)
         return found
 
@@ -41,7 +41,7 @@ class LogConsole(Console):
         self._width, self._height = new_size
 
 
-def _isatty(stream) -> bool:
+def isatty(stream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
