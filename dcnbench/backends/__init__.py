@@ -32,7 +32,8 @@ class Backend:
     ops: Mapping[str, Callable]
     # dtypes the backend runs, per device; a device missing here is unsupported.
     dtypes: Mapping[str, tuple[str, ...]]
-    # Why a dtype, device or op is missing, e.g. {"bfloat16": "torchvision has no bfloat16 kernel"}.
+    # Why a dtype, device or op is missing, e.g. {"bfloat16": "torchvision has no bfloat16 kernel"};
+    # "export": why its kernel has no torch graph for the ONNX export check to trace.
     unsupported_reasons: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     # "deformable": verified and timed. "reference": timed only (plain conv2d ignores offsets).
@@ -106,6 +107,12 @@ def local_devices(dtypes: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     import torch
 
     return {"cpu": dtypes, "cuda": dtypes} if torch.cuda.is_available() else {"cpu": dtypes}
+
+
+def runs_in_a_worker(framework: str) -> str:
+    """Why a backend whose kernel runs in another process has no ONNX export check."""
+    return (f"{framework}'s kernel runs in a worker process on numpy arrays: there is no torch graph "
+            "for torch.onnx.export to trace")
 
 
 def unavailable_backend(name: str, reason: str, origin: str = "builtin") -> Backend:

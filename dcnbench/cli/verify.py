@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from dcnbench import ops
 from dcnbench.cli.progress import LateProgress
@@ -96,7 +97,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     found = run_writing(writer, run, "case x backend results")
 
     for part in render.verify_report(found, show):
-        console.print(part, highlight=False)
+        # A line of text is one line in a log however long (a terminal wraps it); tables fit the width.
+        console.print(part, highlight=False, soft_wrap=isinstance(part, Text))
     for b in chosen:
         if b.mode:
             console.print(f"{b.name} ran its {device} kernels in mode: {b.mode(device)}", highlight=False)

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 
-from dcnbench.backends import Backend
+from dcnbench.backends import Backend, runs_in_a_worker
 from dcnbench.ops.case import cotangent
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry, check_call
 from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
@@ -158,7 +158,8 @@ def backend() -> Backend:
                              "float16": "dcnbench runs MXNet in float64 and float32",
                              "bfloat16": "MXNet 1.9.1 has no bfloat16 deformable convolution",
                              OP_DEFORM_ROI_POOL: "MXNet has no mmcv-style deform_roi_pool; its DeformablePSROIPooling "
-                                                 "is the other operator (deform_psroi_pool)"},
+                                                 "is the other operator (deform_psroi_pool)",
+                             "export": runs_in_a_worker("MXNet")},
         version=version,
         dialects={"v1": "C"},
         backward_unsupported=backward_unsupported,

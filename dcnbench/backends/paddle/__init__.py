@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from dcnbench.backends import Backend
+from dcnbench.backends import Backend, runs_in_a_worker
 from dcnbench.ops.case import cotangent
 from dcnbench.ops.deform_conv2d.contract import check_call
 from dcnbench.worker.client import WorkerEnv
@@ -77,7 +77,8 @@ def backend() -> Backend:
                              "float16": NO_HALF, "bfloat16": NO_HALF,
                              "deform_roi_pool": "paddle has no deformable RoI pooling (paddle.vision.ops has "
                                                 "roi_align, roi_pool and psroi_pool without offsets)",
-                             "deform_psroi_pool": "paddle has no deformable position-sensitive RoI pooling"},
+                             "deform_psroi_pool": "paddle has no deformable position-sensitive RoI pooling",
+                             "export": runs_in_a_worker("paddle")},
         version=ENV.installed_version(),
         check=check,
         self_timed=self_timed,
