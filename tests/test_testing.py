@@ -1,6 +1,10 @@
 """dcnbench.testing: the pytest API checks a callable exactly as `verify --impl` does."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
@@ -11,6 +15,7 @@ from tests.plugins import planted_bugs, planted_roi_bugs
 
 # A few cheap cases that still cover DCNv1/v2, groups and a non-contiguous layout.
 FEW = ["v2/", "v1/", "groups2/", "noncontiguous"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_correct_kernel_passes():
@@ -66,3 +71,25 @@ def test_params_are_one_per_case_with_the_case_id():
 @pytest.mark.parametrize("case", case_params("deform_conv2d", dtypes=["float32"], cases=["v2/", "v1/"]))
 def test_each_case_is_its_own_test(case):
     assert_op_matches_oracle(tv_deform_conv2d, cases=[case])
+
+
+def _readme_example() -> str:
+    """The README's pytest example, verbatim."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## dcnbench in your own pytest suite"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python\n"))]
+
+
+@pytest.mark.parametrize("kernel, outcome", [("from torchvision.ops import deform_conv2d", "1 passed"),
+                                             ("from tests.plugins.planted_bugs import weight_grad_off_by_0_1_percent as deform_conv2d",
+                                              "grad_weight: rel err 1.00e-03 > tol 1e-05")])
+def test_the_readme_example_runs_as_written(tmp_path, kernel, outcome):
+    # The example's own file under pytest, `mykernels` standing for the user's module; one of its
+    # parametrised tests (the whole suite is the other tests' job), by the test id the README names.
+    (tmp_path / "test_example.py").write_text(_readme_example())
+    (tmp_path / "mykernels.py").write_text(kernel + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
+                          "test_example.py::test_each_case[v2/float32]"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert outcome in run.stdout, run.stdout + run.stderr
+    assert run.returncode == (0 if outcome == "1 passed" else 1), run.stdout + run.stderr
