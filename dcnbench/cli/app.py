@@ -19,7 +19,7 @@ except KeyboardInterrupt:  # Ctrl-C while the CLI itself loads: one line, no tra
 # Help piped to a file or a pager is not folded into a 20-character option column: as wide as a
 # reader can still follow, unless COLUMNS or typer's own TERMINAL_WIDTH says otherwise.
 HELP_LOG_WIDTH = 120
-if typer.rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS", "").isdigit() and not common.isatty(sys.stdout):
+if typer.rich_utils.MAX_WIDTH is None and common.to_a_log(sys.stdout):
     typer.rich_utils.MAX_WIDTH = HELP_LOG_WIDTH
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,

@@ -32,7 +32,7 @@ class LogConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         found = super().size
-        if self._width is None and not os.environ.get("COLUMNS", "").isdigit() and not isatty(self.file):
+        if self._width is None and to_a_log(self.file):
             return ConsoleDimensions(LOG_WIDTH, found.height)
         return found
 
@@ -41,7 +41,12 @@ class LogConsole(Console):
         self._width, self._height = new_size
 
 
-def isatty(stream) -> bool:
+def to_a_log(stream) -> bool:
+    """Output to `stream` goes to a log (a pipe, a file, CI) and COLUMNS does not give its width."""
+    return not os.environ.get("COLUMNS", "").isdigit() and not _isatty(stream)
+
+
+def _isatty(stream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
