@@ -115,6 +115,17 @@ def runs_in_a_worker(framework: str) -> str:
             "for torch.onnx.export to trace")
 
 
+def filters_per_offset_group(framework: str, geometry) -> str | None:
+    """Why MXNet and paddle cannot run a deform_conv2d whose output channels the deformable groups do
+    not divide (they require O % offset_groups == 0; the operator does not; found by `verify --fuzz`)."""
+    from dcnbench.ops.deform_conv2d.contract import ConvGeometry
+
+    if isinstance(geometry, ConvGeometry) and geometry.o % geometry.offset_groups:
+        return (f"{framework} requires the output channels to be a multiple of the deformable groups; "
+                "the operator does not")
+    return None
+
+
 def unavailable_backend(name: str, reason: str, origin: str = "builtin") -> Backend:
     return Backend(name=name, description="", ops={}, dtypes={}, origin=origin, unavailable=reason)
 

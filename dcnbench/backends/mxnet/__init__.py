@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 
-from dcnbench.backends import Backend, runs_in_a_worker
+from dcnbench.backends import Backend, filters_per_offset_group, runs_in_a_worker
 from dcnbench.ops.case import cotangent
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry, check_call
 from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
@@ -119,17 +119,12 @@ def backward_unsupported(case, device: str) -> str | None:
 NO_ROIS = "MXNet 1.9.1 fails on an empty RoI list (K=0): zeros_like cannot infer the output's shape"
 
 
-# Found by `verify --fuzz`: MXNet and paddle require O % offset_groups == 0; the operator does not.
-FILTERS_PER_GROUP = ("MXNet requires the output channels to be a multiple of the deformable groups "
-                     "(num_filter % num_deformable_group == 0); the operator does not")
-
-
 def workload_unsupported(geometry, device: str) -> str | None:
     if isinstance(geometry, ConvGeometry) and geometry.n == 0:
         return EMPTY_BATCH
-    if isinstance(geometry, ConvGeometry) and geometry.o % geometry.offset_groups:
-        return FILTERS_PER_GROUP
-    return NO_ROIS if geometry.op == OP_DEFORM_PSROI_POOL and geometry.rois == 0 else None
+    if geometry.op == OP_DEFORM_PSROI_POOL and geometry.rois == 0:
+        return NO_ROIS
+    return filters_per_offset_group("MXNet", geometry)
 
 
 def self_timed(case, direction: str, device: str):

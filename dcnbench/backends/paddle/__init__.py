@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from dcnbench.backends import Backend, runs_in_a_worker
+from dcnbench.backends import Backend, filters_per_offset_group, runs_in_a_worker
 from dcnbench.ops.case import cotangent
 from dcnbench.ops.deform_conv2d.contract import check_call
 from dcnbench.worker.client import WorkerEnv
@@ -54,13 +54,8 @@ def check() -> str | None:
     return _worker.check()
 
 
-# Found by `verify --fuzz`: paddle checks that the output channels divide by the deformable groups.
-FILTERS_PER_GROUP = ("paddle requires the output channels to be a multiple of the deformable groups; the "
-                     "operator does not")
-
-
 def workload_unsupported(geometry, device: str) -> str | None:
-    return FILTERS_PER_GROUP if getattr(geometry, "o", 0) % max(getattr(geometry, "offset_groups", 1), 1) else None
+    return filters_per_offset_group("paddle", geometry)
 
 
 def backend() -> Backend:
