@@ -130,7 +130,7 @@ def probe_backend(backend: Backend, impl: str, device: str, op: str) -> None:
         if not isinstance(out, torch.Tensor):
             problem = f"returned {type(out).__name__}, expected a torch.Tensor"
         elif tuple(out.shape) != case.output_shape:
-            problem = (f"returned shape {tuple(out.shape)} for an input of shape {tuple(inputs['input'].shape)}, "
+            problem = (f"returned shape {tuple(out.shape)} for an input of shape {tuple(next(iter(inputs.values())).shape)}, "
                        f"expected {case.output_shape}")
         elif not bool(torch.isfinite(out).all()):
             problem = "returned NaN or infinity on finite inputs"

@@ -191,7 +191,8 @@ def reference(case: Case, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
     `rule` picks the oracle's boundary rule for the "oracle" check (identities have no rule).
     """
     spec = ops.of(case)
-    inputs = case.reference_inputs({k: v.double().cpu() for k, v in case.inputs("cpu").items()})
+    inputs = case.reference_inputs({k: (v.double() if v.is_floating_point() else v).cpu()
+                                    for k, v in case.inputs("cpu").items()})
     # The same values the backend's cotangents hold, contiguous and in float64 (only "expanded"
     # holds other values than "random"; the other layouts compare with the random gradients).
     cots = {k: v.double().contiguous() for k, v in cotangents(case).items() if k in ("random", "expanded")}
@@ -450,7 +451,7 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
             if (case, r) not in ref_cache:
                 ref_cache[(case, r)] = reference(case, r)
         inputs = case.inputs(device)
-        cots = cotangents(case, inputs["input"].device.type)
+        cots = cotangents(case, next(iter(inputs.values())).device.type)
         first = _run(fn, case, inputs, cots, backward=not no_backward, layouts=True)
         second = _run(fn, case, inputs, {"random": cots["random"]}, backward=not no_backward)
         by_knob = _knob_runs(backend, fn, case, inputs, cots["random"], first, device, not no_backward) if knobs else []

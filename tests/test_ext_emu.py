@@ -53,7 +53,7 @@ def backend():
 
 
 # The ops with CUDA kernels (DCNv3/DCNv4 have CPU kernels only, so nothing to emulate).
-EMULATED_OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]
+EMULATED_OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn"]
 # The export check exports the op and runs onnxruntime, not the kernels: once is enough (test_export.py).
 SUITE = [c for c in default_suite(op_names=EMULATED_OPS) if c.check != "export"]
 

@@ -3,8 +3,8 @@
 Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
 (the operators' oracles run as a backend), `torchvision`, `mxnet` and `paddle` (own environments,
 worker processes), `onnxruntime` (an ONNX DeformConv graph), `ext` (dcnbench's C++/CUDA kernels),
-`ext-cuda-emu` (ext's CUDA kernels emulated on the CPU, `ext.emu`), and the reference rows `conv2d`
-and `roi_align`.
+`ext-cuda-emu` (ext's CUDA kernels emulated on the CPU, `ext.emu`), `transformers` (its eager multi-scale
+deformable attention), and the reference rows `conv2d`, `roi_align` and `grid_sample`.
 The registry knows these by name, adds installed packages' entry points (group
 `dcnbench.backends`), and takes `--impl` plugins from the caller; the CLI never names a backend.
 """
@@ -22,7 +22,8 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "transformers", "conv2d",
+                   "roi_align", "grid_sample")
 
 
 @dataclass(frozen=True)
