@@ -196,9 +196,12 @@ def load_factory(spec: str):
         raise UsageError(f"'{path}' is not a Python module", hint="give a .py file")
     module = importlib.util.module_from_spec(module_spec)
     sys.path.insert(0, str(path.resolve().parent))  # so it can import its sibling modules
+    # Registered while it runs, as an import would: dataclasses look their module up in sys.modules.
+    sys.modules[module_spec.name] = module
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(module_spec.name, None)
         raise UsageError(f"'{path}' does not import: {type(exc).__name__}: {exc}",
                          hint=f"run `python {path}` to see the full traceback") from None
     finally:

@@ -21,23 +21,23 @@ from dcnbench.ops.ms_deform_attn.contract import check_call
 
 def via_grid_sample(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
                     im2col_step):
-    """The op as one grid_sample per level, in the inputs' dtype (the eager formulation)."""
+    """The op as one grid_sample per level, in the inputs' dtype (the eager formulation): the levels'
+    samples stacked, levels and points flattened into one axis, weighted and summed at once."""
     geo = check_call(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
                      im2col_step)
     n, _, m, d = value.shape
-    out = None
+    samples = []
     for level, ((h, w), start) in enumerate(zip(geo.levels, geo.start_index)):
         # (N, H·W, M, D) -> (N·M, D, H, W): each head's map is one image of D channels.
         maps = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # (N, Lq, M, P, 2) -> (N·M, Lq, P, 2), in grid_sample's [-1, 1].
         grid = (2 * sampling_locations[:, :, :, level] - 1).permute(0, 2, 1, 3, 4).reshape(n * m, geo.queries,
                                                                                            geo.points, 2)
-        sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        weights = attention_weights[:, :, :, level].permute(0, 2, 1, 3).reshape(n * m, 1, geo.queries, geo.points)
-        term = (sampled * weights).sum(-1)  # (N·M, D, Lq)
-        out = term if out is None else out + term
-    if out is None:
-        out = value.new_zeros(n * m, d, geo.queries)
+        samples.append(F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # (N·M, D, Lq, L, P) -> (N·M, D, Lq, L·P), and the weights (N, Lq, M, L, P) -> (N·M, 1, Lq, L·P).
+    stacked = torch.stack(samples, dim=-2).flatten(-2)
+    weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(n * m, 1, geo.queries, geo.num_levels * geo.points)
+    out = (stacked * weights).sum(-1)  # (N·M, D, Lq)
     return out.reshape(n, m * d, geo.queries).transpose(1, 2).contiguous()
 
 
