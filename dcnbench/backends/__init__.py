@@ -22,8 +22,8 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "transformers", "conv2d",
-                   "roi_align", "grid_sample")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align",
+                   "transformers", "grid_sample")
 
 
 @dataclass(frozen=True)
