@@ -143,8 +143,9 @@ def backend() -> Backend:
                                          "and bfloat16 is not a GridSample type",
                              "deform_roi_pool": "ONNX has no deformable RoI pooling operator",
                              "deform_psroi_pool": "ONNX has no deformable RoI pooling operator",
-                             "export": "onnxruntime runs ONNX models already: it is the runtime the export check of the "
-                                       "other backends runs their exports in"},
+                             "export": "onnxruntime runs ONNX models already (one DeformConv node; ms_deform_attn's "
+                                       "exported GridSample graph): it is what the export check of the other backends "
+                                       "exports to"},
         version=ort.__version__,
         backward_unsupported=backward_unsupported,
         case_unsupported=case_unsupported,
