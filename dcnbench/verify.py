@@ -42,9 +42,24 @@ def tolerance(dtype: str, quantity: str) -> float:
     return offset if quantity == "grad_offset" else values
 
 
-def default_suite(seed: int = 0, op_names: list[str] | None = None) -> list[Case]:
-    """Every registered operator's default cases (of `op_names` only, when given), in registry order."""
-    return [case for spec in ops.all_ops() if not op_names or spec.name in op_names for case in spec.suite(seed)]
+def default_suite(seed: int = 0, op_names: list[str] | None = None, thorough: bool = False,
+                  built: list | None = None) -> list[Case]:
+    """Every registered operator's default cases (of `op_names` only, when given), in registry order,
+    each op's hand-written cases followed by its covering array (pairs; triples when `thorough`).
+    `built` collects each covering array's record (covering.Generated: count and build time)."""
+    from dcnbench import covering
+
+    found = []
+    for spec in ops.all_ops():
+        if op_names and spec.name not in op_names:
+            continue
+        found += spec.suite(seed)
+        if spec.options:
+            generated = covering.generate(spec.options(), seed, covering.level_strength(thorough), spec.name)
+            found += generated.cases
+            if built is not None:
+                built.append(generated)
+    return found
 
 
 def select_cases(cases: list[Case], patterns: list[str] | None, dtypes: list[str] | None,

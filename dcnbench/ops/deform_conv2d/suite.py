@@ -123,3 +123,52 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, **opts)
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
     return cases
+
+
+# ---- the covering array (covering.py): every pair of these option values in some case --------------
+# Asymmetric throughout: no kernel is square, stride, padding and dilation differ per axis, H != W,
+# and C = 3·L, O = 5·L (L = lcm(groups, offset groups)) are not multiples of each other. Nothing is
+# excluded: the sizes follow the row (H and W so the output is 4x5 or more; C and O so every group
+# divides them, O by the offset groups too, as MXNet and paddle require). No stride is 3 across
+# (with dilation 2 down that is the corner only `verify --fuzz` must find, tests/test_fuzz.py).
+def pair_options():
+    from dcnbench.covering import Option, Options
+
+    return Options(
+        options=(
+            Option("kernel", ((3, 2), (2, 4), (1, 3))),
+            Option("stride", ((1, 2), (2, 1), (3, 1))),
+            Option("padding", ((0, 1), (1, 0), (2, 1))),
+            Option("dilation", ((1, 2), (2, 1), (1, 3))),
+            Option("groups", (1, 2, 3)),
+            Option("offset_groups", (1, 2, 3)),
+            Option("mask", (True, False)),
+            Option("bias", (True, False)),
+            Option("n", (1, 2, 3)),
+            Option("offsets", ("uniform", "border")),
+            Option("layout", ("contiguous", "strided", "channels_last")),
+            Option("dtype", ("float64", "float32", "float16", "bfloat16")),
+        ),
+        build=_pair_case,
+        seed=50000,
+    )
+
+
+def fitted(out: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """The input size (3 at least) whose output along this axis is `out` or, where 3 is larger, more."""
+    return max(3, (out - 1) * stride + dil * (k - 1) + 1 - 2 * pad)
+
+
+def _pair_case(name: str, row: dict, seed: int) -> ConvCase:
+    from math import lcm
+
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = row["kernel"], row["stride"], row["padding"], row["dilation"]
+    h, w = fitted(4, kh, sh, ph, dh), fitted(5, kw, sw, pw, dw)
+    w += w == h
+    per = lcm(row["groups"], row["offset_groups"])
+    geo = ConvGeometry(n=row["n"], c=3 * per, h=h, w=w, o=5 * per, kh=kh, kw=kw, stride=(sh, sw), padding=(ph, pw),
+                       dilation=(dh, dw), groups=row["groups"], offset_groups=row["offset_groups"])
+    layout = {"contiguous": {}, "strided": {"contiguous": False}, "channels_last": {"memory_format": "channels_last"}}
+    spread = {"offset_scale": 2.0} if row["offsets"] == "uniform" else {}
+    return ConvCase(name=name, geometry=geo, seed=seed, dtype=row["dtype"], mask=row["mask"], bias=row["bias"],
+                    offsets=row["offsets"], **spread, **layout[row["layout"]])

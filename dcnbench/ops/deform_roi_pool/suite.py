@@ -46,3 +46,30 @@ _GRADCHECK: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
 
 def default_suite(seed: int = 0) -> list[RoIPoolCase]:
     return RoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE)
+
+
+# ---- the covering array (covering.py): every pair of these option values in some case --------------
+# On a 10x13 map with 3 channels (H != W, bins never square); nothing is excluded.
+def pair_options():
+    from dcnbench.covering import Option, Options
+
+    return Options(
+        options=(
+            Option("output_size", ((3, 4), (2, 5), (4, 1))),
+            Option("spatial_scale", (0.5, 0.25, 1.0)),
+            Option("sampling_ratio", (0, 2, 3)),
+            Option("gamma", (0.1, 0.5)),
+            Option("rois", ("inside", "border", "outside", "large", "tiny")),
+            Option("offsets", ("uniform", "zero")),
+            Option("n", (1, 2, 3)),
+            Option("contiguous", (True, False)),
+            Option("dtype", ("float64", "float32", "float16", "bfloat16")),
+        ),
+        build=_pair_case, seed=50000, prefix="roi-pairs")
+
+
+def _pair_case(name: str, row: dict, seed: int) -> RoIPoolCase:
+    geo = _roi(n=row["n"], h=10, w=13, k=8, out=row["output_size"], scale=row["spatial_scale"], sr=row["sampling_ratio"],
+               gamma=row["gamma"])
+    return RoIPoolCase(name=name, geometry=geo, seed=seed, dtype=row["dtype"], rois=row["rois"], offsets=row["offsets"],
+                       contiguous=row["contiguous"])
