@@ -119,16 +119,22 @@ def covering_array(options: Sequence[Option], constraints: Sequence[Constraint] 
 
 def uncovered(rows: Sequence[Row], options: Sequence[Option], constraints: Sequence[Constraint] = (),
               strength: int = 2) -> set:
-    """The valid `strength`-tuples no row covers, found by enumerating every valid full row (the
-    check of `covering_array`, independent of its search: for tests; the product must be small)."""
+    """The valid `strength`-tuples no row covers (the check of `covering_array`, independent of its
+    search: for tests). A tuple is valid when some assignment of the options the constraints name,
+    enumerated in full, agrees with it and passes every constraint (the other options are free)."""
     names = [o.name for o in options]
-    subsets = list(combinations(names, min(strength, len(names))))
+    values = {o.name: o.values for o in options}
+    ruled = sorted({n for c in constraints for n in c.names}, key=names.index)
+    allowed = [dict(zip(ruled, vs)) for vs in product(*(values[n] for n in ruled))]
+    allowed = [a for a in allowed if _allowed(a, constraints)]
     valid = set()
-    for vs in product(*(o.values for o in options)):
-        full = dict(zip(names, vs))
-        if _allowed(full, constraints):
-            valid |= _tuples(full, subsets)
-    covered = set().union(*(_tuples(r, subsets) for r in rows)) if rows else set()
+    for s in combinations(names, min(strength, len(names))):
+        for vs in product(*(values[n] for n in s)):
+            tp = dict(zip(s, vs))
+            if any(all(a[n] == tp[n] for n in s if n in a) for a in allowed):
+                valid.add(tuple(tp.items()))
+    covered = set().union(*(_tuples(r, [s for s in combinations(names, min(strength, len(names)))]) for r in rows)) \
+        if rows else set()
     return valid - covered
 
 

@@ -116,6 +116,8 @@ def test_planted_roi_bug_is_caught(planted, bug):
     assert not [r for r in results if r.status == "error"], [r.message for r in results if r.status == "error"]
     failing = {q.quantity for r in results for q in r.failing}
     assert expected <= failing, f"{bug}: expected {expected} to fail, got {failing}"
+    catching = {r.case.name for r in results if r.status != "pass"}
+    assert len(catching) >= 2, f"{bug}: caught only by {catching}"  # one edit to the suite must not let it through
 
 
 def test_mxnet_runs_the_psroi_suite_and_declines_mmcv_pooling_with_a_reason():

@@ -61,15 +61,23 @@ def test_suite_covers_what_the_issue_lists():
     assert len({c.case_id for c in SUITE}) == len(SUITE)  # ids key results: no two cases may share one
 
 
+PAST_CHUNK = ("batch15-past-column-chunk", "batch3-past-column-chunk-2x3")
+
+
+def catching_cases(results) -> set[str]:
+    """The distinct cases (geometries: a case's dtypes count once) on which a backend failed."""
+    return {r.case.name for r in results if r.status in ("fail", "error", "nondeterministic")}
+
+
 @pytest.fixture(scope="module")
 def planted():
     """Every planted bug on the whole suite in one run, so each case's reference is computed once.
     The ONNX export cases are test_export.py's (they check the forward through another runtime)."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
     cases = [c for c in SUITE if c.check != "export"]
-    # The one large case (15 images of 64x32x32) is the only one that catches the chunk bug: only
-    # that bug runs it (the other bugs are caught by the small cases; it would cost them minutes).
-    large = [c for c in cases if c.name == "batch15-past-column-chunk"]
+    # The two large cases (past ext's column chunk) are the only ones that catch the chunk bug: only
+    # that bug runs them (the other bugs are caught by the small cases; they would cost them minutes).
+    large = [c for c in cases if c.name in PAST_CHUNK]
     small = [c for c in cases if c not in large]
     chunk_bug = [p for p in plugins if p.name == "last_column_chunk_off_by_one"]
     return run_verify(backends=plugins, cases=small) + run_verify(backends=chunk_bug, cases=large)
@@ -85,6 +93,8 @@ def test_planted_bug_is_caught(planted, bug):
         assert BUGS[bug] & failing, f"{bug}: expected one of {BUGS[bug]} to fail, got {failing}"
     else:
         assert any(r.status == "nondeterministic" for r in results)
+    # Caught twice or more: one edit to the suite must not let it through (issue 21).
+    assert len(catching_cases(results)) >= 2, f"{bug}: caught only by {catching_cases(results)}"
 
 
 def test_half_accumulation_fails_float32_rows():
@@ -204,10 +214,9 @@ def test_the_suite_holds_a_batch_one_image_past_every_declared_chunk():
     assert {31, 32, 33} <= {c.geometry.n for c in SUITE}
 
 
-def test_a_bug_in_the_last_partial_chunk_is_caught_only_past_the_chunk():
-    plugin = load_plugin(f"{PLANTED}:last_column_chunk_off_by_one")
-    results = run_verify(backends=[plugin], cases=[c for c in SUITE if c.dtype == "float32" and c.check == "oracle"])
-    assert {r.case.case_id for r in results if r.status == "fail"} == {"batch15-past-column-chunk/float32"}
+def test_a_bug_in_the_last_partial_chunk_is_caught_only_past_the_chunk(planted):
+    results = [r for r in planted if r.backend == "last_column_chunk_off_by_one"]
+    assert catching_cases(results) == set(PAST_CHUNK)
 
 
 def test_knob_invariance_catches_a_result_that_depends_on_the_thread_count():

@@ -70,6 +70,9 @@ _GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
 # batch runs as 14 + 1. Large, so float32 only (the reference is float64 either way).
 _LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch15-past-column-chunk": (30000, _geo(n=15, c=64, h=32, w=32, o=8), {"offset_scale": 2.0}),
+    # A second, independent geometry past the chunk: 3.6M column elements an image, so chunks of 2
+    # images and a last chunk of 1 (asymmetric 2x3 kernel, 251x300 map).
+    "batch3-past-column-chunk-2x3": (30500, _geo(n=3, c=8, h=251, w=300, o=4, kh=2, kw=3, pad=(0, 1)), {"offset_scale": 2.0}),
 }
 
 _HALF_TYPES_FOR = ("v2", "v1", "groups2-offset-groups4", "border-heavy")
