@@ -97,6 +97,29 @@ def test_planted_bug_is_caught(planted, bug):
     assert len(catching_cases(results)) >= 2, f"{bug}: caught only by {catching_cases(results)}"
 
 
+@pytest.mark.parametrize("bug", ["channel_sums_in_float16", "bfloat16_through_float16"])
+def test_an_overflow_in_a_half_type_is_caught_and_named_by_the_large_values_cases_only(bug):
+    from tests.plugins.planted_bugs import OVERFLOW_BUGS
+
+    plugin = load_plugin(f"{PLANTED}:{bug}")
+    large = [c for c in SUITE if c.name.startswith("large-values")]
+    results = run_verify(backends=[plugin], cases=large + cases("v2/float16", "v2/bfloat16", "groups2-offset-groups4/float16"))
+    caught = {r.case.name for r in results if r.status == "fail"}
+    assert caught == {c.name for c in large}  # two geometries, nothing else
+    assert all(OVERFLOW_BUGS[bug] <= {q.quantity for q in r.failing} for r in results if r.status == "fail")
+    assert all(r.status in ("pass", "unsupported") for r in results if not r.case.name.startswith("large-values"))
+
+
+def test_torchvisions_float16_offset_and_mask_gradients_still_overflow_on_the_large_values_cases():
+    from dataclasses import replace as with_fields
+
+    raw = with_fields(get("torchvision"), case_unsupported=None)
+    for r in run_verify(backends=[raw], cases=[c for c in SUITE if c.name.startswith("large-values") and c.dtype == "float16"]):
+        failing = {q.quantity for q in r.failing}
+        assert r.status == "fail" and {"overflow:grad_offset", "overflow:grad_mask"} <= failing, (r.case.case_id, failing)
+        assert not {"output", "overflow:output", "grad_input", "grad_weight"} & failing  # its forward is right
+
+
 def test_half_accumulation_fails_float32_rows():
     plugin = load_plugin(f"{PLANTED}:half_precision_accumulation")
     results = run_verify(backends=[plugin], cases=cases("v2/float32"))
@@ -140,7 +163,12 @@ def test_compare_rules():
     assert not zero.ok and "zero" in zero.note
     nan = compare("output", torch.tensor([1.0, float("nan"), 3.0]), ref, "float64")
     assert not nan.ok and nan.note.startswith("nan")
-    assert compare("output", torch.tensor([1.0, float("inf"), 3.0]), ref, "float64").note.startswith("inf")
+    inf = compare("output", torch.tensor([1.0, float("inf"), 3.0]), ref, "float64")
+    assert inf.quantity == "overflow:output" and inf.note.startswith("overflow") and not inf.ok
+    # In float16, -2 rounds to a finite value: Inf there is an overflow; 1e5 does not: Inf is its rounding.
+    assert compare("output", torch.tensor([1.0, float("-inf"), 3.0]), ref, "float16").quantity == "overflow:output"
+    past = compare("output", torch.tensor([1.0, float("inf")]), torch.tensor([1.0, 1e5], dtype=torch.float64), "float16")
+    assert past.quantity == "output" and "past float16's largest" in past.note
     assert not compare("output", torch.ones(4), ref, "float64").ok
     assert compare("output", ref.clone(), ref, "float64").rel_err == 0
     off = compare("output", ref * (1 + 1e-6), ref, "float32")

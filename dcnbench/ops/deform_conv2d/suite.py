@@ -75,6 +75,14 @@ _LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch3-past-column-chunk-2x3": (30500, _geo(n=3, c=8, h=251, w=300, o=4, kh=2, kw=3, pad=(0, 1)), {"offset_scale": 2.0}),
 }
 
+# Failure class "float16/bfloat16 overflow" (workloads.py's LARGE_VALUES), in the half types only:
+# C·kh·kw of 576 and 480 terms whose float16 partial sums pass 65504 while the results stay below 2e4.
+_LARGE_VALUES: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "large-values-c64-3x3": (36000, _geo(n=1, c=64, h=7, w=9, o=4), {"values": "large"}),
+    "large-values-c48-2x5": (36500, _geo(n=1, c=48, h=6, w=11, o=3, kh=2, kw=5, stride=(1, 2), pad=(1, 2)),
+                             {"values": "large"}),
+}
+
 _HALF_TYPES_FOR = ("v2", "v1", "groups2-offset-groups4", "border-heavy")
 
 # Identities: exact statements about the function that need no oracle. Integer sampling points
@@ -117,6 +125,8 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         cases += [replace(base, dtype=d) for d in dtypes]
     for name, (offset, geo, opts) in _LARGE.items():
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
+    for name, (offset, geo, opts) in _LARGE_VALUES.items():
+        cases += [ConvCase(name=name, geometry=geo, seed=seed + offset, dtype=d, **opts) for d in ("float16", "bfloat16")]
     for name, (offset, geo, opts) in _IDENTITIES.items():
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, kink_margin=None, **opts)
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
