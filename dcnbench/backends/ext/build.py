@@ -89,12 +89,16 @@ def native(cuda: bool) -> Target:
 # The .cu files as C++ (`-x c++` precedes them on the compiler's command line), through the
 # emulation header, into a library of their own registered for the CPU dispatch key. Hidden
 # visibility keeps its copies of the inline helpers (sampling.h) from binding to dcnbench_ext's.
+# Signed overflow in the kernels' index arithmetic stops the process with its file and line
+# (UBSan's runtime; cuda_emu.h): how the emulator checks 32-bit indices past 2^31 without the memory.
+SANITIZE = ("-fsanitize=signed-integer-overflow", "-fno-sanitize-recover=signed-integer-overflow")
 EMU_CFLAGS = ("-x", "c++", "-O2", "-DDCN_LIBRARY=dcnbench_ext_emu", "-DDCN_CUDA_KEY=CPU", "-fvisibility=hidden",
-              "-fvisibility-inlines-hidden")
+              "-fvisibility-inlines-hidden", *SANITIZE)
 
 
 def emulated() -> Target:
-    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS)
+    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS,
+                  ldflags=SANITIZE[:1])
 
 
 def with_cuda() -> bool:

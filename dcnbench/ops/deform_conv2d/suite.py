@@ -75,6 +75,14 @@ _LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch3-past-column-chunk-2x3": (30500, _geo(n=3, c=8, h=251, w=300, o=4, kh=2, kw=3, pad=(0, 1)), {"offset_scale": 2.0}),
 }
 
+# Failure class "grid limits" (float64 only: past 2^16 rows a float32 kernel's sampling coordinates
+# are 2^-7 apart, and the float32 oracle itself misses 1e-5 there, by 9e-4): more output rows than a
+# CUDA grid's y or z dimension may hold (65535). A launch that maps rows to blockIdx.y fails here;
+# ext's 1-D grid-stride launches do not.
+_GRID: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "grid-tall-image-65600x2": (37000, _geo(n=1, c=1, h=65600, w=2, o=1, kh=2, kw=1, pad=0), {}),
+}
+
 # Failure class "float16/bfloat16 overflow" (workloads.py's LARGE_VALUES), in the half types only:
 # C·kh·kw of 576 and 480 terms whose float16 partial sums pass 65504 while the results stay below 2e4.
 _LARGE_VALUES: dict[str, tuple[int, ConvGeometry, dict]] = {
@@ -125,6 +133,8 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         cases += [replace(base, dtype=d) for d in dtypes]
     for name, (offset, geo, opts) in _LARGE.items():
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
+    for name, (offset, geo, opts) in _GRID.items():
+        cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float64", **opts))
     for name, (offset, geo, opts) in _LARGE_VALUES.items():
         cases += [ConvCase(name=name, geometry=geo, seed=seed + offset, dtype=d, **opts) for d in ("float16", "bfloat16")]
     for name, (offset, geo, opts) in _IDENTITIES.items():

@@ -39,6 +39,12 @@ _CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
     "psroi-nonfinite-read": (35300, _psroi(n=3), {"rois": "mixed", "poison": "read"}),
 }
 
+# Failure class "grid limits" (float32 only): more RoIs than a CUDA grid's y or z dimension may hold.
+GRID_CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
+    "psroi-grid-65600-rois": (37400, _psroi(n=2, d=1, group=1, h=6, w=7, k=65600, pooled=2, part=2, spp=1, scale=1.0),
+                              {"rois": "inside"}),
+}
+
 # Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
 _COMPILE = {"compile-psroi": (32300, _psroi(), {"rois": "mixed", "check": "compile"})}
 
@@ -49,7 +55,7 @@ _GRADCHECK: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
 
 
 def default_suite(seed: int = 0) -> list[PSRoIPoolCase]:
-    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE)
+    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE, float32_only=GRID_CASES)
 
 
 # ---- the covering array (covering.py): every pair of these option values in some case --------------
