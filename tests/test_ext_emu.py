@@ -56,7 +56,12 @@ def backend():
 # The ops with CUDA kernels (DCNv3/DCNv4 have CPU kernels only, so nothing to emulate).
 EMULATED_OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]
 # The export check exports the op and runs onnxruntime, not the kernels: once is enough (test_export.py).
-SUITE = [c for c in default_suite(op_names=EMULATED_OPS) if c.check != "export"]
+# The second case past ext's CPU column chunk targets the CPU kernel (the CUDA chunk is 2^27 elements);
+# the grid-limit cases run once below, against a planted launch.
+SUITE = [c for c in default_suite(op_names=EMULATED_OPS) if c.check != "export" and "past-column-chunk-2x3" not in c.name
+         and "grid-" not in c.name]
+# The covering arrays run under one setting per mode (the first in atomic mode, the second deterministic).
+PAIRS_RUN = {(list(SETTINGS)[0], "atomic"), (list(SETTINGS)[1], "deterministic")}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +72,8 @@ def suite_runs(backend):
         cache = {}
         for setting, knobs in SETTINGS.items():
             for mode, flag in MODES.items():
+                if "pairs" in case.name and (setting, mode) not in PAIRS_RUN:
+                    continue
                 with environment(**knobs, DCNBENCH_EXT_DETERMINISTIC=flag):
                     results.setdefault((setting, mode), []).append(verify_case(backend, case, "cpu", cache))
     return results
@@ -76,7 +83,8 @@ def suite_runs(backend):
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_the_emulated_cuda_kernels_pass_the_whole_suite(suite_runs, setting, mode):
     runs = suite_runs[(setting, mode)]
-    assert len(runs) == len(SUITE) and {r.case.op for r in runs} == set(EMULATED_OPS)
+    expected = [c for c in SUITE if "pairs" not in c.name or (setting, mode) in PAIRS_RUN]
+    assert len(runs) == len(expected) and {r.case.op for r in runs} == set(EMULATED_OPS)
     # atomicAdd from several OS threads adds in a varying order, as on a GPU: `nondeterministic` is
     # reached only when every quantity passed. Everything else must pass, in every dtype.
     # gradcheck then fails only as "not reentrant" (two backwards differ, both match the numerical

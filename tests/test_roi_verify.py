@@ -103,7 +103,8 @@ def test_sampling_points_keep_their_margin_from_kinks(case):
 def planted():
     """Every planted bug on its operator's suite in one run, so each case's reference is computed once."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
-    return plugins, run_verify(backends=plugins, cases=SUITE)
+    # The grid-limit cases (65600 RoIs) test launches, not arithmetic a planted bug gets wrong: left out.
+    return plugins, run_verify(backends=plugins, cases=[c for c in SUITE if "-grid-" not in c.name])
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

@@ -74,7 +74,8 @@ def planted():
     """Every planted bug on the whole suite in one run, so each case's reference is computed once.
     The ONNX export cases are test_export.py's (they check the forward through another runtime)."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
-    cases = [c for c in SUITE if c.check != "export"]
+    # The grid-limit case (65599 rows) tests launches, not arithmetic a planted bug gets wrong: left out.
+    cases = [c for c in SUITE if c.check != "export" and not c.name.startswith("grid-")]
     # The two large cases (past ext's column chunk) are the only ones that catch the chunk bug: only
     # that bug runs them (the other bugs are caught by the small cases; they would cost them minutes).
     large = [c for c in cases if c.name in PAST_CHUNK]

@@ -51,7 +51,7 @@ def dcnv3_past_int32(fn) -> tuple[torch.Tensor, torch.Tensor, int]:
     from dcnbench.ops.dcnv3.oracle import dcnv3 as oracle
 
     h = w = 1024
-    g, d, stride = 1, 8, 8
+    g, d, stride = 1, 8, 32
     n = math.ceil((INT32_MAX + 1) / (h * w * g * d)) + 1
     ho = wo = (h + 2 - 3) // stride + 1
     args = (3, 3, stride, stride, 1, 1, 1, 1, g, d, 1.0, 1, 0)
