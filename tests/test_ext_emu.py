@@ -231,9 +231,7 @@ def without_grid_stride(csrc, dest):
 
 def test_capping_the_grid_catches_a_kernel_without_grid_stride_loops(tmp_path_factory):
     csrc = without_grid_stride(build.CSRC, tmp_path_factory.mktemp("nostride") / "csrc")
-    name = "dcnbench_ext_emu_nostride"
-    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in build.EMU_CFLAGS)
-    target = build.Target("emu", name, (csrc / "ext.cpp", csrc / "cuda" / "deform_conv2d.cu"), flags, csrc=csrc)
+    target = build.emulated_copy("dcnbench_ext_emu_nostride", csrc, ("deform_conv2d.cu",))
     library = OpLibrary(lambda: target)
     planted = replace(get("ext-cuda-emu"), name="nostride", ops=library.op_table())
     cases = [c for c in default_suite() if c.case_id in ("v2/float64", "groups2-offset-groups4/float32")]
@@ -277,9 +275,7 @@ def with_planted_launches(csrc, dest):
 @pytest.fixture(scope="module")
 def planted_launches(tmp_path_factory):
     csrc = with_planted_launches(build.CSRC, tmp_path_factory.mktemp("launches") / "csrc")
-    name = "dcnbench_ext_emu_launches"
-    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in build.EMU_CFLAGS)
-    target = build.Target("emu", name, (csrc / "ext.cpp", *build.cuda_sources(csrc)), flags, csrc=csrc)
+    target = build.emulated_copy("dcnbench_ext_emu_launches", csrc)
     return replace(get("ext-cuda-emu"), name="planted-launches", ops=OpLibrary(lambda: target).op_table())
 
 

@@ -101,6 +101,14 @@ def emulated() -> Target:
                   ldflags=SANITIZE[:1])
 
 
+def emulated_copy(name: str, csrc: Path, cuda_files: tuple[str, ...] | None = None) -> Target:
+    """The emulated library built from another tree (a planted copy of csrc/, in the tests) as the op
+    namespace `name`, from its ext.cpp and its .cu files (`cuda_files` only, when given)."""
+    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in EMU_CFLAGS)
+    files = [csrc / "cuda" / f for f in cuda_files] if cuda_files else cuda_sources(csrc)
+    return Target("emu", name, (csrc / "ext.cpp", *files), flags, ldflags=SANITIZE[:1], csrc=csrc)
+
+
 def with_cuda() -> bool:
     """CUDA kernels are built where torch sees a GPU and a CUDA toolkit is installed."""
     from torch.utils import cpp_extension

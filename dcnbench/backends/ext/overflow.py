@@ -76,10 +76,7 @@ def main(argv: list[str]) -> int:
     if argv:
         from pathlib import Path
 
-        csrc, name = Path(argv[0]), argv[1]
-        flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in build.EMU_CFLAGS)
-        target = build.Target("emu", name, (csrc / "ext.cpp", *build.cuda_sources(csrc)), flags, ldflags=build.SANITIZE[:1],
-                              csrc=csrc)
+        target = build.emulated_copy(argv[1], Path(argv[0]))
     else:
         target = build.emulated()
     count = conv_past_int32(OpLibrary(lambda: target).ops())
