@@ -198,6 +198,11 @@ def dumps(doc) -> str:
     return json.dumps(_tag_nonfinite(doc), indent=1, default=str, allow_nan=False) + os.linesep
 
 
+def load_text(text: str):
+    """JSON text written by `dumps`, tagged non-finite floats read back as floats."""
+    return json.loads(text, object_hook=_untag_nonfinite)
+
+
 def _tag_nonfinite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return {"nonfinite": "nan" if value != value else ("inf" if value > 0 else "-inf")}

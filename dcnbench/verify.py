@@ -42,9 +42,24 @@ def tolerance(dtype: str, quantity: str) -> float:
     return offset if quantity == "grad_offset" else values
 
 
-def default_suite(seed: int = 0, op_names: list[str] | None = None) -> list[Case]:
-    """Every registered operator's default cases (of `op_names` only, when given), in registry order."""
-    return [case for spec in ops.all_ops() if not op_names or spec.name in op_names for case in spec.suite(seed)]
+def default_suite(seed: int = 0, op_names: list[str] | None = None, thorough: bool = False,
+                  built: list | None = None) -> list[Case]:
+    """Every registered operator's default cases (of `op_names` only, when given), in registry order,
+    each op's hand-written cases followed by its covering array (pairs; triples when `thorough`).
+    `built` collects each covering array's record (covering.Generated: count and build time)."""
+    from dcnbench import covering
+
+    found = []
+    for spec in ops.all_ops():
+        if op_names and spec.name not in op_names:
+            continue
+        found += spec.suite(seed)
+        if spec.options:
+            generated = covering.generate(spec.options(), seed, covering.level_strength(thorough), spec.name)
+            found += generated.cases
+            if built is not None:
+                built.append(generated)
+    return found
 
 
 def select_cases(cases: list[Case], patterns: list[str] | None, dtypes: list[str] | None,
@@ -235,15 +250,29 @@ def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str, 
         ok = rel <= tol  # NaN compares False, so NaN fails
     note = ""
     finite_ref = ref.isfinite()
+    overflowed = got.isinf() & finite_ref
+    if not ok and bool(overflowed.any()):
+        return _overflow(name, rel, max_abs, tol, ref[overflowed], dtype)
     if not ok and bool((got.isnan() & finite_ref).any()):
         note = "nan: NaN where the reference is finite"
-    elif not ok and bool((got.isinf() & finite_ref).any()):
-        note = "inf: infinite where the reference is finite"
     elif not ok and ref_norm > 0 and got.numel() and not bool(got.ne(0).any()):
         note = "zero: all zero where the reference is not"
     elif not ok and ref_norm == 0.0:
         note = "the reference is exactly zero: the error shown is the max abs error"
     return QuantityError(name, rel, max_abs, tol, ok, note)
+
+
+def _overflow(name: str, rel: float, max_abs: float, tol: float, where: torch.Tensor, dtype: str) -> QuantityError:
+    """Infinite where the float64 reference is finite: an overflow (quantity `overflow:<name>`) when the
+    reference there is within the dtype's range, so a correctly rounded result would be finite (a
+    float16 kernel whose partial sums pass 65504, a bfloat16 one computing through float16)."""
+    largest, top = float(where.abs().max()), torch.finfo(DTYPES[dtype]).max
+    if largest > top:
+        return QuantityError(name, rel, max_abs, tol, False, f"inf: the reference reaches {largest:.4g}, past {dtype}'s "
+                                                             f"largest {top:.4g} (the case, not the kernel, is wrong)")
+    return QuantityError(f"overflow:{name}", rel, max_abs, tol, False,
+                         f"overflow: infinite where the float64 reference is finite and within {dtype}'s range "
+                         f"(|reference| up to {largest:.4g} there; {dtype} holds {top:.4g})")
 
 
 def _compare_nonfinite(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: str) -> QuantityError:

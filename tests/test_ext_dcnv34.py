@@ -14,6 +14,7 @@ from dcnbench.ops.dcnv3.suite import group_geometry
 from dcnbench.ops.dcnv3.workloads import Dcnv3Case, grid
 from dcnbench.ops.dcnv4.contract import Dcnv4Geometry
 from dcnbench.ops.dcnv4.oracle import dcnv4 as oracle_v4
+from dcnbench.verify import compare
 from dcnbench.ops.dcnv4.oracle import pack
 from dcnbench.ops.dcnv4.workloads import Dcnv4Case
 from tests.conftest import invoke
@@ -110,3 +111,17 @@ def test_speed_times_ext_the_oracle_and_both_reference_rows(tmp_path):
     assert {r["backend"]: r["status"] for r in records} == {"ext": "ok", "pytorch": "ok", "torchvision": "ok", "conv2d": "ok"}
     assert all(r["baseline"] == "conv2d" and r["ratio_to_baseline"] > 0 for r in records)
     assert {r["op"] for r in records} == {"dcnv4"} and "x conv2d" in res.stdout
+
+
+def test_the_cpu_kernel_indexes_an_input_past_2_31_elements():
+    """Failure class "32-bit index overflow" on ext's CPU kernels (DCNv4 shares DCNv3's): an input of more
+    than 2^31 elements, only its last image written (the rest is address space that reads as zeros,
+    backends/ext/overflow.py); that image's output, all past element 2^31, against the oracle."""
+    from dcnbench.backends.ext.overflow import INT32_MAX, dcnv3_past_int32
+
+    got, want, start = dcnv3_past_int32(get("ext").ops["dcnv3"])
+    assert start > INT32_MAX and float(want.norm()) > 0
+    # Sampling coordinates up to 1024 in float32 are 6e-5 apart (the offsets are drawn without the kink
+    # margin): 2.5e-5 measured. A wrapped index reads another image (zeros here) or faults: an error near 1.
+    err = compare("output", got, want, "float32")
+    assert err.rel_err < 1e-3, err

@@ -32,7 +32,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
            shard: str | None = None, knobs: bool = False, fuzz: int = 0, fuzz_time: float = 60.0,
            case_json: str | None = None, isolate: bool = False, in_process: bool = False,
-           timeout: float | None = None, show: str = "failures", save_failures: Path | None = None) -> int:
+           timeout: float | None = None, show: str = "failures", save_failures: Path | None = None,
+           thorough: bool = False) -> int:
     """Run the suite (or `fuzz` random problems per operator, or the one case `case_json` names);
     returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
@@ -64,7 +65,11 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
 
         chosen_cases = [case_from_json(case_json)]
     else:
-        chosen_cases = take_shard(select_cases(default_suite(seed, op_names), cases, dtypes, op_names), shard_spec)
+        built: list = []
+        chosen_cases = take_shard(select_cases(default_suite(seed, op_names, thorough, built), cases, dtypes, op_names),
+                                  shard_spec)
+        for generated in built:
+            console.print(generated.line, highlight=False)
     if not chosen_cases:
         raise UsageError("no case matches the --op/--case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
@@ -190,6 +195,8 @@ def command(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Same as --show all.")] = False,
     save_failures: Annotated[Path | None, typer.Option("--save-failures", help="Write a repro bundle per failing case x backend "
                                                        "into this folder (re-run one with `dcnbench repro FILE`).")] = None,
+    thorough: Annotated[bool, typer.Option("--thorough", help="Cover every triple of each operator's option values "
+                                           "instead of every pair (a larger covering array; minutes more).")] = False,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
@@ -202,4 +209,4 @@ def command(
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
                             shard=shard, knobs=knobs, fuzz=fuzz, fuzz_time=fuzz_time, case_json=case_json,
                             isolate=isolate, in_process=in_process, timeout=timeout,
-                            show="all" if verbose else show, save_failures=save_failures))
+                            show="all" if verbose else show, save_failures=save_failures, thorough=thorough))

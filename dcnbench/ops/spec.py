@@ -86,6 +86,9 @@ class OpSpec:
     # The ONNX export check (onnx_export.py): (case, callable) -> (torch.nn.Module around the
     # callable, its call's arguments), for the cases whose `check` is "export"; None: no such check.
     export_layer: Callable | None = None
+    # () -> covering.Options: the op's options and their values, crossed pairwise (all triples with
+    # `verify --thorough`) into covering-array cases on asymmetric geometry (covering.py); None: none.
+    options: Callable | None = None
 
     @property
     def quantities(self) -> tuple[str, ...]:

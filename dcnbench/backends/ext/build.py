@@ -89,12 +89,24 @@ def native(cuda: bool) -> Target:
 # The .cu files as C++ (`-x c++` precedes them on the compiler's command line), through the
 # emulation header, into a library of their own registered for the CPU dispatch key. Hidden
 # visibility keeps its copies of the inline helpers (sampling.h) from binding to dcnbench_ext's.
+# Signed overflow in the kernels' index arithmetic stops the process with its file and line
+# (UBSan's runtime; cuda_emu.h): how the emulator checks 32-bit indices past 2^31 without the memory.
+SANITIZE = ("-fsanitize=signed-integer-overflow", "-fno-sanitize-recover=signed-integer-overflow")
 EMU_CFLAGS = ("-x", "c++", "-O2", "-DDCN_LIBRARY=dcnbench_ext_emu", "-DDCN_CUDA_KEY=CPU", "-fvisibility=hidden",
-              "-fvisibility-inlines-hidden")
+              "-fvisibility-inlines-hidden", *SANITIZE)
 
 
 def emulated() -> Target:
-    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS)
+    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS,
+                  ldflags=SANITIZE[:1])
+
+
+def emulated_copy(name: str, csrc: Path, cuda_files: tuple[str, ...] | None = None) -> Target:
+    """The emulated library built from another tree (a planted copy of csrc/, in the tests) as the op
+    namespace `name`, from its ext.cpp and its .cu files (`cuda_files` only, when given)."""
+    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in EMU_CFLAGS)
+    files = [csrc / "cuda" / f for f in cuda_files] if cuda_files else cuda_sources(csrc)
+    return Target("emu", name, (csrc / "ext.cpp", *files), flags, ldflags=SANITIZE[:1], csrc=csrc)
 
 
 def with_cuda() -> bool:

@@ -32,4 +32,5 @@ SPEC = OpSpec(
     speed_case=lazy(f"{_HERE}.workloads:Dcnv4Case.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.flops(),
+    options=lazy(f"{_HERE}.suite:pair_options"),
 )

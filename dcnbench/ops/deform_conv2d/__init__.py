@@ -46,4 +46,5 @@ SPEC = OpSpec(
     cost=lazy(f"{_HERE}.workloads:cost"),
     fuzz=lazy(f"{_HERE}.fuzz:cases"),
     export_layer=lazy(f"{_HERE}.onnx:export_layer"),
+    options=lazy(f"{_HERE}.suite:pair_options"),
 )
