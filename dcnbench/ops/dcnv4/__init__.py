@@ -32,4 +32,5 @@ SPEC = OpSpec(
     speed_case=lazy(f"{_HERE}.workloads:Dcnv4Case.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.flops(),
+    work=lambda geometry, *how: geometry.work(*how),
 )
