@@ -267,12 +267,8 @@ void offset_mask_grad(const Geo& g, const T* gcols, const T* x, const T* offset,
             }
             a0 += s0; a1 += s1; a2 += s2; a3 += s3;
           });
-          // A corner outside the map is not read: its sum (over a row of zeros) must not carry an
-          // infinite incoming gradient into the result as 0 * inf.
-          a0 = q.pix[i] < 0 ? T(0) : a0;
-          a1 = q.pix[lt + i] < 0 ? T(0) : a1;
-          a2 = q.pix[2 * lt + i] < 0 ? T(0) : a2;
-          a3 = q.pix[3 * lt + i] < 0 ? T(0) : a3;
+          // A corner outside the map sums over a row of zeros: an infinite incoming gradient makes
+          // that sum NaN, as the chain rule's inf * 0 does (README "Non-finite values").
           const T ay = q.dy[i] * a0 + q.dy[lt + i] * a1 + q.dy[2 * lt + i] * a2 + q.dy[3 * lt + i] * a3;
           const T ax = q.dx[i] * a0 + q.dx[lt + i] * a1 + q.dx[2 * lt + i] * a2 + q.dx[3 * lt + i] * a3;
           const T am = q.w[i] * a0 + q.w[lt + i] * a1 + q.w[2 * lt + i] * a2 + q.w[3 * lt + i] * a3;
