@@ -131,3 +131,15 @@ def test_build_command_reports_the_cached_library(backend):
 def test_build_is_keyed_by_the_sources():
     assert build.build_dir(False) != build.build_dir(True)
     assert build.build_dir(False).name.startswith(f"torch-{torch.__version__}-cpu-")
+
+
+def test_the_cpu_library_targets_this_machine_and_its_instruction_set_keys_the_cache(monkeypatch):
+    # ext is built where it runs: -march=native, and what that resolves to here is part of the cache
+    # key, so a cache shared with a machine of another CPU never loads a build it cannot run.
+    if not build.native_isa():
+        pytest.skip("this compiler does not take -march=native")
+    here = build.native(False)
+    assert build.NATIVE_ISA in here.cflags and build.NATIVE_ISA not in build.emulated().cflags
+    key = build.target_dir(here)
+    monkeypatch.setattr(build, "native_isa", lambda: "x86-64 baseline, another CPU")
+    assert build.target_dir(build.native(False)) != key

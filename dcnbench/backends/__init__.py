@@ -2,7 +2,8 @@
 
 Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
 (the operators' oracles run as a backend), `torchvision`, `mxnet` and `paddle` (own environments,
-worker processes), `onnxruntime` (an ONNX DeformConv graph), `ext` (dcnbench's C++/CUDA kernels),
+worker processes), `onnxruntime` (an ONNX DeformConv graph), `openvino` and `openvino-default` (OpenVINO's CPU
+plugin with and without the paper's border rule), `ext` (dcnbench's C++/CUDA kernels),
 `ext-cuda-emu` (ext's CUDA kernels emulated on the CPU, `ext.emu`), `transformers` (its eager multi-scale
 deformable attention), and the reference rows `conv2d`, `roi_align` and `grid_sample`.
 The registry knows these by name, adds installed packages' entry points (group
@@ -22,8 +23,8 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align",
-                   "transformers", "grid_sample")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "openvino", "openvino.default", "ext",
+                   "ext.emu", "conv2d", "roi_align", "transformers", "grid_sample")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Backend:
     version: str | None = None
     # "deformable": verified and timed. "reference": timed only (plain conv2d ignores offsets).
     # "emulated": runs only when named (--backend): a test vehicle (ext's CUDA kernels on the CPU), slow.
+    # "variant": runs only when named: another setting of a backend that runs by default (openvino-default).
     kind: str = "deformable"
     origin: str = "builtin"
     unavailable: str | None = None  # the reason it cannot run here; None when it can

@@ -18,6 +18,7 @@ is rebuilt, with one line saying why, and never loaded.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -83,7 +84,29 @@ def cuda_sources(csrc: Path = CSRC) -> list[Path]:
 
 def native(cuda: bool) -> Target:
     sources = cpp_sources() + (cuda_sources() if cuda else [])
-    return Target("cuda" if cuda else "cpu", LIBRARY, tuple(sources), ("-O3", "-fopenmp"), ("-O3",), cuda=cuda)
+    cflags = ("-O3", "-fopenmp") + ((NATIVE_ISA,) if native_isa() else ())
+    return Target("cuda" if cuda else "cpu", LIBRARY, tuple(sources), cflags, ("-O3",), cuda=cuda)
+
+
+# ext is built on the machine that runs it, so its CPU kernels target that machine's instruction set
+# (AVX2 and FMA here, AVX-512 where there is one) instead of the x86-64 baseline (SSE2). What the flag
+# means on this machine is part of the cache key (native_isa), so a cache folder shared by machines
+# of different CPUs keeps one build per instruction set, and none is loaded where it cannot run.
+# Only the host library: the emulated CUDA kernels and the race check keep their portable flags.
+NATIVE_ISA = "-march=native"
+
+
+@functools.lru_cache(maxsize=None)
+def native_isa() -> str:
+    """What -march=native expands to for this machine's C++ compiler (its driver's `-###` lines: the
+    resolved CPU and features), or "" when the compiler does not take the flag (then it is not used)."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, NATIVE_ISA, "-###", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stderr if out.returncode == 0 else ""
 
 
 # The .cu files as C++ (`-x c++` precedes them on the compiler's command line), through the
@@ -127,6 +150,8 @@ def _digest(target: Target) -> str:
         h.update(str(p.relative_to(target.csrc) if p.is_relative_to(target.csrc) else p.name).encode())
         h.update(p.read_bytes())
     h.update(repr((target.cflags, target.cuda_cflags, target.ldflags, target.executable)).encode())
+    if NATIVE_ISA in target.cflags:  # the instruction set the flag selects on this machine
+        h.update(native_isa().encode())
     if target.cuda:  # the GPU architectures compiled for
         h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
         if torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):

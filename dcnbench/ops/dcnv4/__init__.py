@@ -33,4 +33,5 @@ SPEC = OpSpec(
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.flops(),
     options=lazy(f"{_HERE}.suite:pair_options"),
+    work=lambda geometry, *how: geometry.work(*how),
 )
