@@ -64,7 +64,7 @@ def fuzz_backend(backend: Backend, spec, *, examples: int, seconds: float, seed:
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from dcnbench.verify import verify_case
+    from dcnbench.verify import verify_case, why_unsupported
 
     start = time.monotonic()
     state = {"tried": 0, "failure": None}
@@ -78,7 +78,7 @@ def fuzz_backend(backend: Backend, spec, *, examples: int, seconds: float, seed:
         if time.monotonic() - start >= (2 if state["failure"] else 1) * seconds:
             raise _TimeUp
         case = replace(case, dtype=dtype)
-        if backend.support(case.op, device, case.dtype, case.geometry):
+        if why_unsupported(backend, case, device):
             assume(False)  # a dtype or shape this backend declares unsupported proves nothing
         try:
             case.inputs("cpu")

@@ -415,11 +415,17 @@ def _knob_runs(backend: Backend, fn: Callable, case: Case, inputs: dict, cot: to
     return found
 
 
+def why_unsupported(backend: Backend, case: Case, device: str) -> str | None:
+    """Why the backend declares that it does not run this case on `device` (verify, speed and fuzz
+    ask alike), or None."""
+    return (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
+            or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
+            or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+
+
 def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
     start = time.perf_counter()
-    reason = (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
-              or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
-              or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+    reason = why_unsupported(backend, case, device)
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
     if case.check == "export":  # the ONNX export check (onnx_export.py)

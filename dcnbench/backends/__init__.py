@@ -115,13 +115,14 @@ def runs_in_a_worker(framework: str) -> str:
             "for torch.onnx.export to trace")
 
 
-def filters_per_offset_group(framework: str, geometry) -> str | None:
-    """Why MXNet and paddle cannot run a deform_conv2d whose output channels the deformable groups do
-    not divide (they require O % offset_groups == 0; the operator does not; found by `verify --fuzz`)."""
+def filters_per_offset_group(kernel: str, geometry) -> str | None:
+    """Why `kernel` cannot run a deform_conv2d whose output channels the deformable groups do not
+    divide: it requires O % offset_groups == 0, the operator does not (found by `verify --fuzz`;
+    measured: paddle refuses it for DCNv1 and DCNv2, MXNet for DCNv2 only)."""
     from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 
     if isinstance(geometry, ConvGeometry) and geometry.o % geometry.offset_groups:
-        return (f"{framework} requires the output channels to be a multiple of the deformable groups; "
+        return (f"{kernel} requires the output channels to be a multiple of the deformable groups; "
                 "the operator does not")
     return None
 
