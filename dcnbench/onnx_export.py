@@ -127,7 +127,7 @@ def _exporter(backend):
 
 def verify_export(backend, case, device: str, ref_cache: dict):
     """One export case on one backend, as a VerifyResult (compared with the float64 oracle's output)."""
-    from dcnbench.verify import VerifyResult, compare, one_line, reference
+    from dcnbench.verify import VerifyResult, compare, dtype_checked, one_line, reference
 
     start = time.perf_counter()
     if device != "cpu":
@@ -145,9 +145,7 @@ def verify_export(backend, case, device: str, ref_cache: dict):
     if (case, "Z") not in ref_cache:
         ref_cache[(case, "Z")] = reference(case, "Z")
     ref, _ = ref_cache[(case, "Z")]
-    err = compare("output", output, ref.output, case.dtype)
-    if err.ok and output.dtype != DTYPES[case.dtype]:
-        err = replace(err, ok=False, note=f"dtype {output.dtype}, expected {case.dtype}")
+    err = dtype_checked(compare("output", output, ref.output, case.dtype), output, case.dtype)
     status = Status.PASS if err.ok else Status.FAIL
     return VerifyResult(case, backend.name, status, (err,), note, time.perf_counter() - start)
 

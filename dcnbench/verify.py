@@ -245,6 +245,14 @@ def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str, 
     return QuantityError(name, rel, max_abs, tol, ok, note)
 
 
+def dtype_checked(err: QuantityError, got: torch.Tensor, dtype: str) -> QuantityError:
+    """`err`, failed and saying so when `got` is not of the case's dtype: a float32 result in a
+    float64 case otherwise reads as a mere large error (its rounding), which names nothing."""
+    if got is None or got.dtype == DTYPES[dtype]:
+        return err
+    return replace(err, ok=False, note=f"dtype {str(got.dtype).removeprefix('torch.')}, expected {dtype}")
+
+
 def _compare_nonfinite(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: str) -> QuantityError:
     """A reference holding NaN/Inf (a non-finite input read by some outputs): the non-finite entries
     must be exactly the reference's (a bad value reaches exactly what reads it, never others,
@@ -267,10 +275,8 @@ def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], l
     found = []
     for q in quantities:
         if q == "output":
-            err = against(q, run.output, ref.output, case.dtype)
-            if err.ok and run.output.dtype != DTYPES[case.dtype]:
-                err = QuantityError(q, err.rel_err, err.max_abs_err, tol, False, f"dtype {run.output.dtype}, expected {case.dtype}")
-            found.append(replace(err, reference=label))
+            found.append(replace(dtype_checked(against(q, run.output, ref.output, case.dtype), run.output, case.dtype),
+                                 reference=label))
         elif q in ref.grads and ref.grads[q] is not None:
             if no_backward:
                 found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))

@@ -24,7 +24,7 @@ def _fixed_console(monkeypatch):
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """The installed entry point in a subprocess: real exit codes, real stderr."""
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", **(env_extra or {}))
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env_extra or {})}
     exe = Path(sys.executable).parent / "dcnbench"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 

@@ -130,7 +130,9 @@ def test_broken_environment_is_a_clear_error(tmp_path):
 
 
 def test_missing_environment_exits_2_when_asked_for_and_is_skipped_otherwise(monkeypatch, tmp_path):
-    monkeypatch.setattr(mxb, "env_dir", lambda: tmp_path / ".venv-mxnet")
+    import dcnbench.worker.client as worker_client
+
+    monkeypatch.setattr(worker_client, "PROJECT_ROOT", tmp_path)  # no .venv-mxnet there
     assert "make mxnet-env" in get("mxnet").unavailable
     out = invoke("verify", "--backend", "mxnet")
     assert out.returncode == 2 and "make mxnet-env" in out.stderr

@@ -80,7 +80,9 @@ def test_speed_times_inside_the_worker(paddle):
 
 
 def test_missing_environment_exits_2_when_asked_for_and_is_skipped_otherwise(monkeypatch, tmp_path):
-    monkeypatch.setenv("DCNBENCH_PADDLE_PYTHON", str(tmp_path / "no" / "bin" / "python"))
+    import dcnbench.worker.client as worker_client
+
+    monkeypatch.setattr(worker_client, "PROJECT_ROOT", tmp_path)  # no .venv-paddle there
     assert "make paddle-env" in get("paddle").unavailable
     out = invoke("verify", "--backend", "paddle")
     assert out.returncode == 2 and "make paddle-env" in out.stderr and "Traceback" not in out.stderr

@@ -19,6 +19,22 @@ from importlib.metadata import entry_points
 from dcnbench.errors import BackendUnavailable, UsageError
 
 ENTRY_POINT_GROUP = "dcnbench.backends"
+
+
+class Reason(str):
+    """Why a backend cannot run here (`Backend.unavailable`, or what `check()` returns): the text,
+    the fix when it is not `dcnbench backends`' to tell (`hint`), and whether a setting the user made
+    is at fault (`setting`: a variable pointing nowhere). `dcnbench backends` lists such a backend
+    as unavailable; a command that would run it stops before any work (exit 2) instead of skipping it."""
+
+    hint: str | None
+    setting: bool
+
+    def __new__(cls, text: str, hint: str | None = None, setting: bool = False):
+        reason = super().__new__(cls, text)
+        reason.hint, reason.setting = hint, setting
+        return reason
+
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
@@ -181,8 +197,7 @@ def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ..
             backend = known[name]
             reason = backend.unavailable or (backend.check() if backend.check else None)
             if reason:
-                raise BackendUnavailable(f"backend '{name}' is unavailable: {reason}",
-                                         hint="run `dcnbench backends` to see what is installed and how to fix it")
+                raise BackendUnavailable(f"backend '{name}' is unavailable: {reason}", hint=_fix(reason))
             chosen.append(backend)
         return chosen + [p for p in plugins if p.name not in names], []
     if plugins:
@@ -192,11 +207,17 @@ def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ..
         if b.kind not in kinds:
             continue
         reason = b.unavailable or (b.check() if b.check else None)
+        if getattr(reason, "setting", False):  # the user's own setting is broken: say so rather than skip
+            raise BackendUnavailable(f"backend '{b.name}' cannot run: {reason}", hint=_fix(reason))
         if reason:
             skipped.append(f"skipping {b.name}: {reason}")
         else:
             chosen.append(b)
     return chosen, skipped
+
+
+def _fix(reason: str) -> str:
+    return getattr(reason, "hint", None) or "run `dcnbench backends` to see what is installed and how to fix it"
 
 
 def get(name: str) -> Backend:

@@ -138,11 +138,25 @@ class WorkerEnv:
         return f"create it with `make {self.name}-env` ({self.pinned or self.distribution} in .venv-{self.name})"
 
     def unavailable(self) -> str | None:
-        """Why the backend cannot run here (for Backend.unavailable), or None."""
+        """Why the backend cannot run here (for Backend.unavailable), or None. A `DCNBENCH_<NAME>_PYTHON`
+        that points nowhere, or at an interpreter without the framework, is the user's setting at
+        fault: the reason names the variable."""
+        from dcnbench.backends import Reason
+
         if self.requirements is None:
             return None
+        override = os.environ.get(f"{self.var}_PYTHON") if self.env_vars else None
+        if override:
+            hint = (f"point {self.var}_PYTHON at the python of an environment with {self.pinned or self.distribution}, "
+                    f"or unset it to use .venv-{self.name} (`make {self.name}-env`)")
+            if not Path(override).is_file():
+                return Reason(f"{self.var}_PYTHON={override} is not a file", hint, setting=True)
+            if self.installed_version() is None:
+                return Reason(f"{self.var}_PYTHON={override}: that environment has no {self.distribution}", hint,
+                              setting=True)
+            return None
         if not self.python().exists() or self.installed_version() is None:
-            return (f"the {self.display} environment {self.python().parent.parent} is missing or has no "
+            return (f"the {self.display} environment {self.venv} is missing or has no "
                     f"{self.distribution}: {self.fix()}")
         return None
 
@@ -258,8 +272,8 @@ class WorkerClient:
                 wait = deadline - time.monotonic()
                 if wait <= 0 or not select.select([], [fd], [], wait)[1]:
                     self.close()
-                    raise WorkerError(f"{self.what} timed out after {timeout_s:g} s (it stopped reading) and was "
-                                      "killed; a fresh one starts for the next case")
+                    raise WorkerError(f"{self.what} timed out after {timeout_s:g} s (it stopped reading) and was killed",
+                                      hint=self._raise_hint())
                 try:
                     view = view[os.write(fd, view[:1 << 16]):]
                 except BlockingIOError:
@@ -284,20 +298,20 @@ class WorkerClient:
                 left -= len(chunk)
             return b"".join(chunks)
 
-        # A failed start-up leaves no worker behind; a failed request, one that the next case replaces.
-        fresh = "" if what else "; a fresh one starts for the next case"
+        # What happened, not what comes next: the run may be ending (a probe, repro's one case), and
+        # where it goes on, the next request starts a fresh worker (README, "Failures").
         try:
             return read_message(read_exactly)
         except TimeoutError:
             self.close()
             during = f" during {what}" if what else ""
-            raise WorkerError(f"{self.what} timed out after {timeout_s:g} s{during} and was killed{fresh}",
+            raise WorkerError(f"{self.what} timed out after {timeout_s:g} s{during} and was killed",
                               hint=self._raise_hint()) from None
         except EOFError:
             raise self._died() from None
         except ProtocolError as exc:
             self.close()
-            raise WorkerError(f"{self.what} sent a malformed reply ({exc}) and was killed{fresh}") from None
+            raise WorkerError(f"{self.what} sent a malformed reply ({exc}) and was killed") from None
 
     def _raise_hint(self) -> str:
         return "raise the limit with --timeout" + (f" or {self.env.var}_TIMEOUT" if self.env.env_vars else "")
@@ -311,7 +325,7 @@ class WorkerClient:
             tail = f": {lines[-1].strip()}" if lines else ""
         self.close()
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
-        return WorkerError(f"{self.what} died ({how}){tail}; a fresh one starts for the next case")
+        return WorkerError(f"{self.what} died ({how}){tail}")
 
 
 class SelfTimed:

@@ -10,7 +10,6 @@ no mmcv-style deform_roi_pool.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,22 +38,9 @@ NONFINITE = ("rois or trans hold NaN or infinity: MXNet's DeformablePSROIPooling
              "(it dies with SIGSEGV), so dcnbench does not send them; the operator is undefined there")
 
 
-def env_dir() -> Path:
-    return ENV.venv
-
-
 def python() -> Path:
     """The worker's interpreter: $DCNBENCH_MXNET_PYTHON, else the project's .venv-mxnet."""
-    override = os.environ.get("DCNBENCH_MXNET_PYTHON")
-    return Path(override) if override else env_dir() / "bin" / "python"
-
-
-def installed_version() -> str | None:
-    """mxnet's version from the worker environment's metadata, without starting it."""
-    for site in python().parent.parent.glob("lib/python*/site-packages"):
-        for dist in site.glob("mxnet-*.dist-info"):
-            return dist.name.removesuffix(".dist-info").split("-", 1)[1]
-    return None
+    return ENV.python()
 
 
 _worker = FrameworkWorker(ENV, python)
@@ -146,10 +132,9 @@ def self_timed(case, direction: str, device: str):
 
 def backend() -> Backend:
     ENV.check_settings()  # a malformed DCNBENCH_MXNET_TIMEOUT is a usage error before any work
-    version = installed_version()
-    if not python().exists() or version is None:
-        return Backend(name=NAME, description="", ops={}, dtypes={},
-                       unavailable=f"the MXNet environment {python().parent.parent} is missing or has no mxnet: {FIX}")
+    reason = ENV.unavailable()
+    if reason:
+        return Backend(name=NAME, description="", ops={}, dtypes={}, unavailable=reason)
     return Backend(
         name=NAME,
         description="mxnet.nd.contrib Deformable/ModulatedDeformableConvolution, DeformablePSROIPooling, in a worker process",
@@ -161,7 +146,7 @@ def backend() -> Backend:
                              OP_DEFORM_ROI_POOL: "MXNet has no mmcv-style deform_roi_pool; its DeformablePSROIPooling "
                                                  "is the other operator (deform_psroi_pool)",
                              "export": runs_in_a_worker("MXNet")},
-        version=version,
+        version=ENV.installed_version(),
         dialects={"v1": "C"},
         backward_unsupported=backward_unsupported,
         workload_unsupported=workload_unsupported,
