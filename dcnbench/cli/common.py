@@ -202,16 +202,16 @@ def stamp() -> str:
 
 
 def output_paths(command: str, csv: Path | None, json: Path | None) -> tuple[Path, Path]:
-    """The CSV and JSON paths a command writes, checked before any work is done (exit 2 when one
-    cannot be written); the default folder results/ is created."""
-    from dcnbench import results
+    """The CSV and JSON paths a command writes, checked and claimed before any work is done (exit 2
+    when one cannot be written, both are one file, or another run is writing it: dcnbench.outputs);
+    the default folder results/ is created."""
+    from dcnbench import outputs, results
 
     when = stamp()
     if csv is None or json is None:
         results.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = (csv or results.default_path(command, "csv", when), json or results.default_path(command, "json", when))
-    for path, option in zip(paths, ("--csv", "--json")):
-        results.check_writable(path, option)
+    outputs.claim([("--csv", paths[0]), ("--json", paths[1])])
     return paths
 
 

@@ -19,8 +19,9 @@ def export_check(*, factory: str, backends: list[str] | None = None, onnx: Path 
 
     if rtol is not None and not (math.isfinite(rtol) and rtol > 0):
         raise UsageError(f"--rtol {rtol} is not a positive number", hint="e.g. --rtol 1e-5")
-    if onnx is not None and not onnx.parent.is_dir():
-        raise UsageError(f"--onnx {onnx}: the directory {onnx.parent} does not exist", hint="create it first")
+    from dcnbench import outputs
+
+    outputs.claim([("--onnx", onnx)])  # a folder, a missing folder, another run's file: exit 2 before the export
 
     from rich.table import Table
 

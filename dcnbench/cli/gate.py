@@ -182,14 +182,12 @@ def command(
     Exit status: 0 pass, 1 correctness regression (or a baseline case the candidate did not run),
     2 usage error, 3 performance regression, 4 measurements too noisy to decide.
     """
-    from dcnbench.results import check_writable
+    from dcnbench import outputs
 
     check_count("--repeat", repeat)
     if warmup is not None:
         check_seconds("--warmup", warmup)
-    for path, option in ((write_baseline_to, "--write-baseline"), (summary, "--summary")):
-        if path is not None:
-            check_writable(path, option)
+    outputs.claim([("--write-baseline", write_baseline_to), ("--summary", summary)])
     if write_baseline_to:
         raise typer.Exit(write_baseline(path=write_baseline_to, shapes=shape, presets=preset, backends=backend, impls=impl,
                                         reference=reference, repeat=repeat, warmup_s=3.0 if warmup is None else warmup, dcn=dcn))
