@@ -468,6 +468,9 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
         by_knob = _knob_runs(backend, fn, case, inputs, cots["random"], first, device, not no_backward) if knobs else []
     except Exception as exc:  # a backend that raises becomes an error row; the run goes on
         return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
+    except SystemExit as exc:  # a kernel run here (--in-process) that exits must not end the run with its code
+        return VerifyResult(case, backend.name, Status.ERROR, message=f"the kernel called sys.exit({exc.code!r})",
+                            elapsed_s=time.perf_counter() - start)
     ref_z, covered = ref_cache[(case, "Z")]
     label = "Z" if case.check == "oracle" else case.check
     vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward) + by_knob

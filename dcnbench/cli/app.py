@@ -43,7 +43,7 @@ class Commands(typer.core.TyperGroup):
                 common.err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
                 common.err_console.print(f"[bold]hint:[/] {hint}", highlight=False, soft_wrap=True)
                 code = exc.exit_code
-        except click_errors.Abort:
+        except typer.Abort:
             sys.stderr.write("aborted\n")
             code = 1
         if not standalone_mode:
