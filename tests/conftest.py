@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import dcnbench  # noqa: F401  before anything loads torch: OpenMP's idle threads sleep here too (contention.py)
+
 # pytest-xdist's workers start with COLUMNS=80 and LINES=24 (set by execnet); dcnbench's consoles,
 # created on import, must see what a log or CI gives them (no COLUMNS), as a run without -n does.
 if os.environ.get("PYTEST_XDIST_WORKER"):

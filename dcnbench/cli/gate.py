@@ -32,12 +32,14 @@ def _backends(names: list[str] | None, plugins, kinds) -> list:
 
 
 def _measure_speed(cases: list, backends, repeat: int, warmup_s: float, reference: str | None) -> dict:
-    from dcnbench import results
+    from dcnbench import contention, results
     from dcnbench.speed import run_speed
 
-    found = run_speed(backends=backends, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=reference,
-                      measure_memory=False, on_progress=lambda text: None)
+    with contention.watch() as seen:
+        found = run_speed(backends=backends, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=reference,
+                          measure_memory=False, on_progress=lambda text: None)
     env = results.environment(device=cases[0].device if cases else "cpu", seed=0, backends=backends)
+    env["contention"] = seen.result.to_dict()
     return results.document("speed", env, found, {"baseline": reference, "repeat": repeat, "warmup_s": warmup_s})
 
 

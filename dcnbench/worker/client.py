@@ -26,6 +26,7 @@ from dcnbench.worker.protocol import PROTOCOL_VERSION, ProtocolError, encode, re
 from dcnbench.worker.settings import check_limit, timeout_override
 
 WORKER_MAIN = Path(__file__).with_name("main.py")
+KEEPER_GRACE_S = 10.0  # for the keeper to kill the worker's processes and exit, after SIGTERM
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Every client with a worker running: held here until closed, so no worker outlives dcnbench's
 # clean-up because the object that started it was dropped first.
@@ -228,12 +229,18 @@ class WorkerClient:
         _live.discard(self)
         self.to_release = []  # a new worker holds no recorded calls
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and whatever it started
-            except (ProcessLookupError, PermissionError):
-                pass
+            # The keeper (worker/keeper.py) kills the worker and everything below it, a process that
+            # left the session included; killing the process group is the fallback for a keeper
+            # that does not answer.
             if self.proc.poll() is None:
-                self.proc.kill()
+                self.proc.terminate()
+                try:
+                    self.proc.wait(KEEPER_GRACE_S)
+                except subprocess.TimeoutExpired:  # not reaped yet, so its group id is still this worker's
+                    try:
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             self.proc.wait()
             for stream in (self.proc.stdin, self.proc.stdout):
                 if stream:

@@ -44,7 +44,7 @@ def _protect_stdio():
 
 def _die_with_parent():
     """A worker never outlives dcnbench: Ctrl-C is the parent's to handle (it kills its workers),
-    and if the parent dies without doing so (SIGKILL), Linux sends this process SIGKILL."""
+    and if the parent (the keeper, keeper.py) dies without doing so, Linux sends this process SIGKILL."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     try:
@@ -57,9 +57,12 @@ def _die_with_parent():
         os._exit(1)
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I drops the script's directory
+from keeper import contain  # noqa: E402
+
+contain()  # from here on, this is the worker; its parent keeps everything it starts from outliving it
 PROTO_IN, PROTO_OUT = _protect_stdio()
 _die_with_parent()
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I drops the script's directory
 
 import numpy as np  # noqa: E402, F401  (the framework's arrays)
 
