@@ -19,6 +19,10 @@ from importlib.metadata import entry_points
 from dcnbench.errors import BackendUnavailable, UsageError
 
 ENTRY_POINT_GROUP = "dcnbench.backends"
+ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+# In-tree backend modules under dcnbench.backends, in display order.
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align")
 
 
 class Reason(str):
@@ -34,11 +38,6 @@ class Reason(str):
         reason = super().__new__(cls, text)
         reason.hint, reason.setting = hint, setting
         return reason
-
-ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
-
-# In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align")
 
 
 @dataclass(frozen=True)

@@ -229,18 +229,21 @@ class WorkerClient:
         _live.discard(self)
         self.to_release = []  # a new worker holds no recorded calls
         if self.proc is not None:
-            # The keeper (worker/keeper.py) kills the worker and everything below it, a process that
-            # left the session included; killing the process group is the fallback for a keeper
-            # that does not answer.
-            if self.proc.poll() is None:
-                self.proc.terminate()
+            # SIGTERM to the keeper (worker/keeper.py): it kills the worker and everything below it,
+            # a process that left the session included. Then the process group, for what a worker
+            # without a keeper (not Linux) started, while the keeper is not reaped yet, so that the
+            # group's id cannot be another process's.
+            if self.proc.returncode is None:
                 try:
-                    self.proc.wait(KEEPER_GRACE_S)
-                except subprocess.TimeoutExpired:  # not reaped yet, so its group id is still this worker's
-                    try:
-                        os.killpg(self.proc.pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                    self.proc.terminate()
+                except ProcessLookupError:
+                    pass
+                if _exit_status(self.proc.pid, KEEPER_GRACE_S) is None:
+                    self.proc.kill()
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             self.proc.wait()
             for stream in (self.proc.stdin, self.proc.stdout):
                 if stream:
@@ -324,7 +327,7 @@ class WorkerClient:
         return "raise the limit with --timeout" + (f" or {self.env.var}_TIMEOUT" if self.env.env_vars else "")
 
     def _died(self) -> WorkerError:
-        code = self.proc.wait() if self.proc else None
+        code = _exit_status(self.proc.pid) if self.proc else None  # not reaped: close() kills its group first
         tail = ""
         if self._stderr is not None:
             self._stderr.seek(0)
@@ -333,6 +336,22 @@ class WorkerClient:
         self.close()
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
         return WorkerError(f"{self.what} died ({how}){tail}")
+
+
+def _exit_status(pid: int, timeout_s: float | None = None) -> int | None:
+    """How a child ended (a Popen returncode: the exit status, or minus the signal), waiting up to
+    `timeout_s` (None: for ever), without reaping it; None if it is still running."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | (os.WNOHANG if deadline else 0))
+        except ChildProcessError:  # reaped already
+            return None
+        if found is not None:
+            return found.si_status if found.si_code == os.CLD_EXITED else -found.si_status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 class SelfTimed:
