@@ -275,6 +275,14 @@ def _overflow(name: str, rel: float, max_abs: float, tol: float, where: torch.Te
                          f"(|reference| up to {largest:.4g} there; {dtype} holds {top:.4g})")
 
 
+def dtype_checked(err: QuantityError, got: torch.Tensor, dtype: str) -> QuantityError:
+    """`err`, failed and saying so when `got` is not of the case's dtype: a float32 result in a
+    float64 case otherwise reads as a mere large error (its rounding), which names nothing."""
+    if got is None or got.dtype == DTYPES[dtype]:
+        return err
+    return replace(err, ok=False, note=f"dtype {str(got.dtype).removeprefix('torch.')}, expected {dtype}")
+
+
 def _compare_nonfinite(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: str) -> QuantityError:
     """A reference holding NaN/Inf (a non-finite input read by some outputs): the non-finite entries
     must be exactly the reference's (a bad value reaches exactly what reads it, never others,
@@ -297,10 +305,8 @@ def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], l
     found = []
     for q in quantities:
         if q == "output":
-            err = against(q, run.output, ref.output, case.dtype)
-            if err.ok and run.output.dtype != DTYPES[case.dtype]:
-                err = QuantityError(q, err.rel_err, err.max_abs_err, tol, False, f"dtype {run.output.dtype}, expected {case.dtype}")
-            found.append(replace(err, reference=label))
+            found.append(replace(dtype_checked(against(q, run.output, ref.output, case.dtype), run.output, case.dtype),
+                                 reference=label))
         elif q in ref.grads and ref.grads[q] is not None:
             if no_backward:
                 found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))
@@ -445,11 +451,17 @@ def _knob_runs(backend: Backend, fn: Callable, case: Case, inputs: dict, cot: to
     return found
 
 
+def why_unsupported(backend: Backend, case: Case, device: str) -> str | None:
+    """Why the backend declares that it does not run this case on `device` (verify, speed and fuzz
+    ask alike), or None."""
+    return (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
+            or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
+            or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+
+
 def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
     start = time.perf_counter()
-    reason = (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
-              or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
-              or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+    reason = why_unsupported(backend, case, device)
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
     if case.check == "export":  # the ONNX export check (onnx_export.py)
@@ -486,6 +498,9 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
         by_knob = _knob_runs(backend, fn, case, inputs, cots["random"], first, device, not no_backward) if knobs else []
     except Exception as exc:  # a backend that raises becomes an error row; the run goes on
         return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
+    except SystemExit as exc:  # a kernel run here (--in-process) that exits must not end the run with its code
+        return VerifyResult(case, backend.name, Status.ERROR, message=f"the kernel called sys.exit({exc.code!r})",
+                            elapsed_s=time.perf_counter() - start)
     ref_z, covered = ref_cache[(case, "Z")]
     label = "Z" if case.check == "oracle" else case.check
     vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward) + by_knob

@@ -61,6 +61,7 @@ def test_a_bad_pixel_reaches_only_the_outputs_that_read_it(op):
     assert (~out[..., 8:].isfinite()).any()
 
 
+@pytest.mark.any_cpu
 @pytest.mark.parametrize("op", ["dcnv3", "dcnv4"])
 def test_results_are_bitwise_the_same_on_one_and_two_threads(op):
     cls, gcls = (Dcnv4Case, Dcnv4Geometry) if op == "dcnv4" else (Dcnv3Case, GroupGeometry)
@@ -89,6 +90,7 @@ def test_arguments_are_checked_before_any_kernel_runs():
         ext.dcnv4(x, torch.zeros(1, 5, 5, 54), 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 256, 0)
 
 
+@pytest.mark.any_cpu
 def test_im2col_step_changes_nothing():
     geo = group_geometry(n=5, h=6, w=6, g=2, d=8)
     case = Dcnv3Case(name="steps", geometry=geo, dtype="float64")

@@ -123,6 +123,7 @@ def test_the_pooling_ops_compile_fullgraph_and_refuse_bad_rois_when_they_run(ops
         compiled(x, bad, off, trans)
 
 
+@pytest.mark.any_cpu
 def test_torch_export_holds_the_ext_op(ops):
     block, x = DeformBlock(), torch.randn(2, 4, 8, 8)
     exported = torch.export.export(block, (x,))

@@ -69,7 +69,7 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dcnbench import backends as registry
-    from dcnbench import render, results
+    from dcnbench import contention, render, results
     from dcnbench.plugins import load_plugins
     from dcnbench.speed import SpeedCase, run_speed
 
@@ -121,14 +121,16 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
 
     def run():
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
-                      transient=True) as progress:
+                      transient=True) as progress, contention.watch() as seen:
             task = progress.add_task("speed", total=None)
-            return run_speed(backends=chosen, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=baseline,
-                             measure_memory=memory, threads=threads,
-                             plugin_specs=dict(zip([p.name for p in plugins], impls or [])),
-                             on_progress=lambda text: progress.update(task, description=text), on_result=writer.add)
+            found = run_speed(backends=chosen, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=baseline,
+                              measure_memory=memory, threads=threads,
+                              plugin_specs=dict(zip([p.name for p in plugins], impls or [])),
+                              on_progress=lambda text: progress.update(task, description=text), on_result=writer.add)
+        env["contention"] = seen.result.to_dict()  # in the final write of the results files
+        return found, seen.result
 
-    found = run_writing(writer, run, "workload x backend results")
+    found, machine = run_writing(writer, run, "workload x backend results")
 
     bound = None
     if roof:
@@ -144,6 +146,8 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     if roof:
         console.print(f"{roof.line()}; % bound: the least time the op's work takes at those rates over the median",
                       highlight=False)
+    (err_console if machine.oversubscribed else console).print(
+        machine.line(), style="bold yellow" if machine.oversubscribed else None, highlight=False)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
     # A row that raised is a failure of the run, as in verify (the others' figures still stand).
     return EXIT_FAILED if any(r.status == Status.ERROR for r in found) else EXIT_OK

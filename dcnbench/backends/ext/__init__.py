@@ -83,7 +83,12 @@ def _group_ops_unsupported(geometry, device: str) -> str | None:
 
 def check() -> str | None:
     """Build (or load the cached build); None when the library loads, else why not and how to fix it."""
-    check_environment()  # raises UsageError on a bad DCNBENCH_EXT_DETERMINISTIC
+    check_environment()  # raises UsageError on a bad DCNBENCH_EXT_DETERMINISTIC or column budget
+    problem = build.cache_problem()
+    if problem:  # before any build: a traceback from deep inside one otherwise
+        from dcnbench.backends import Reason
+
+        return Reason(problem[0], problem[1], setting=True)
     try:
         LIBRARY.ops()
     except build.BuildError as exc:

@@ -159,8 +159,28 @@ def _digest(target: Target) -> str:
     return h.hexdigest()[:12]
 
 
+BUILD_DIR_ENV = "DCNBENCH_EXT_BUILD_DIR"
+
+
 def cache_base() -> Path:
-    return Path(os.environ.get("DCNBENCH_EXT_BUILD_DIR", ROOT / ".cache" / "ext"))
+    return Path(os.environ.get(BUILD_DIR_ENV) or ROOT / ".cache" / "ext")
+
+
+def cache_problem() -> tuple[str, str] | None:
+    """(what, fix) when the build cache cannot be used: a file where its folder should be, or a
+    folder that cannot be created or written; None when it can. Checked before any build starts."""
+    base = cache_base()
+    named = f"{BUILD_DIR_ENV}={base}" if os.environ.get(BUILD_DIR_ENV) else f"the build cache {base}"
+    fix = f"point {BUILD_DIR_ENV} at a folder you can write (it is created if missing), or unset it"
+    if base.exists() and not base.is_dir():
+        return f"{named} is a file, not a folder", fix
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{named} cannot be created: {exc.strerror or exc}", fix
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{named} is not writable", fix
+    return None
 
 
 def target_dir(target: Target, base: Path | None = None) -> Path:

@@ -85,6 +85,11 @@ def check() -> str | None:
     """Build (or load the cached build); a bad knob raises UsageError, a failed build is the reason returned."""
     settings()
     check_environment()
+    problem = build.cache_problem()
+    if problem:  # before any build: a traceback from deep inside one otherwise
+        from dcnbench.backends import Reason
+
+        return Reason(problem[0], problem[1], setting=True)
     try:
         LIBRARY.ops()
     except build.BuildError as exc:

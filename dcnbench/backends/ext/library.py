@@ -33,12 +33,20 @@ def deterministic() -> bool:
     return os.environ.get(DETERMINISTIC_ENV) == "1" or torch.are_deterministic_algorithms_enabled()
 
 
+COLUMN_BUDGET_ENV = "DCNBENCH_EXT_COLUMN_BUDGET"
+
+
 def check_environment() -> None:
-    """A bad DCNBENCH_EXT_DETERMINISTIC is a usage error (exit 2), not a silent "off"."""
+    """A bad DCNBENCH_EXT_DETERMINISTIC or DCNBENCH_EXT_COLUMN_BUDGET is a usage error (exit 2), not
+    a silent default (the C++ kernel would ignore a budget it cannot use)."""
     value = os.environ.get(DETERMINISTIC_ENV)
     if value not in (None, "", "0", "1"):
         raise UsageError(f"{DETERMINISTIC_ENV}={value!r} is neither 0 nor 1",
                          hint="set it to 1 for deterministic CUDA input gradients, or unset it")
+    budget = os.environ.get(COLUMN_BUDGET_ENV, "").strip()
+    if budget and not (budget.isdigit() and 0 < int(budget) < 2**62):
+        raise UsageError(f"{COLUMN_BUDGET_ENV}={budget!r} is not a positive number of column elements",
+                         hint=f"set {COLUMN_BUDGET_ENV} to an integer >= 1 (e.g. 4096), or unset it for the default")
 
 
 # torch.use_deterministic_algorithms(True) made every cuBLAS GEMM raise unless CUBLAS_WORKSPACE_CONFIG

@@ -4,6 +4,7 @@
     workloads.py   the case spec and its seeded tensors
     suite.py       the default verification suite
     oracle.py      the float64 oracle (also DCNv4's core)
+    fuzz.py        the strategy `verify --fuzz` draws problems from
     references.py  the identity with a depthwise torchvision deform_conv2d, and the depthwise conv2d row
 DCNv4 (ops/dcnv4/) is DCNv3 with the offsets and mask packed into one tensor, and builds on these.
 """
@@ -37,4 +38,5 @@ SPEC = OpSpec(
     flops=lambda geometry: geometry.flops(),
     options=lazy(f"{_HERE}.suite:pair_options"),
     work=lambda geometry, *how: geometry.work(*how),
+    fuzz=lazy(f"{_HERE}.fuzz:cases"),
 )
