@@ -77,3 +77,49 @@ def peak_memory(workloads: list[str], backends: list[str], peaks: dict[tuple[str
     ax.set_title("peak memory of one call")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def loss_curves(title: str, losses: dict[str, list[float]], drifts: dict[str, tuple[list[float], list[float]]]) -> bytes:
+    """Training loss per step for each run (left) and each backend's |loss - reference| beside its
+    bound (right, log scale; dashed: the bound, a cross: the first step outside it)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, ys in losses.items():
+        left.plot(range(1, len(ys) + 1), ys, label=label, lw=1.2)
+    left.set_xlabel("step")
+    left.set_ylabel("training loss")
+    left.set_title(title, fontsize=9)
+    left.legend(fontsize=7)
+    for label, (diff, bound) in drifts.items():
+        steps = range(1, len(diff) + 1)
+        (line,) = right.plot(steps, [max(d, 1e-12) for d in diff], label=label, lw=1.2)
+        right.plot(range(1, len(bound) + 1), bound, ls="--", lw=0.8, color=line.get_color())
+        bad = next((i for i, (d, b) in enumerate(zip(diff, bound)) if not d <= b), None)
+        if bad is not None:
+            right.plot([bad + 1], [max(diff[bad], 1e-12) if math.isfinite(diff[bad]) else 1.0], "x", color=line.get_color(), ms=9)
+    right.set_yscale("log")
+    right.set_xlabel("step")
+    right.set_ylabel("|loss − float64 reference| (dashed: bound)")
+    right.set_title("drift from the float64 oracle", fontsize=9)
+    right.legend(fontsize=7)
+    return _png(fig)
+
+
+def offset_fields(panels: list, columns: int = 3) -> bytes:
+    """Where a deformable net samples for a few activation units (the paper's Figure 5): each panel
+    the digit, the unit (green), its learned sampling points (red) and the regular grid (grey)."""
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        ax.imshow(panel.image, cmap="gray_r", extent=(-0.5, panel.image.shape[1] - 0.5, panel.image.shape[0] - 0.5, -0.5))
+        ax.scatter(panel.regular[:, 1], panel.regular[:, 0], s=6, c="#999999", alpha=0.6, label="regular grid")
+        ax.scatter(panel.learned[:, 1], panel.learned[:, 0], s=8, c="red", label="learned")
+        ax.plot([panel.unit[1]], [panel.unit[0]], "s", color="limegreen", ms=7)
+        ax.set_xlim(-4, panel.image.shape[1] + 3)
+        ax.set_ylim(panel.image.shape[0] + 3, -4)
+        ax.set_title(panel.title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="lower left")
+    return _png(fig)

@@ -2,8 +2,8 @@
 
     conv1 3x3 (1 -> c1), tanh, 2x2 average pool          28x28 -> 14x14
     conv2 3x3 (c1 -> c2), tanh, 2x2 average pool         14x14 -> 7x7     deformable in the deformable net
-    conv3 3x3 (c2 -> c2), tanh, global average pool       7x7              deformable in the deformable net
-    linear (c2 -> 10)
+    conv3 3x3 (c2 -> c2), tanh                            7x7              deformable in the deformable net
+    global average pool and linear (c2 -> 10), or (head "flatten") linear (c2*49 -> 10)
 
 A deformable layer predicts its offsets (and, for DCNv2, a sigmoid mask) with a 3x3 convolution of
 its own input, as the paper's Figure 2 does, and calls the backend's op with torchvision's
@@ -41,6 +41,14 @@ class NetConfig:
     c1: int = 8
     c2: int = 16
     jitter: float = 0.5  # offset branch bias drawn from [-jitter, jitter] pixels
+    # "mean": global average pooling before the classifier; "flatten": the whole 7x7 map (the
+    # experiment: learns the 1200 digits in a few epochs where global pooling needs many more).
+    head: str = "mean"
+
+    @property
+    def features(self) -> int:
+        """What the classifier reads: c2 means, or the whole c2 x 7 x 7 map."""
+        return self.c2 if self.head == "mean" else self.c2 * 49
 
     def deform_geometries(self, batch: int) -> list[tuple[int, int, int, int]]:
         """(N, C, H, W -> O) of each deformable layer's call: (batch, c_in, size, c_out)."""
@@ -83,13 +91,17 @@ class DigitNet(nn.Module):
         else:
             self.conv2 = nn.Conv2d(config.c1, config.c2, 3, padding=1, dtype=torch.float64)
             self.conv3 = nn.Conv2d(config.c2, config.c2, 3, padding=1, dtype=torch.float64)
-        self.fc = nn.Linear(config.c2, CLASSES, dtype=torch.float64)
+        self.fc = nn.Linear(config.features, CLASSES, dtype=torch.float64)
+
+    def layer_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What conv2 (14x14) and conv3 (7x7) read, and conv3's activation before pooling."""
+        x2 = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
+        x3 = F.avg_pool2d(torch.tanh(self.conv2(x2)), 2)
+        return x2, x3, torch.tanh(self.conv3(x3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
-        x = F.avg_pool2d(torch.tanh(self.conv2(x)), 2)
-        x = torch.tanh(self.conv3(x)).mean(dim=(2, 3))
-        return self.fc(x)
+        features = self.layer_inputs(x)[2]
+        return self.fc(features.mean(dim=(2, 3)) if self.config.head == "mean" else features.flatten(1))
 
     def deformable_layers(self) -> list[DeformConv]:
         return [m for m in (self.conv2, self.conv3) if isinstance(m, DeformConv)]
@@ -107,7 +119,7 @@ def initial_state(config: NetConfig, seed: int) -> dict[str, torch.Tensor]:
     for name, (c_in, c_out) in (("conv1", (1, c1)), ("conv2", (c1, c2)), ("conv3", (c2, c2))):
         state[f"{name}.weight"] = _lecun((c_out, c_in, 3, 3), c_in * TAPS, g)
         state[f"{name}.bias"] = 0.1 * torch.randn(c_out, generator=g, dtype=torch.float64)
-    state["fc.weight"] = _lecun((CLASSES, c2), c2, g)
+    state["fc.weight"] = _lecun((CLASSES, config.features), config.features, g)
     state["fc.bias"] = torch.zeros(CLASSES, dtype=torch.float64)
     if config.deformable:
         width = (3 if config.dcn == "v2" else 2) * TAPS

@@ -36,12 +36,12 @@ def _clock(device: str) -> float:
     return time.perf_counter()
 
 
-def steps(net: nn.Module, batches: Iterable[Digits], *, lr: float, momentum: float = 0.0,
+def steps(net: nn.Module, batches: Iterable[Digits], *, lr: float, momentum: float = 0.0, adam: bool = False,
           dtype: torch.dtype, device: str = "cpu", trainable: Iterable[nn.Parameter] | None = None) -> Iterator[Step]:
-    """Train `net` on `batches` with SGD, yielding each step as it ends. A parameter that gets no
-    gradient (a kernel that drops one) is left as it is, as torch.optim.SGD does."""
+    """Train `net` on `batches` with SGD (or Adam), yielding each step as it ends. A parameter that
+    gets no gradient (a kernel that drops one) is left as it is, as torch.optim does."""
     params = list(trainable) if trainable is not None else list(net.parameters())
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    optimizer = torch.optim.Adam(params, lr=lr) if adam else torch.optim.SGD(params, lr=lr, momentum=momentum)
     net.train()
     for index, batch in enumerate(batches, start=1):
         x, y = batch.images.to(device=device, dtype=dtype), batch.labels.to(device)

@@ -11,7 +11,7 @@ import torch
 from torchvision.ops import deform_conv2d as tv
 
 # Calls per input shape before tuned_after_warmup switches to its "fast" path.
-WARMUP_CALLS = 5
+WARMUP_CALLS = 3
 
 _positions: dict = {}
 
