@@ -69,6 +69,9 @@ def build(docs: list[dict]) -> list[Section]:
 def _at_a_glance(verify, speed) -> Section:
     s = Section("At a glance")
     backends = list(dict.fromkeys([r["backend"] for r, _ in verify] + [r["backend"] for r, _ in speed]))
+    if not backends:  # e.g. only `train` files: their own sections follow
+        s.text("No verify or speed results in these files.")
+        return s
     rows = []
     for b in backends:
         mine = [r for r, _ in verify if r["backend"] == b]
