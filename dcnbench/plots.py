@@ -104,6 +104,36 @@ def loss_curves(title: str, losses: dict[str, list[float]], drifts: dict[str, tu
     return _png(fig)
 
 
+def experiment_curves(phases: list[dict]) -> bytes:
+    """The scaled-digits runs: each phase's training loss per step (left) and its test accuracy after
+    each epoch (right; solid: regular digits, dashed: scaled). A phase that starts from another's
+    trained net (a `starts_from` key naming it) is drawn after it, from its last point."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    by_key = {p["key"]: p for p in phases}
+    for p in phases:
+        start = by_key.get(p["starts_from"])
+        steps0, epochs0 = (len(start["losses"]), len(start["epochs"])) if start else (0, 0)
+        steps = np.arange(steps0 + 1, steps0 + len(p["losses"]) + 1)
+        (line,) = left.plot(steps, p["losses"], lw=0.5, alpha=0.35)
+        window = min(10, len(p["losses"]))  # batches of 32 are noisy: the 10-step running mean on top
+        left.plot(steps[window - 1:], np.convolve(p["losses"], np.ones(window) / window, mode="valid"), lw=1.4,
+                  color=line.get_color(), label=p["label"])
+        first = [start["epochs"][-1]] if start else []
+        xs = range(epochs0 + 1 - len(first), epochs0 + len(p["epochs"]) + 1)
+        for name, style in (("regular", "-"), ("scaled", "--")):
+            right.plot(xs, [100 * a[name] for a in first + p["epochs"]], style, marker=".", color=line.get_color(), lw=1.2)
+    left.set_xlabel("training step (batches of the run so far)")
+    left.set_ylabel("training loss")
+    left.set_title("training loss (faint: each step; bold: mean of the last 10)", fontsize=9)
+    left.legend(fontsize=7)
+    right.set_xlabel("epoch")
+    right.set_ylabel("test accuracy, % (solid: regular, dashed: scaled)")
+    right.set_ylim(0, 100)
+    right.axhline(10, color="grey", lw=0.6, ls=":")
+    right.set_title("test accuracy after each epoch (dotted: chance)", fontsize=9)
+    return _png(fig)
+
+
 def offset_fields(panels: list, columns: int = 3) -> bytes:
     """Where a deformable net samples for a few activation units (the paper's Figure 5): each panel
     the digit, the unit (green), its learned sampling points (red) and the regular grid (grey)."""
@@ -111,11 +141,13 @@ def offset_fields(panels: list, columns: int = 3) -> bytes:
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         ax.imshow(panel.image, cmap="gray_r", extent=(-0.5, panel.image.shape[1] - 0.5, panel.image.shape[0] - 0.5, -0.5))
-        ax.scatter(panel.regular[:, 1], panel.regular[:, 0], s=6, c="#999999", alpha=0.6, label="regular grid")
-        ax.scatter(panel.learned[:, 1], panel.learned[:, 0], s=8, c="red", label="learned")
+        ax.scatter(panel.regular[:, 1], panel.regular[:, 0], s=4, c="#999999", alpha=0.5, label="zero offsets")
+        ax.scatter(panel.learned[:, 1], panel.learned[:, 0], s=3, c="red", alpha=0.6, label="learned offsets")
         ax.plot([panel.unit[1]], [panel.unit[0]], "s", color="limegreen", ms=7)
-        ax.set_xlim(-4, panel.image.shape[1] + 3)
-        ax.set_ylim(panel.image.shape[0] + 3, -4)
+        low = min(-4.0, float(panel.learned.min()) - 1)
+        high = max(panel.image.shape[0] + 3.0, float(panel.learned.max()) + 1)
+        ax.set_xlim(low, high)
+        ax.set_ylim(high, low)
         ax.set_title(panel.title, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -5,11 +5,12 @@ import json
 import math
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
 from dcnbench.results import load_json
-from dcnbench.train import data, experiment, model, parity
+from dcnbench.train import data, experiment, model, offsets, parity
 from tests.conftest import ROOT, invoke
 
 STATEFUL = ROOT / "tests" / "plugins" / "planted_stateful_bugs.py"
@@ -149,16 +150,47 @@ def test_digits_ship_with_scikit_learn_and_are_framed_like_mnist():
     assert len(parts.train) + len(parts.test) == 1797
 
 
-def test_rescale_is_the_identity_at_zoom_one_and_shrinks_the_digit_by_the_zoom():
+def _rows_and_cols_with_ink(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's ink centroid (y, x) in pixels."""
+    ink = images[:, 0]
+    total = ink.sum(dim=(1, 2))
+    ys = torch.arange(ink.shape[1], dtype=ink.dtype)
+    return (ink.sum(dim=2) * ys).sum(dim=1) / total, (ink.sum(dim=1) * ys).sum(dim=1) / total
+
+
+def test_rescale_is_the_identity_at_zoom_one_and_shrinks_each_axis_by_its_zoom():
     images = data.split(data.load(), 0).test.images[:20]
     n = len(images)
-    same = data.rescale(images, torch.ones(n, dtype=torch.float64), torch.zeros(n, 2, dtype=torch.float64))
+    none = torch.zeros(n, 2, dtype=torch.float64)
+    same = data.rescale(images, torch.ones(n, 2, dtype=torch.float64), none)
     assert torch.allclose(same, images, atol=1e-12)
-    zoom = torch.full((n,), 2.0, dtype=torch.float64)
-    small = data.rescale(images, zoom, torch.zeros(n, 2, dtype=torch.float64))
-    # Half the size in each direction: a quarter of the ink, within the resampling's blur.
-    ratio = small.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
-    assert torch.allclose(ratio, torch.full_like(ratio, 0.25), rtol=0.05)
+    # Half the size in each direction: a quarter of the ink; along one axis only: half (Keras
+    # draws one factor per axis), within the resampling's blur.
+    for zoom, share in (((2.0, 2.0), 0.25), ((2.0, 1.0), 0.5), ((1.0, 2.0), 0.5)):
+        small = data.rescale(images, torch.tensor([zoom] * n, dtype=torch.float64), none)
+        ratio = small.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
+        assert torch.allclose(ratio, torch.full_like(ratio, share), rtol=0.05), zoom
+    # The y zoom shrinks the rows: the ink's height halves, not its width.
+    tall = data.rescale(images, torch.tensor([(2.0, 1.0)] * n, dtype=torch.float64), none)
+    rows = (tall[:, 0].sum(dim=2) > 0.05).sum(dim=1).double()
+    cols = (tall[:, 0].sum(dim=1) > 0.05).sum(dim=1).double()
+    assert float(rows.mean()) < 0.7 * float(cols.mean())
+
+
+def test_the_shift_is_in_the_input_frame_so_the_digit_moves_by_shift_over_zoom():
+    """Keras applies the shift before the zoom: a shift of 0.1 frame at zoom 2 moves the digit 0.05
+    frame (1.4 pixels), not 0.1 (a shift applied after the zoom) nor 0.2."""
+    images = data.split(data.load(), 0).test.images[:20]
+    n = len(images)
+    zoom = torch.full((n, 2), 2.0, dtype=torch.float64)
+    still = _rows_and_cols_with_ink(data.rescale(images, zoom, torch.zeros(n, 2, dtype=torch.float64)))
+    moved = _rows_and_cols_with_ink(data.rescale(images, zoom, torch.tensor([(0.1, -0.2)] * n, dtype=torch.float64)))
+    dy, dx = (m - s for m, s in zip(moved, still))
+    # Within a quarter pixel (sampling a digit at every other pixel moves its centroid by up to
+    # ~0.15 pixel here); the other conventions would give 0.7 or 2.8 pixels for dy.
+    assert torch.allclose(dy.abs(), torch.full_like(dy, 0.05 * 28), atol=0.25)
+    assert torch.allclose(dx.abs(), torch.full_like(dx, 0.1 * 28), atol=0.25)
+    assert bool((dy * dx < 0).all())  # the two axes move apart, each by its own shift
 
 
 def test_the_scaled_set_depends_on_the_seed_only():
@@ -192,6 +224,24 @@ def test_deformable_net_with_zero_offsets_and_unit_masks_is_the_plain_net(dcn):
     assert torch.allclose(deform(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dcn", ["v1", "v2"])
+def test_the_deformable_scale_net_made_from_the_plain_one_starts_as_it(dcn):
+    """The experiment's deformable net, built from the trained plain net, computes what it does until
+    its offsets move (DCNv2 through doubled weights under masks of 0.5); the offsets then change it."""
+    config = model.ScaleNetConfig(deformable=False, width=4)
+    plain = model.build_scale_net(config, op=None, seed=0, dtype=torch.float64)
+    plain.train()
+    x = data.load().images[:8]
+    plain(x)  # running statistics away from their start, as after training
+    plain.eval()
+    deform = model.build_scale_net(model.ScaleNetConfig(deformable=True, dcn=dcn, width=4), op=parity_oracle(), seed=1,
+                                   dtype=torch.float64, start=plain).eval()
+    assert len(deform.deformable_layers()) == 3
+    assert torch.allclose(deform(x), plain(x), rtol=1e-12, atol=1e-12)
+    torch.nn.init.constant_(deform.deformable_layers()[1].offset.bias[:18], 0.3)
+    assert float((deform(x) - plain(x)).abs().max()) > 1e-6
+
+
 def parity_oracle():
     from dcnbench import ops
 
@@ -208,27 +258,74 @@ def test_every_backend_starts_from_the_same_weights():
 # ---- the experiment -----------------------------------------------------------------------------
 
 
+def _scale_net(width=4):
+    return model.build_scale_net(model.ScaleNetConfig(deformable=True, width=width), op=parity_oracle(), seed=0,
+                                 dtype=torch.float64)
+
+
 def test_zero_offsets_sample_the_regular_receptive_field():
-    net = model.build(model.NetConfig(deformable=True, jitter=0.0), op=parity_oracle(), seed=0, dtype=torch.float64)
+    net = _scale_net()
     image = data.load().images[0]
-    points = experiment.sampling_points(net, image, (3, 3), learned=False)
-    # Unit (3, 3) of the 7x7 map sits at pixel 13.5 of the 28x28 image; two stacked 3x3 layers on
-    # maps pooled by 2 and 4 reach pixels 13.5 + 4*a + 2*b for a, b in {-1, 0, 1}.
-    expected = sorted({13.5 + 4 * a + 2 * b for a in (-1, 0, 1) for b in (-1, 0, 1)})
+    points = offsets.sampling_points(net, image, (3, 3), learned=False)
+    # Unit (3, 3) of the 7x7 map sits at pixel 4 * 3 = 12 of the image; three stacked 3x3 layers of
+    # strides 2, 1, 2 reach pixels 12 + 2*a + 2*b + c for a, b, c in {-1, 0, 1}: 729 points, 5..19.
+    assert points.shape == (729, 2)
+    expected = sorted({12 + 2 * a + 2 * b + c for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)})
     assert sorted(set(points[:, 0].tolist())) == expected and sorted(set(points[:, 1].tolist())) == expected
+    assert np.array_equal(offsets.sampling_points(net, image, (3, 3)), points)  # the net's offsets start at zero
 
 
-def test_scaled_digits_experiment_prints_the_table_beside_the_seeds_and_writes_the_figure(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layer, pixels", [(0, 1.0), (1, 2.0), (2, 2.0)])
+def test_an_offset_moves_the_sampling_points_by_the_strides_below_it(layer, pixels):
+    """One pixel of offset (Δy = 1 at every tap) in deformable layer k moves every point by the
+    strides between its input map and the image: 1 for the first (on the image's grid), 2 above
+    the stride-2 layer."""
+    net = _scale_net()
+    with torch.no_grad():
+        net.deformable_layers()[layer].offset.bias[0:18:2] = 1.0
+    image = data.load().images[0]
+    moved = offsets.sampling_points(net, image, (3, 3)) - offsets.sampling_points(net, image, (3, 3), learned=False)
+    assert np.allclose(moved, [[pixels, 0.0]])
+
+
+def test_the_figure_units_are_on_the_ink_and_on_the_background():
+    image = np.zeros((28, 28))
+    image[18:22, 6:10] = 1.0  # ink centred at pixel (19.5, 7.5): unit (5, 2)
+    assert offsets.ink_unit(image, 7) == (5, 2)
+    assert offsets.background_unit(image, 7) == (1, 5)
+
+
+def test_fine_tuning_moves_only_the_offsets_and_the_batch_norms():
+    s = experiment.ExperimentSettings(width=4, batch=32, finetune_epochs=1)
+    parts = data.Split(train=data.load().take(torch.arange(64)), test=data.load().take(torch.arange(64, 96)))
+    plain = model.build_scale_net(model.ScaleNetConfig(deformable=False, width=4), op=None, seed=0, dtype=torch.float32)
+    net = model.build_scale_net(model.ScaleNetConfig(deformable=True, width=4), op=_get("ext").ops[parity.OP], seed=0,
+                                dtype=torch.float32, start=plain)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    plan = experiment.finetune_plan("deformable", "fine-tuned", net, s)
+    phase = experiment.train_phase(plan, parts, (parts.test, data.scaled(parts.test, 0)), s)
+    assert len(phase.losses) == 2 and len(phase.epochs) == 1
+    after = net.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".offset." in k or ".bn." in k for k in moved), moved
+    assert any(".offset." in k for k in moved) and any(k.endswith("bn.weight") for k in moved)
+
+
+def test_scaled_digits_experiment_prints_the_table_beside_the_seeds_and_writes_the_figures(tmp_path, monkeypatch):
     few = data.load().take(torch.arange(300))  # 200 training and 100 test digits: the path, not the accuracy
     monkeypatch.setattr(data, "load", lambda: few)
-    out = invoke("train", "--experiment", "scaled-digits", "--backend", "ext", "--epochs", "1",
-                 "--finetune-epochs", "1", "--batch", "100", "--out", str(tmp_path / "exp"))
+    out = invoke("train", "--experiment", "scaled-digits", "--backend", "ext", "--epochs", "1", "--width", "4",
+                 "--finetune-epochs", "1", "--batch", "100", "--seed", "3", "--out", str(tmp_path / "exp"))
     assert out.returncode == 0, out.stderr
     assert "98.74 %" in out.stdout and "92.55 %" in out.stdout and "scaled digits" in out.stdout
+    assert "settings: backend ext, DCNv1, width 4" in out.stdout and "seed 3" in out.stdout
     record = json.loads((tmp_path / "exp" / "experiment.json").read_text())
-    assert set(record["accuracy"]) == {"plain", "deformable", "finetuned"} and record["settings"]["seed"] == 0
-    assert all(0 <= v <= 1 for acc in record["accuracy"].values() for v in acc.values())
-    assert (tmp_path / "exp" / "offset-fields.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p["key"] for p in record["phases"]] == ["plain", "deformable", "control"]
+    assert record["settings"]["seed"] == 3 and record["settings"]["finetune_lr"] == pytest.approx(5e-4)
+    assert all(len(p["losses"]) == 2 and len(p["epochs"]) == 1 for p in record["phases"])
+    assert all(0 <= v <= 1 for p in record["phases"] for v in p["accuracy"].values())
+    for name in ("offset-fields.png", "loss-curves.png"):
+        assert (tmp_path / "exp" / name).read_bytes()[:4] == b"\x89PNG"
     assert "| scaled digits |" in (tmp_path / "exp" / "table.md").read_text()
 
 
@@ -242,6 +339,7 @@ def test_scaled_digits_experiment_prints_the_table_beside_the_seeds_and_writes_t
     (["--batch", "1"], "--batch 1 is out of range"),
     (["--experiment", "rotated"], "unknown --experiment 'rotated'"),
     (["--experiment", "scaled-digits", "-b", "ext", "-b", "torchvision"], "--experiment trains with one deformable kernel"),
+    (["--experiment", "scaled-digits", "--width", "0"], "--width 0 is out of range"),
     (["--backend", "nope"], "unknown backend 'nope'"),
 ])
 def test_usage_errors_are_exit_2_with_a_hint(args, message):

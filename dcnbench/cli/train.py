@@ -80,14 +80,16 @@ def train(*, backends: list[str] | None = None, impls: list[str] | None = None, 
 
 
 def experiment(*, name: str, backends: list[str] | None = None, impls: list[str] | None = None, dcn: str = "v1",
-               epochs: int = 6, finetune_epochs: int = 4, batch: int = 32, lr: float = 0.01, seed: int = 0,
-               device: str = "cpu", out: Path | None = None, in_process: bool = False, timeout: float | None = None) -> int:
-    """The scaled-digits experiment: trains, prints the table beside the seeds', writes the figure."""
+               width: int = 16, epochs: int = 6, finetune_epochs: int = 3, batch: int = 32, lr: float = 1e-3,
+               seed: int = 0, ablations: bool = False, device: str = "cpu", out: Path | None = None,
+               in_process: bool = False, timeout: float | None = None) -> int:
+    """The scaled-digits experiment: trains, prints the table beside the seeds', writes the figures."""
     if name not in EXPERIMENTS:
         raise UsageError(f"unknown --experiment '{name}'", hint=f"choose from: {', '.join(EXPERIMENTS)}")
     _check_common(dcn=dcn, seed=seed, device=device, lr=lr, batch=batch)
     check_count("--epochs", epochs, high=1000)
-    check_count("--finetune-epochs", finetune_epochs, low=0, high=1000)
+    check_count("--finetune-epochs", finetune_epochs, high=1000)
+    check_count("--width", width, high=256)
     if len(backends or []) + len(impls or []) > 1:
         raise UsageError("--experiment trains with one deformable kernel", hint="give at most one --backend or --impl")
     isolate_plugins = check_isolation(isolate=False, in_process=in_process, timeout=timeout)
@@ -108,24 +110,27 @@ def experiment(*, name: str, backends: list[str] | None = None, impls: list[str]
     plugins = load_plugins(impls, device, OP, isolate=isolate_plugins)
     names = backends if backends or plugins else [_default_backend(registry)]
     backend = registry.select(names, plugins, kinds=("deformable",))[0][0]
-    settings = exp.ExperimentSettings(backend=backend.name, dcn=dcn, epochs=epochs, finetune_epochs=finetune_epochs,
-                                      batch=batch, lr=lr, seed=seed, device=device)
+    settings = exp.ExperimentSettings(backend=backend.name, dcn=dcn, width=width, epochs=epochs,
+                                      finetune_epochs=finetune_epochs, batch=batch, lr=lr, seed=seed,
+                                      ablations=ablations, device=device)
+    console.print(f"settings: {settings.describe()}", highlight=False, soft_wrap=True)
     with LateProgress(err_console, exp.total_steps(settings), f"train --experiment {name}") as bar:
         result = exp.run_experiment(op=backend.ops[OP], settings=settings, on_step=bar.advance)
     out.mkdir(exist_ok=True)
     console.print(experiment_table(result))
     console.print(f"{result.train_size} training and {result.test_size} test digits (scikit-learn's 8x8 digits upsampled "
-                  f"to 28x28); scaled: each test digit shrunk by a random zoom-out in [1, 2.5] and shifted up to 20 % "
-                  f"(seed {seed}); training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()),
+                  f"to 28x28); scaled: each digit zoomed out by a factor in [1, 2.5] per axis and shifted by up to "
+                  f"20 % of the frame (test set: seed {seed}; fine-tuning: a fresh draw per epoch); training seconds, "
+                  "wall / CPU: " + ", ".join(f"{p.key} {p.wall_s:.0f} / {p.cpu_s:.0f}" for p in result.phases),
                   highlight=False, soft_wrap=True)
-    (out / "offset-fields.png").write_bytes(plots.offset_fields(list(result.panels)))
+    record = result.record()
+    (out / "offset-fields.png").write_bytes(plots.offset_fields(list(result.panels), columns=2))
+    (out / "loss-curves.png").write_bytes(plots.experiment_curves(record["phases"]))
     (out / "table.md").write_text(result.markdown() + "\n")
     env = results.environment(device=device, seed=seed, backends=[backend])
-    record = {"experiment": name, "settings": vars(settings), "environment": env, "seconds": result.seconds,
-              "accuracy": {k: vars(getattr(result, k)) for k in ("plain", "deformable", "finetuned")},
-              "seeds_table": exp.SEEDS_TABLE}
-    results.write_text(out / "experiment.json", results.dumps(record))
-    console.print(f"wrote {out}/table.md, {out}/offset-fields.png and {out}/experiment.json", highlight=False)
+    results.write_text(out / "experiment.json", results.dumps({"experiment": name, "environment": env} | record))
+    console.print(f"wrote {out}/table.md, {out}/loss-curves.png, {out}/offset-fields.png and {out}/experiment.json",
+                  highlight=False)
     return EXIT_OK
 
 
@@ -142,8 +147,8 @@ def command(
     dcn: Annotated[str, typer.Option("--dcn", help="v1 (offsets) or v2 (offsets and a mask).")] = "v1",
     steps: Annotated[int, typer.Option("--steps", help="SGD steps (parity).")] = 30,
     batch: Annotated[int | None, typer.Option("--batch", help="Digits per step (default: 16; 32 for --experiment).")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: SGD 0.1; Adam 0.01 for "
-                                             "--experiment).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: SGD 0.1; Adam 0.001 for "
+                                             "--experiment, whose fine-tuning takes half).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     csv: CsvOpt = None,
@@ -153,9 +158,13 @@ def command(
     timeout: TimeoutOpt = None,
     experiment_name: Annotated[str | None, typer.Option("--experiment", help="Instead of parity, run an experiment: "
                                                         "scaled-digits (plain vs deformable CNN on regular and scaled digits).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="--experiment: epochs on regular digits.")] = 6,
+    epochs: Annotated[int, typer.Option("--epochs", help="--experiment: epochs training the plain CNN.")] = 6,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="--experiment: epochs fine-tuning the "
-                                                 "offsets on scaled digits.")] = 4,
+                                                 "offsets on scaled digits.")] = 3,
+    width: Annotated[int, typer.Option("--width", help="--experiment: the first layer's channels (then 2x, 4x, 4x; "
+                                       "the source's: 32).")] = 16,
+    ablations: Annotated[bool, typer.Option("--ablations", help="--experiment: also train a deformable CNN on regular "
+                                            "digits only and a plain CNN on scaled digits.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="--experiment: folder for the table and the figure "
                                              "(default: results/train-<experiment>-<time>/).")] = None,
 ) -> None:
@@ -168,10 +177,10 @@ def command(
     plain vs deformable CNN table, measured here.
     """
     if experiment_name is not None:
-        raise typer.Exit(experiment(name=experiment_name, backends=backend, impls=impl, dcn=dcn, epochs=epochs,
-                                    finetune_epochs=finetune_epochs, batch=32 if batch is None else batch,
-                                    lr=0.01 if lr is None else lr, seed=seed, device=device, out=out,
-                                    in_process=in_process, timeout=timeout))
+        raise typer.Exit(experiment(name=experiment_name, backends=backend, impls=impl, dcn=dcn, width=width,
+                                    epochs=epochs, finetune_epochs=finetune_epochs, batch=32 if batch is None else batch,
+                                    lr=1e-3 if lr is None else lr, seed=seed, ablations=ablations, device=device,
+                                    out=out, in_process=in_process, timeout=timeout))
     raise typer.Exit(train(backends=backend, impls=impl, dcn=dcn, steps=steps, batch=16 if batch is None else batch,
                            lr=0.1 if lr is None else lr, seed=seed, device=device, csv=csv, json=json, isolate=isolate,
                            in_process=in_process, timeout=timeout))

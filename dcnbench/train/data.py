@@ -6,11 +6,13 @@ so a digit sits in MNIST's frame (a 20-pixel box, 4 pixels of margin).
 
 The scaled set follows the generator behind the scaled-MNIST table the seeds quote (Felix Lau's
 deform-conv, `scripts/scaled_mnist.py`: Keras `ImageDataGenerator(zoom_range=(1.0, 2.5),
-width_shift_range=0.2, height_shift_range=0.2)`): Keras maps each output pixel to `zoom`
-times its position in the input, so a zoom of 1..2.5 shrinks the digit to 40-100 % of its size;
-here one factor per digit (the same for both axes) and a shift of up to 20 % of the frame each way.
-Every draw comes from a `torch.Generator` seeded by `seed`: the same seed gives the same split,
-batches and scaled digits on every machine and for every backend.
+width_shift_range=0.2, height_shift_range=0.2)`), as Keras draws and applies it: two zoom factors
+per image, one per axis, each uniform in [1, 2.5], and a shift per axis uniform in +-20 % of the
+frame; each output pixel o reads the input at c + t + zoom * (o - c) (c the frame's centre, t the
+shift), so the digit shrinks to 40-100 % of its size along each axis and moves by t / zoom. (Keras
+takes its centre half a pixel off the frame's; that half pixel is left out.) Every draw comes from
+a `torch.Generator` seeded by `seed`: the same seed gives the same split, batches and scaled
+digits on every machine and for every backend.
 """
 
 from __future__ import annotations
@@ -68,28 +70,30 @@ def split(digits: Digits, seed: int) -> Split:
 
 
 def rescale(images: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Each image shrunk by 1/zoom[i] about the frame's centre and moved by shift[i] = (dx, dy)
-    (fractions of the frame); zeros come in from outside. zoom 1 and shift 0 give the image back."""
+    """Each image zoomed out about the frame's centre by zoom[i] = (zoom_y, zoom_x) and shifted by
+    shift[i] = (ty, tx) (fractions of the frame, in the input's coordinates: the digit moves by
+    shift / zoom), as Keras' ImageDataGenerator does; zeros come in from outside. zoom 1 and shift
+    0 give the image back."""
     n = images.shape[0]
     theta = torch.zeros(n, 2, 3, dtype=images.dtype)
-    theta[:, 0, 0] = zoom
-    theta[:, 1, 1] = zoom
-    # affine_grid maps each output pixel to an input position in [-1, 1]: a shift of s frames
-    # moves the digit by s (the input is read 2*s*zoom normalised units the other way).
-    theta[:, :, 2] = -2.0 * shift.to(images.dtype) * zoom[:, None]
+    # affine_grid's rows are (x, y) in [-1, 1]: output position u reads the input at zoom * u + 2 * shift.
+    theta[:, 0, 0] = zoom[:, 1]
+    theta[:, 1, 1] = zoom[:, 0]
+    theta[:, 0, 2] = 2.0 * shift[:, 1]
+    theta[:, 1, 2] = 2.0 * shift[:, 0]
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def draw_scales(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n zoom factors in ZOOM and n shifts in [-SHIFT, SHIFT]^2."""
-    zoom = ZOOM[0] + (ZOOM[1] - ZOOM[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
+    """n zoom pairs (y, x), each factor in ZOOM, and n shift pairs (y, x) in [-SHIFT, SHIFT]."""
+    zoom = ZOOM[0] + (ZOOM[1] - ZOOM[0]) * torch.rand(n, 2, generator=generator, dtype=torch.float64)
     shift = SHIFT * (2 * torch.rand(n, 2, generator=generator, dtype=torch.float64) - 1)
     return zoom, shift
 
 
 def scaled(digits: Digits, seed: int) -> Digits:
-    """The scaled copy of `digits`: each digit rescaled by its own random factor and shift."""
+    """The scaled copy of `digits`: each digit zoomed out and shifted by its own random draw."""
     zoom, shift = draw_scales(len(digits), torch.Generator().manual_seed(seed))
     return Digits(rescale(digits.images, zoom, shift), digits.labels)
 

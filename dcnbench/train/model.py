@@ -1,9 +1,11 @@
-"""The small network `dcnbench train` trains: plain or deformable, with any backend's deform_conv2d.
+"""The small networks `dcnbench train` trains, plain or deformable, with any backend's deform_conv2d.
+
+The parity net (DigitNet, `dcnbench train --backend ...`):
 
     conv1 3x3 (1 -> c1), tanh, 2x2 average pool          28x28 -> 14x14
     conv2 3x3 (c1 -> c2), tanh, 2x2 average pool         14x14 -> 7x7     deformable in the deformable net
     conv3 3x3 (c2 -> c2), tanh                            7x7              deformable in the deformable net
-    global average pool and linear (c2 -> 10), or (head "flatten") linear (c2*49 -> 10)
+    global average pool and linear (c2 -> 10)
 
 A deformable layer predicts its offsets (and, for DCNv2, a sigmoid mask) with a 3x3 convolution of
 its own input, as the paper's Figure 2 does, and calls the backend's op with torchvision's
@@ -19,6 +21,21 @@ and every backend starts from exactly the same numbers rounded to its dtype. The
 biases are drawn from [-jitter, jitter] pixels: with jitter > 0 no sampling point starts on an
 integer coordinate, where the bilinear kernel has a kink and implementations may legitimately
 return different one-sided derivatives (DCN.md); jitter 0 starts the deformable net as the plain one.
+
+The scaled-digits net (ScaleNet, `--experiment scaled-digits`) has the shape of the source of the
+seeds' table (Felix Lau's Keras deform-conv, `deform_conv/cnn.py`): four 3x3 convolutions, each
+followed by ReLU and batch norm, global average pooling and a linear classifier,
+
+    conv11 1 -> w, stride 1      28x28
+    conv12 w -> 2w, stride 2     14x14    deformable in the deformable net
+    conv21 2w -> 4w, stride 1    14x14    deformable
+    conv22 4w -> 4w, stride 2    7x7      deformable
+    global average pool, linear 4w -> 10
+
+(Lau's w is 32). Global pooling makes the classifier indifferent to where on the map a feature
+fires, which a shifted digit needs. Its offset branches start at zero (weights and bias), so the
+deformable net made from a trained plain one computes exactly what the plain one does until the
+offsets move (a DCNv2 net doubles the convolution weights instead, since its masks start at 0.5).
 """
 
 from __future__ import annotations
@@ -41,14 +58,6 @@ class NetConfig:
     c1: int = 8
     c2: int = 16
     jitter: float = 0.5  # offset branch bias drawn from [-jitter, jitter] pixels
-    # "mean": global average pooling before the classifier; "flatten": the whole 7x7 map (the
-    # experiment: learns the 1200 digits in a few epochs where global pooling needs many more).
-    head: str = "mean"
-
-    @property
-    def features(self) -> int:
-        """What the classifier reads: c2 means, or the whole c2 x 7 x 7 map."""
-        return self.c2 if self.head == "mean" else self.c2 * 49
 
     def deform_geometries(self, batch: int) -> list[tuple[int, int, int, int]]:
         """(N, C, H, W -> O) of each deformable layer's call: (batch, c_in, size, c_out)."""
@@ -56,14 +65,15 @@ class NetConfig:
 
 
 class DeformConv(nn.Module):
-    """A 3x3, padding 1 deformable convolution whose kernel is `op` (torchvision's signature)."""
+    """A 3x3, padding 1 deformable convolution whose kernel is `op` (torchvision's signature); its
+    offset branch, a 3x3 convolution of the same stride, gives an offset per output position."""
 
-    def __init__(self, c_in: int, c_out: int, dcn: str, op: Callable):
+    def __init__(self, c_in: int, c_out: int, dcn: str, op: Callable, stride: int = 1):
         super().__init__()
-        self.op, self.dcn = op, dcn
+        self.op, self.dcn, self.stride = op, dcn, stride
         self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3, dtype=torch.float64))
         self.bias = nn.Parameter(torch.empty(c_out, dtype=torch.float64))
-        self.offset = nn.Conv2d(c_in, (3 if dcn == "v2" else 2) * TAPS, 3, padding=1, dtype=torch.float64)
+        self.offset = nn.Conv2d(c_in, (3 if dcn == "v2" else 2) * TAPS, 3, stride=stride, padding=1, dtype=torch.float64)
 
     def sampling(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The offsets (N, 18, H, W) and the mask (N, 9, H, W) or None that this layer uses on x."""
@@ -75,7 +85,7 @@ class DeformConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.sampling(x)
-        return self.op(x, offset, self.weight, self.bias, (1, 1), (1, 1), (1, 1), mask)
+        return self.op(x, offset, self.weight, self.bias, (self.stride, self.stride), (1, 1), (1, 1), mask)
 
 
 class DigitNet(nn.Module):
@@ -91,17 +101,12 @@ class DigitNet(nn.Module):
         else:
             self.conv2 = nn.Conv2d(config.c1, config.c2, 3, padding=1, dtype=torch.float64)
             self.conv3 = nn.Conv2d(config.c2, config.c2, 3, padding=1, dtype=torch.float64)
-        self.fc = nn.Linear(config.features, CLASSES, dtype=torch.float64)
-
-    def layer_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What conv2 (14x14) and conv3 (7x7) read, and conv3's activation before pooling."""
-        x2 = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
-        x3 = F.avg_pool2d(torch.tanh(self.conv2(x2)), 2)
-        return x2, x3, torch.tanh(self.conv3(x3))
+        self.fc = nn.Linear(config.c2, CLASSES, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.layer_inputs(x)[2]
-        return self.fc(features.mean(dim=(2, 3)) if self.config.head == "mean" else features.flatten(1))
+        x = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
+        x = F.avg_pool2d(torch.tanh(self.conv2(x)), 2)
+        return self.fc(torch.tanh(self.conv3(x)).mean(dim=(2, 3)))
 
     def deformable_layers(self) -> list[DeformConv]:
         return [m for m in (self.conv2, self.conv3) if isinstance(m, DeformConv)]
@@ -119,7 +124,7 @@ def initial_state(config: NetConfig, seed: int) -> dict[str, torch.Tensor]:
     for name, (c_in, c_out) in (("conv1", (1, c1)), ("conv2", (c1, c2)), ("conv3", (c2, c2))):
         state[f"{name}.weight"] = _lecun((c_out, c_in, 3, 3), c_in * TAPS, g)
         state[f"{name}.bias"] = 0.1 * torch.randn(c_out, generator=g, dtype=torch.float64)
-    state["fc.weight"] = _lecun((CLASSES, config.features), config.features, g)
+    state["fc.weight"] = _lecun((CLASSES, config.c2), config.c2, g)
     state["fc.bias"] = torch.zeros(CLASSES, dtype=torch.float64)
     if config.deformable:
         width = (3 if config.dcn == "v2" else 2) * TAPS
@@ -143,3 +148,86 @@ def build(config: NetConfig, *, op: Callable | None, seed: int, dtype: torch.dty
 def flat_weights(net: nn.Module) -> torch.Tensor:
     """Every parameter in one float64 vector (a copy), in a fixed order."""
     return torch.cat([p.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for p in net.parameters()])
+
+
+# ---- the scaled-digits net ----------------------------------------------------------------------
+
+# Lau's layers: (output channels as a multiple of the width, stride); all but the first deformable.
+SCALE_LAYERS = ((1, 1), (2, 2), (4, 1), (4, 2))
+
+
+@dataclass(frozen=True)
+class ScaleNetConfig:
+    deformable: bool = True
+    dcn: str = "v1"
+    width: int = 16  # conv11's channels (Lau's: 32)
+
+
+class ScaleBlock(nn.Module):
+    """A 3x3 convolution (plain or deformable), ReLU, batch norm: one of Lau's layers."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, deformable: bool, dcn: str, op: Callable | None):
+        super().__init__()
+        self.conv = (DeformConv(c_in, c_out, dcn, op, stride) if deformable
+                     else nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dtype=torch.float64))
+        # Keras' epsilon; torch's momentum (Keras' 0.99 averages over ~100 steps: longer than a
+        # short run on 1,198 digits, whose test-time statistics would still carry the initial ones).
+        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+class ScaleNet(nn.Module):
+    def __init__(self, config: ScaleNetConfig, op: Callable | None = None):
+        super().__init__()
+        if config.deformable and op is None:
+            raise ValueError("a deformable net needs a deform_conv2d op")
+        self.config = config
+        channels = [1] + [k * config.width for k, _ in SCALE_LAYERS]
+        self.blocks = nn.ModuleList(ScaleBlock(channels[i], channels[i + 1], stride, config.deformable and i > 0,
+                                               config.dcn, op) for i, (_, stride) in enumerate(SCALE_LAYERS))
+        self.fc = nn.Linear(channels[-1], CLASSES, dtype=torch.float64)
+
+    def block_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What each block reads (the image first)."""
+        found = [x]
+        for block in self.blocks[:-1]:
+            found.append(block(found[-1]))
+        return found
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def deformable_layers(self) -> list[DeformConv]:
+        return [b.conv for b in self.blocks if isinstance(b.conv, DeformConv)]
+
+    def offset_parameters(self) -> list[nn.Parameter]:
+        return [p for layer in self.deformable_layers() for p in layer.offset.parameters()]
+
+    def norm_parameters(self) -> list[nn.Parameter]:
+        return [p for b in self.blocks for p in b.bn.parameters()]
+
+
+def build_scale_net(config: ScaleNetConfig, *, op: Callable | None, seed: int, dtype: torch.dtype,
+                    device: str = "cpu", start: ScaleNet | None = None) -> ScaleNet:
+    """The net with torch's default initialisation drawn from `seed`, or, with `start`, the trained
+    plain net's weights and zero offsets: the deformable net then starts as the plain one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ScaleNet(config, op)
+    for layer in net.deformable_layers():
+        nn.init.zeros_(layer.offset.weight)
+        nn.init.zeros_(layer.offset.bias)  # DCNv2's masks at sigmoid(0) = 0.5, as MSRA's
+    if start is not None:
+        state = {k: v.detach().to(torch.float64) for k, v in start.state_dict().items()}
+        if config.dcn == "v2":
+            for i, layer in enumerate(net.blocks):
+                if isinstance(layer.conv, DeformConv):
+                    state[f"blocks.{i}.conv.weight"] = 2 * state[f"blocks.{i}.conv.weight"]
+        missing = net.load_state_dict(state, strict=False).missing_keys
+        if any(".offset." not in k for k in missing):
+            raise ValueError(f"the plain net lacks {missing}")
+    return net.to(device=device, dtype=dtype)

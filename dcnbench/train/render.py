@@ -53,8 +53,9 @@ def problems(results: list[TrainResult]) -> list[str]:
 
 def experiment_table(result: ExperimentResult) -> Table:
     s = result.settings
-    table = Table(title=f"dcnbench train --experiment scaled-digits --epochs {s.epochs} --finetune-epochs "
-                        f"{s.finetune_epochs} --seed {s.seed} (backend {s.backend}, dcn {s.dcn})", title_justify="left")
+    table = Table(title=f"dcnbench train --experiment scaled-digits --width {s.width} --epochs {s.epochs} "
+                        f"--finetune-epochs {s.finetune_epochs} --lr {s.lr:g} --seed {s.seed} --dcn {s.dcn} "
+                        f"--backend {s.backend}", title_justify="left")
     table.add_column("test accuracy")
     for name in result.columns():
         table.add_column(name, justify="right")

@@ -60,7 +60,10 @@ def steps(net: nn.Module, batches: Iterable[Digits], *, lr: float, momentum: flo
 @torch.no_grad()
 def accuracy(net: nn.Module, digits: Digits, *, dtype: torch.dtype, device: str = "cpu", batch: int = 256,
              on_batch: Callable[[], None] | None = None) -> float:
-    """The fraction of `digits` the net classifies correctly."""
+    """The fraction of `digits` the net classifies correctly (in eval mode: batch norm by its running
+    statistics); the net is left in the mode it was in, so a training run can be measured between
+    its steps."""
+    was_training = net.training
     net.eval()
     right = 0
     for i in range(0, len(digits), batch):
@@ -68,4 +71,5 @@ def accuracy(net: nn.Module, digits: Digits, *, dtype: torch.dtype, device: str 
         right += int((net(x).argmax(dim=1).cpu() == digits.labels[i:i + batch]).sum())
         if on_batch:
             on_batch()
+    net.train(was_training)
     return right / len(digits)
