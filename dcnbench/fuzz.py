@@ -5,12 +5,15 @@ and printed as a reproducible case with a one-line command that re-runs exactly 
 Each operator's spec names a strategy of its cases (`OpSpec.fuzz`, e.g. ops/deform_conv2d/fuzz.py);
 nothing here names an operator. Time is bounded: once `seconds` have passed no new problem is
 drawn, and a shrink that runs past twice that keeps the smallest failing problem found so far.
+A run that tested nothing (no problem drawn, or every one declared unsupported) says why: it is
+never reported clean.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -31,6 +34,11 @@ class Finding:
     tried: int
     seconds: float
     failure: object | None = None  # the VerifyResult of the smallest failing problem, or None
+    nothing: str = ""  # when no problem ran: why
+
+    @property
+    def tested_nothing(self) -> bool:
+        return self.tried == 0
 
 
 def case_json(case) -> str:
@@ -64,10 +72,10 @@ def fuzz_backend(backend: Backend, spec, *, examples: int, seconds: float, seed:
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from dcnbench.verify import verify_case
+    from dcnbench.verify import verify_case, why_unsupported
 
     start = time.monotonic()
-    state = {"tried": 0, "failure": None}
+    state = {"tried": 0, "failure": None, "unsupported": Counter(), "no_inputs": 0, "time_up": False}
 
     @hypothesis_seed(seed)
     @settings(max_examples=examples, deadline=None, database=None, print_blob=False, report_multiple_bugs=False,
@@ -76,13 +84,17 @@ def fuzz_backend(backend: Backend, spec, *, examples: int, seconds: float, seed:
     def problem(case, dtype):
         # No new problem after `seconds`; shrinking may take as long again, then it keeps what it has.
         if time.monotonic() - start >= (2 if state["failure"] else 1) * seconds:
+            state["time_up"] = True
             raise _TimeUp
         case = replace(case, dtype=dtype)
-        if backend.support(case.op, device, case.dtype, case.geometry):
+        reason = why_unsupported(backend, case, device)
+        if reason:
+            state["unsupported"][reason] += 1
             assume(False)  # a dtype or shape this backend declares unsupported proves nothing
         try:
             case.inputs("cpu")
         except RuntimeError:  # no RoIs could keep their samples off the kinks: not a valid problem
+            state["no_inputs"] += 1
             assume(False)
         state["tried"] += 1
         if on_problem:
@@ -97,18 +109,34 @@ def fuzz_backend(backend: Backend, spec, *, examples: int, seconds: float, seed:
     except (_TimeUp, AssertionError, hypothesis_errors.Flaky, hypothesis_errors.Unsatisfiable,
             hypothesis_errors.FailedHealthCheck):
         pass
-    return Finding(spec.name, backend.name, state["tried"], time.monotonic() - start, state["failure"])
+    return Finding(spec.name, backend.name, state["tried"], time.monotonic() - start, state["failure"],
+                   "" if state["tried"] else _why_nothing(state, seconds))
+
+
+def _why_nothing(state: dict, seconds: float) -> str:
+    """Why a fuzz run of one operator on one backend ran no problem."""
+    if state["unsupported"]:
+        reason, _ = state["unsupported"].most_common(1)[0]
+        return f"all {sum(state['unsupported'].values())} problems drawn were unsupported by the backend (e.g. {reason})"
+    if state["no_inputs"]:
+        return f"no valid inputs could be drawn for the {state['no_inputs']} problems drawn"
+    if state["time_up"]:
+        return f"the time bound (--fuzz-time {seconds:g}) passed before the first problem"
+    return "hypothesis drew no problem"
 
 
 def run_fuzz(*, backends: list[Backend], op_names: list[str] | None, examples: int, seconds: float, seed: int,
              device: str = "cpu", on_problem: Callable[[str], None] | None = None) -> list[Finding]:
-    """Every selected backend on every operator it implements (and that has a fuzz strategy)."""
+    """Every selected backend on every operator it implements (every registered operator has a
+    fuzz strategy; tests/test_fuzz.py holds the registry to it)."""
     found = []
     for spec in ops.all_ops():
-        if spec.fuzz is None or (op_names and spec.name not in op_names):
+        if op_names and spec.name not in op_names:
             continue
         for backend in backends:
-            if spec.name in backend.ops:
+            if spec.name in backend.ops and spec.fuzz is None:
+                found.append(Finding(spec.name, backend.name, 0, 0.0, nothing="the operator has no fuzz strategy (OpSpec.fuzz)"))
+            elif spec.name in backend.ops:
                 found.append(fuzz_backend(backend, spec, examples=examples, seconds=seconds, seed=seed, device=device,
                                           on_problem=(lambda: on_problem(f"{spec.name} {backend.name}")) if on_problem else None))
     return found

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from scipy.stats import mannwhitneyu
 
+from dcnbench.contention import oversubscribed
 from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
 from dcnbench.results import expand, partial_note
 from dcnbench.status import PASSING
@@ -24,6 +25,8 @@ ENV_KEYS = ("device", "device_name", "cpu_model", "torch_version", "torchvision_
 # of the change being judged.
 MACHINE_KEYS = ("device", "device_name", "cpu_model", "threads")
 BASELINE_KIND = "baseline"
+# The verdict for a workload timed on an oversubscribed machine (contention.py): no ratio is judged.
+UNTRUSTWORTHY = "untrustworthy"
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class CorrectnessChange:
 class PerfComparison:
     case_id: str
     backend: str
-    verdict: str  # improved | same | worse | noisy | not comparable
+    verdict: str  # improved | same | worse | noisy | untrustworthy | not comparable
     base_ratio: float | None = None
     now_ratio: float | None = None
     p_value: float | None = None
@@ -97,7 +100,7 @@ class Decision:
             verdicts = {p.verdict for p in self.performance}
             if "worse" in verdicts:
                 return EXIT_PERFORMANCE
-            if "noisy" in verdicts:
+            if verdicts & {"noisy", UNTRUSTWORTHY}:  # the measurements cannot decide
                 return EXIT_NOISY
         return EXIT_OK
 
@@ -105,6 +108,8 @@ class Decision:
     def headline(self) -> str:
         if self.exit_code == EXIT_FAILED and not self.regressions:
             return "FAIL: the candidate did not run what the baseline covers"
+        if self.exit_code == EXIT_NOISY and any(p.verdict == UNTRUSTWORTHY for p in self.performance):
+            return "UNDECIDED: timed on an oversubscribed machine"
         return {EXIT_OK: "PASS", EXIT_FAILED: "FAIL: correctness regression",
                 EXIT_PERFORMANCE: "FAIL: performance regression",
                 EXIT_NOISY: "UNDECIDED: measurements too noisy"}[self.exit_code]
@@ -223,6 +228,12 @@ def compare_performance(baseline: list[dict], candidate: list[dict], settings: S
         if reason:
             found.append(PerfComparison(case_id, backend, "not comparable", factor=factor, reason=reason))
             continue
+        busy = [f"the {side} was timed on an oversubscribed machine ({why})"
+                for side, why in (("baseline", oversubscribed(b_env)), ("candidate", oversubscribed(c[1]))) if why]
+        if busy:  # its ratio would measure the competition as well: no verdict from it
+            found.append(PerfComparison(case_id, backend, UNTRUSTWORTHY, factor=factor, reason="; ".join(busy),
+                                        reference=ref))
+            continue
         base_r, now_r = _ratio_samples(b, b_ref[0]), _ratio_samples(c[0], c_ref[0])
         verdict, p = classify(base_r, now_r, factor, settings)
         found.append(PerfComparison(case_id, backend, verdict, statistics.median(base_r), statistics.median(now_r), p, factor,
@@ -240,7 +251,7 @@ def decide(baseline: list[dict], candidate: list[dict], settings: Settings, perf
 
 def suspects(decision: Decision) -> set[str]:
     """Workloads to measure once more before deciding."""
-    return {p.case_id for p in decision.performance if p.verdict in ("worse", "noisy")}
+    return {p.case_id for p in decision.performance if p.verdict in ("worse", "noisy", UNTRUSTWORTHY)}
 
 
 def with_remeasured(decision: Decision, remeasured: list[PerfComparison]) -> Decision:

@@ -56,6 +56,9 @@ def _import(path: Path):
     sys.path.insert(0, str(path.resolve().parent))  # so a plugin can import its sibling modules
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        raise PluginError(f"plugin file '{path}' called sys.exit({exc.code!r}) while it was imported",
+                          hint="guard the script part of the file with `if __name__ == \"__main__\":`") from None
     except Exception as exc:
         raise PluginError(f"plugin file '{path}' does not import: {type(exc).__name__}: {exc}",
                           hint=f"run `python {path}` to see the full traceback") from None
@@ -127,10 +130,13 @@ def probe_backend(backend: Backend, impl: str, device: str, op: str) -> None:
         except Exception as exc:
             problem = problem or f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             continue
+        except SystemExit as exc:  # in this process (--in-process): its exit must not become dcnbench's
+            problem = f"called sys.exit({exc.code!r})"
+            break
         if not isinstance(out, torch.Tensor):
             problem = f"returned {type(out).__name__}, expected a torch.Tensor"
         elif tuple(out.shape) != case.output_shape:
-            problem = (f"returned shape {tuple(out.shape)} for an input of shape {tuple(inputs['input'].shape)}, "
+            problem = (f"returned shape {tuple(out.shape)} for an input of shape {tuple(next(iter(inputs.values())).shape)}, "
                        f"expected {case.output_shape}")
         elif not bool(torch.isfinite(out).all()):
             problem = "returned NaN or infinity on finite inputs"

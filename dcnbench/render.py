@@ -137,8 +137,10 @@ def verify_report(results: list[VerifyResult], show: str = "failures") -> list[R
     return parts
 
 
-def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[RenderableType]:
-    """One table per workload, backends as rows, coloured by ratio to the fastest.
+def speed_tables(results: list[SpeedResult], baseline: str | None,
+                 bound_pct: dict[tuple[str, str], float | None] | None = None) -> list[RenderableType]:
+    """One table per workload, backends as rows, coloured by ratio to the fastest; with `bound_pct`
+    ((case id, backend) -> % of the roofline, `speed --roofline`), a column for it.
 
     A backend that cannot run the workload is one footnote line under its table (a long reason in
     a table cell folds over many lines); one that raised keeps a row, its message in a footnote.
@@ -153,7 +155,8 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Rende
         table = Table(title=case_id, title_justify="left")
         table.add_column("backend")
         base = next((r.baseline for r in rows if r.baseline), baseline)
-        for name in ("median ms", "IQR ms", f"x {base}" if base else "ratio", "x best", "GFLOP/s", "peak mem"):
+        for name in ("median ms", "IQR ms", f"x {base}" if base else "ratio", "x best", "GFLOP/s", "peak mem") + \
+                (("% bound",) if bound_pct is not None else ()):
             table.add_column(name, justify="right")
         table.add_column("notes")
         notes = []
@@ -161,7 +164,8 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Rende
             if not r.measurement:
                 notes.append(Text(f"  {r.backend}: {r.status}: {r.message}", style=STATUS_STYLE[r.status]))
                 if r.status == Status.ERROR:
-                    table.add_row(r.backend, "-", "-", "-", "-", "-", "-", Text("error (below)", style=STATUS_STYLE[r.status]))
+                    table.add_row(r.backend, "-", "-", "-", "-", "-", "-", *(("-",) if bound_pct is not None else ()),
+                                  Text("error (below)", style=STATUS_STYLE[r.status]))
                 continue
             m = r.measurement
             vs_best = m.median_ms / best if best else None
@@ -170,10 +174,15 @@ def speed_tables(results: list[SpeedResult], baseline: str | None) -> list[Rende
                 Text(r.backend, style=style), f"{m.median_ms:.2f}", f"{m.iqr_ms:.2f}",
                 "-" if r.ratio_to_baseline is None else f"{r.ratio_to_baseline:.2f}",
                 Text(f"{vs_best:.2f}", style=style), "-" if r.gflops is None else f"{r.gflops:.1f}",
-                _fmt_bytes(r.peak_bytes), r.message,
+                _fmt_bytes(r.peak_bytes), *(() if bound_pct is None else (_fmt_pct(bound_pct.get((r.case.case_id, r.backend))),)),
+                r.message,
             )
         tables.append(Group(table, *notes) if notes else table)
     return tables
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def speed_warnings(results: list[SpeedResult]) -> list[str]:

@@ -221,6 +221,9 @@ def to_html(sections: list[Section], title: str) -> str:
             f"</head><body>{''.join(body)}</body></html>\n")
 
 
+FILES = ("report.md", "report.html")  # what write_report writes into its folder (and plots/)
+
+
 def write_report(docs: list[dict], out_dir: Path, title: str = "dcnbench report") -> tuple[Path, Path]:
     sections = build(docs)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,10 @@ ERROR_MEASURE = ("normwise relative error ||got - expected||_2 / ||expected||_2,
                  "(0 expected allows only 0); max abs is max |got - expected|")
 
 
+# What repro reads from a bundle's meta.
+META_KEYS = ("op", "case", "case_id", "check", "seed", "device", "backend", "status", "failing")
+
+
 def stem(result: VerifyResult) -> str:
     """A file-name-safe name for one case x backend."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{result.case.case_id}--{result.backend}").strip("-")
@@ -143,6 +147,15 @@ def load_bundle(path: Path) -> dict:
     if bundle.get("format_version") != FORMAT_VERSION:
         raise ResultsFileError(f"'{path}' is a repro bundle of format version {bundle.get('format_version')}, this dcnbench "
                                f"reads {FORMAT_VERSION}", hint="re-run `verify --save-failures` with this version")
+    meta = bundle.get("meta")
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing or not isinstance(bundle.get("inputs"), dict):
+        raise ResultsFileError(f"repro bundle '{path}' is damaged: no {', '.join(missing) or 'inputs'}",
+                               hint="write it again with `verify --save-failures`")
+    if meta["op"] not in ops.names():  # the bundle's fault, not the plugin's: say so before loading either
+        raise ResultsFileError(f"repro bundle '{path}' is of operator '{meta['op']}', which this dcnbench does not know",
+                               hint=f"this dcnbench knows {', '.join(ops.names())}: re-run it with the dcnbench (or the "
+                                    "code registering the operator) that wrote it")
     return bundle
 
 

@@ -223,6 +223,11 @@ def dumps(doc) -> str:
     return json.dumps(_tag_nonfinite(doc), indent=1, default=str, allow_nan=False) + os.linesep
 
 
+def load_text(text: str):
+    """JSON text written by `dumps`, tagged non-finite floats read back as floats."""
+    return json.loads(text, object_hook=_untag_nonfinite)
+
+
 def _tag_nonfinite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return {"nonfinite": "nan" if value != value else ("inf" if value > 0 else "-inf")}
@@ -231,6 +236,14 @@ def _tag_nonfinite(value):
     if isinstance(value, (list, tuple)):
         return [_tag_nonfinite(v) for v in value]
     return value
+
+
+class _BareConstant(ValueError):
+    """A NaN/Infinity token: not JSON, and never written by dcnbench."""
+
+
+def _bare_constant(token: str):
+    raise _BareConstant(token)
 
 
 def _untag_nonfinite(obj: dict):
@@ -322,7 +335,8 @@ def load_json(path: Path, kinds: tuple[str, ...] = KINDS + BUNDLE_KINDS) -> dict
     """A results file, validated down to the fields readers use; `kinds` are those the caller takes."""
     hint = "give a JSON file written by dcnbench (verify/speed --json, gate --write-baseline)"
     try:
-        doc = json.loads(Path(path).read_bytes().decode("utf-8"), object_hook=_untag_nonfinite)
+        doc = json.loads(Path(path).read_bytes().decode("utf-8"), object_hook=_untag_nonfinite,
+                         parse_constant=_bare_constant)
     except OSError as exc:
         raise ResultsFileError(f"cannot read results file '{path}': {exc.strerror or exc}", hint=hint) from None
     except UnicodeDecodeError:
@@ -330,6 +344,9 @@ def load_json(path: Path, kinds: tuple[str, ...] = KINDS + BUNDLE_KINDS) -> dict
     except json.JSONDecodeError as exc:
         what = "is empty" if not exc.doc.strip() else f"is not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
         raise ResultsFileError(f"'{path}' {what}", hint=hint) from None
+    except _BareConstant as exc:
+        raise ResultsFileError(f"'{path}' is damaged: it holds a bare {exc} (dcnbench writes a non-finite number as "
+                               '{"nonfinite": ...}, strict JSON)', hint=hint) from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ResultsFileError(f"'{path}' is not a dcnbench results file", hint=hint)
     if doc.get("schema_version") not in READABLE_VERSIONS:
@@ -364,6 +381,38 @@ def _shape_problem(doc: dict, nested: bool = False) -> str:
         missing = [k for k in REQUIRED[kind] if not isinstance(r, dict) or k not in r]
         if missing:
             return f"{kind} record {i} has no {', '.join(missing)}"
+        bad = _bad_numbers(kind, r)
+        if bad:
+            return f"{kind} record {i} ({r['case_id']}, {r['backend']}): {bad}"
+    return ""
+
+
+def _number(value, nan: bool = False) -> bool:
+    """A JSON number (not a bool, not a string), non-negative; NaN only where `nan` (an error may be NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value >= 0 or (nan and value != value)
+
+
+def _bad_numbers(kind: str, r: dict) -> str:
+    """What is wrong with a record's numbers ('' when nothing): readers compute with them."""
+    if kind == "speed":
+        samples = r.get("samples_ms", [])
+        if not isinstance(samples, list) or not all(_number(v) and math.isfinite(v) for v in samples):
+            return f"samples_ms holds something other than finite times >= 0: {samples!r:.80}"
+        fields = ("median_ms", "iqr_ms", "min_ms", "ratio_to_baseline", "gflops", "peak_bytes")
+    else:
+        quantities = r.get("quantities")
+        if not isinstance(quantities, list) or not all(isinstance(q, dict) for q in quantities):
+            return "quantities is not a list of objects"
+        for q in quantities:
+            for key in ("rel_err", "max_abs_err", "tolerance"):
+                if q.get(key) is not None and not _number(q[key], nan=key != "tolerance"):
+                    return f"{q.get('quantity')}'s {key} is not a number >= 0: {q[key]!r:.40}"
+        fields = ("elapsed_s",)
+    for key in fields:
+        if r.get(key) is not None and not _number(r[key], nan=key == "ratio_to_baseline"):
+            return f"{key} is not a number >= 0: {r[key]!r:.40}"
     return ""
 
 

@@ -17,7 +17,7 @@ from dcnbench.backends import Backend
 from dcnbench.ops.case import Case, cotangent, digest_of
 from dcnbench.status import Status
 from dcnbench.timing import DIRECTIONS, Measurement, Timer  # noqa: F401 - DIRECTIONS is part of this module's interface
-from dcnbench.verify import leaves, one_line
+from dcnbench.verify import leaves, one_line, why_unsupported
 
 # FLOPs per direction in units of the forward convolution: the backward computes the input and
 # weight gradients, each as costly as the forward.
@@ -194,7 +194,7 @@ def run_speed(*, backends: list[Backend], cases: list[SpeedCase], repeat: int = 
         base_name = baseline or next((b.name for b in here if b.kind == "reference"
                                       and not b.support(case.op, case.device, case.dtype)), None)
         for b in here:
-            reason = b.support(case.op, case.device, case.dtype, case.geometry) or conv.unsupported_by(b.ops[case.op])
+            reason = why_unsupported(b, conv, case.device)
             if not reason and case.direction != "fwd" and b.backward_unsupported:
                 reason = b.backward_unsupported(conv, case.device)
             if reason:

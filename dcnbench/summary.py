@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dcnbench.gate import Decision, Settings
+from dcnbench.gate import UNTRUSTWORTHY, Decision, Settings
 
-VERDICTS = ("improved", "same", "worse", "noisy", "not comparable", "not run")
+VERDICTS = ("improved", "same", "worse", "noisy", UNTRUSTWORTHY, "not comparable", "not run")
 # How many not-run rows to list before summarising the rest.
 LISTED = 20
 
@@ -59,8 +59,10 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
               f"Each backend's time divided by {_reference(settings)}'s in the same round of the same run. "
               f"`worse`: the ratio grew by more than the factor (default {settings.factor}) and a one-sided "
               f"Mann-Whitney U test on the per-round ratios gives p < {settings.alpha}; `noisy`: a move the test cannot "
-              f"confirm, or a median known only to ±{settings.noise:.0%} (1.57·IQR/√n), too coarse to resolve the factor.", ""]
-    comparable = [p for p in perf if p.verdict not in ("not comparable", "not run")]
+              f"confirm, or a median known only to ±{settings.noise:.0%} (1.57·IQR/√n), too coarse to resolve the factor; "
+              f"`{UNTRUSTWORTHY}`: timed on an oversubscribed machine (load above the cores, CPU steal, or a busy "
+              "probe starved), so no ratio is judged.", ""]
+    comparable = [p for p in perf if p.verdict not in ("not comparable", "not run", UNTRUSTWORTHY)]
     if comparable:
         lines += ["| workload | backend | reference | baseline ratio | now ratio | change | p | verdict |",
                   "|---|---|---|---:|---:|---:|---:|---|"]
@@ -68,7 +70,7 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
             verdict = f"**{p.verdict}**" if p.verdict in ("worse", "noisy") else p.verdict
             lines.append(f"| {p.case_id} | {p.backend} | {p.reference} | {_fmt(p.base_ratio)} | {_fmt(p.now_ratio)} | "
                          f"{_fmt(p.change, '.3f')} | {_fmt(p.p_value, '.2g')} | {verdict} (factor {p.factor}) |")
-    for verdict in ("not comparable", "not run"):
+    for verdict in (UNTRUSTWORTHY, "not comparable", "not run"):
         rows = [p for p in perf if p.verdict == verdict]
         if rows:
             lines += ["", f"{verdict.capitalize()}:", ""] + [f"- {p.case_id} · {p.backend}: {p.reason}" for p in rows]

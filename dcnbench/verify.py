@@ -42,9 +42,24 @@ def tolerance(dtype: str, quantity: str) -> float:
     return offset if quantity == "grad_offset" else values
 
 
-def default_suite(seed: int = 0, op_names: list[str] | None = None) -> list[Case]:
-    """Every registered operator's default cases (of `op_names` only, when given), in registry order."""
-    return [case for spec in ops.all_ops() if not op_names or spec.name in op_names for case in spec.suite(seed)]
+def default_suite(seed: int = 0, op_names: list[str] | None = None, thorough: bool = False,
+                  built: list | None = None) -> list[Case]:
+    """Every registered operator's default cases (of `op_names` only, when given), in registry order,
+    each op's hand-written cases followed by its covering array (pairs; triples when `thorough`).
+    `built` collects each covering array's record (covering.Generated: count and build time)."""
+    from dcnbench import covering
+
+    found = []
+    for spec in ops.all_ops():
+        if op_names and spec.name not in op_names:
+            continue
+        found += spec.suite(seed)
+        if spec.options:
+            generated = covering.generate(spec.options(), seed, covering.level_strength(thorough), spec.name)
+            found += generated.cases
+            if built is not None:
+                built.append(generated)
+    return found
 
 
 def select_cases(cases: list[Case], patterns: list[str] | None, dtypes: list[str] | None,
@@ -191,7 +206,8 @@ def reference(case: Case, rule: str = "Z") -> tuple[_Run, tuple[str, ...]]:
     `rule` picks the oracle's boundary rule for the "oracle" check (identities have no rule).
     """
     spec = ops.of(case)
-    inputs = case.reference_inputs({k: v.double().cpu() for k, v in case.inputs("cpu").items()})
+    inputs = case.reference_inputs({k: (v.double() if v.is_floating_point() else v).cpu()
+                                    for k, v in case.inputs("cpu").items()})
     # The same values the backend's cotangents hold, contiguous and in float64 (only "expanded"
     # holds other values than "random"; the other layouts compare with the random gradients).
     cots = {k: v.double().contiguous() for k, v in cotangents(case).items() if k in ("random", "expanded")}
@@ -234,15 +250,37 @@ def compare(name: str, got: torch.Tensor | None, ref: torch.Tensor, dtype: str, 
         ok = rel <= tol  # NaN compares False, so NaN fails
     note = ""
     finite_ref = ref.isfinite()
+    overflowed = got.isinf() & finite_ref
+    if not ok and bool(overflowed.any()):
+        return _overflow(name, rel, max_abs, tol, ref[overflowed], dtype)
     if not ok and bool((got.isnan() & finite_ref).any()):
         note = "nan: NaN where the reference is finite"
-    elif not ok and bool((got.isinf() & finite_ref).any()):
-        note = "inf: infinite where the reference is finite"
     elif not ok and ref_norm > 0 and got.numel() and not bool(got.ne(0).any()):
         note = "zero: all zero where the reference is not"
     elif not ok and ref_norm == 0.0:
         note = "the reference is exactly zero: the error shown is the max abs error"
     return QuantityError(name, rel, max_abs, tol, ok, note)
+
+
+def _overflow(name: str, rel: float, max_abs: float, tol: float, where: torch.Tensor, dtype: str) -> QuantityError:
+    """Infinite where the float64 reference is finite: an overflow (quantity `overflow:<name>`) when the
+    reference there is within the dtype's range, so a correctly rounded result would be finite (a
+    float16 kernel whose partial sums pass 65504, a bfloat16 one computing through float16)."""
+    largest, top = float(where.abs().max()), torch.finfo(DTYPES[dtype]).max
+    if largest > top:
+        return QuantityError(name, rel, max_abs, tol, False, f"inf: the reference reaches {largest:.4g}, past {dtype}'s "
+                                                             f"largest {top:.4g} (the case, not the kernel, is wrong)")
+    return QuantityError(f"overflow:{name}", rel, max_abs, tol, False,
+                         f"overflow: infinite where the float64 reference is finite and within {dtype}'s range "
+                         f"(|reference| up to {largest:.4g} there; {dtype} holds {top:.4g})")
+
+
+def dtype_checked(err: QuantityError, got: torch.Tensor, dtype: str) -> QuantityError:
+    """`err`, failed and saying so when `got` is not of the case's dtype: a float32 result in a
+    float64 case otherwise reads as a mere large error (its rounding), which names nothing."""
+    if got is None or got.dtype == DTYPES[dtype]:
+        return err
+    return replace(err, ok=False, note=f"dtype {str(got.dtype).removeprefix('torch.')}, expected {dtype}")
 
 
 def _compare_nonfinite(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: str) -> QuantityError:
@@ -267,10 +305,8 @@ def _compare_runs(case: Case, run: _Run, ref: _Run, quantities: Iterable[str], l
     found = []
     for q in quantities:
         if q == "output":
-            err = against(q, run.output, ref.output, case.dtype)
-            if err.ok and run.output.dtype != DTYPES[case.dtype]:
-                err = QuantityError(q, err.rel_err, err.max_abs_err, tol, False, f"dtype {run.output.dtype}, expected {case.dtype}")
-            found.append(replace(err, reference=label))
+            found.append(replace(dtype_checked(against(q, run.output, ref.output, case.dtype), run.output, case.dtype),
+                                 reference=label))
         elif q in ref.grads and ref.grads[q] is not None:
             if no_backward:
                 found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))
@@ -415,11 +451,17 @@ def _knob_runs(backend: Backend, fn: Callable, case: Case, inputs: dict, cot: to
     return found
 
 
+def why_unsupported(backend: Backend, case: Case, device: str) -> str | None:
+    """Why the backend declares that it does not run this case on `device` (verify, speed and fuzz
+    ask alike), or None."""
+    return (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
+            or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
+            or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+
+
 def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
     start = time.perf_counter()
-    reason = (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
-              or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
-              or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+    reason = why_unsupported(backend, case, device)
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
     if case.check == "export":  # the ONNX export check (onnx_export.py)
@@ -450,12 +492,15 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
             if (case, r) not in ref_cache:
                 ref_cache[(case, r)] = reference(case, r)
         inputs = case.inputs(device)
-        cots = cotangents(case, inputs["input"].device.type)
+        cots = cotangents(case, next(iter(inputs.values())).device.type)
         first = _run(fn, case, inputs, cots, backward=not no_backward, layouts=True)
         second = _run(fn, case, inputs, {"random": cots["random"]}, backward=not no_backward)
         by_knob = _knob_runs(backend, fn, case, inputs, cots["random"], first, device, not no_backward) if knobs else []
     except Exception as exc:  # a backend that raises becomes an error row; the run goes on
         return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
+    except SystemExit as exc:  # a kernel run here (--in-process) that exits must not end the run with its code
+        return VerifyResult(case, backend.name, Status.ERROR, message=f"the kernel called sys.exit({exc.code!r})",
+                            elapsed_s=time.perf_counter() - start)
     ref_z, covered = ref_cache[(case, "Z")]
     label = "Z" if case.check == "oracle" else case.check
     vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward) + by_knob

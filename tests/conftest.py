@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import dcnbench  # noqa: F401  before anything loads torch: OpenMP's idle threads sleep here too (contention.py)
+
 # pytest-xdist's workers start with COLUMNS=80 and LINES=24 (set by execnet); dcnbench's consoles,
 # created on import, must see what a log or CI gives them (no COLUMNS), as a run without -n does.
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -24,7 +26,7 @@ def _fixed_console(monkeypatch):
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """The installed entry point in a subprocess: real exit codes, real stderr."""
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", **(env_extra or {}))
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env_extra or {})}
     exe = Path(sys.executable).parent / "dcnbench"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 

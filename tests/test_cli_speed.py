@@ -25,6 +25,10 @@ def test_speed_table_files_and_reference_row(tmp_path):
     assert all(int(r["peak_bytes"]) >= 0 for r in ok) and {r["env_threads"] for r in rows} == {"1"}
     doc = json.loads((tmp_path / "s.json").read_text())
     assert doc["environment"]["threads"] == 1 and all(len(r["samples_ms"]) == 2 for r in doc["records"] if r["status"] == "ok")
+    # The machine's state over the run, in the footer and the environment (the gate reads it).
+    seen = doc["environment"]["contention"]
+    assert {"load_1m", "steal", "probe_share", "oversubscribed", "reasons"} <= set(seen) and seen["wait_policy"] == "passive"
+    assert "machine: " in out.stdout + out.stderr and "OpenMP wait policy passive" in out.stdout + out.stderr
 
 
 def test_plugins_are_timed_next_to_the_reference(tmp_path):

@@ -14,7 +14,7 @@ from dcnbench.ops.dcnv4.oracle import unpack
 from dcnbench.plugins import load_plugin
 from dcnbench.verify import compare, default_suite, failed, run_verify
 from tests.conftest import invoke
-from tests.plugins.planted_dcnv34_bugs import BUGS
+from tests.plugins.planted_dcnv34_bugs import BUGS, IM2COL_BUGS, ISSUE_BUGS
 
 SUITE = default_suite(op_names=["dcnv3", "dcnv4"])
 PLANTED = "tests/plugins/planted_dcnv34_bugs.py"
@@ -133,27 +133,61 @@ def test_a_zero_reference_gives_the_max_abs_error_never_nan():
 # ---- planted bugs --------------------------------------------------------------------------------
 
 
+ALL_BUGS = BUGS | ISSUE_BUGS | IM2COL_BUGS
+
+
 @pytest.fixture(scope="module")
 def planted():
-    """Every planted kernel on its op's float64 cases, in one run per op (one reference per case)."""
+    """Every planted kernel on its op's hand-written float64 cases, in one run per op (one reference per
+    case); the issue's bugs and the im2col_step ones also on the op's whole covering array (every dtype)."""
     found = {}
     with threads(1):
         for op in ("dcnv3", "dcnv4"):
-            plugins = [load_plugin(f"{PLANTED}:{bug}") for bug, (o, _) in BUGS.items() if o == op]
+            plugins = [load_plugin(f"{PLANTED}:{bug}") for bug, (o, _) in ALL_BUGS.items() if o == op]
             assert all(set(p.ops) == {op} for p in plugins)
-            cases = [c for c in SUITE if c.op == op and c.dtype == "float64" and c.check != "gradcheck"]
-            found[op] = run_verify(backends=plugins, cases=cases)
+            hand = [c for c in SUITE if c.op == op and c.dtype == "float64" and c.check != "gradcheck" and "-pairs" not in c.name]
+            pairs = [c for c in SUITE if c.op == op and "-pairs" in c.name]
+            found[op] = run_verify(backends=plugins, cases=hand) + run_verify(
+                backends=[p for p in plugins if p.name in ISSUE_BUGS | IM2COL_BUGS], cases=pairs)
     return found
 
 
-@pytest.mark.parametrize("bug", sorted(BUGS))
+def catching(results, pairs: bool | None = None) -> set[str]:
+    """The distinct cases (a case's dtypes count once) that failed; of the covering array only, or
+    of the hand-written cases only, when `pairs` says so."""
+    return {r.case.name for r in results if r.status != "pass" and (pairs is None or ("-pairs" in r.case.name) == pairs)}
+
+
+@pytest.mark.parametrize("bug", sorted(ALL_BUGS))
 def test_planted_bug_is_caught(planted, bug):
-    op, expected = BUGS[bug]
+    op, expected = ALL_BUGS[bug]
     mine = [r for r in planted[op] if r.backend == bug]
     assert failed(mine)
     assert not [r for r in mine if r.status == "error"], [r.message for r in mine if r.status == "error"]
     failing = {q.quantity for r in mine for q in r.failing}
     assert expected <= failing, f"{bug}: expected {expected} to fail, got {failing}"
+    assert len(catching(mine)) >= 2, f"{bug}: caught only by {catching(mine)}"  # one suite edit must not let it through
+
+
+@pytest.mark.parametrize("bug", sorted(ISSUE_BUGS))
+def test_the_covering_array_catches_what_one_hand_written_geometry_did(planted, bug):
+    """The issue's DCNv3/DCNv4 bugs, rebuilt: the hand-written cases catch remove_center_axes_swapped
+    nowhere (every remove_center case has a square kernel) and each other one with one geometry (the
+    softmax one with the two softmax cases that have more than one group); the covering array alone
+    catches each with two or more."""
+    mine = [r for r in planted[ISSUE_BUGS[bug][0]] if r.backend == bug]
+    assert len(catching(mine, pairs=True)) >= 2, catching(mine, pairs=True)
+    if bug == "remove_center_axes_swapped":
+        assert not catching(mine, pairs=False)
+
+
+@pytest.mark.parametrize("bug", sorted(IM2COL_BUGS))
+def test_a_step_that_does_not_divide_the_batch_catches_a_dropped_remainder(planted, bug):
+    mine = [r for r in planted[IM2COL_BUGS[bug][0]] if r.backend == bug]
+    for r in mine:
+        geo = r.case.geometry
+        step = max(1, min(geo.n, geo.im2col_step))
+        assert (r.status == "fail") == bool(geo.n % step), (r.case.case_id, r.status)
 
 
 def test_the_new_ops_reach_the_report(results, tmp_path):

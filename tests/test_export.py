@@ -148,11 +148,11 @@ def test_export_check_answers_for_a_users_own_model(tmp_path):
     ok = invoke("export-check", f"{tmp_path / 'model.py'}:make", "--onnx", str(tmp_path / "m.onnx"))
     assert ok.returncode == 0 and "DeformConv" in ok.stdout and "pass" in ok.stdout, ok.stdout + ok.stderr
     assert (tmp_path / "m.onnx").stat().st_size > 0
-    no = invoke("export-check", f"{tmp_path / 'model.py'}:unexportable")
+    no = invoke("export-check", f"{tmp_path / 'model.py'}:unexportable", "--in-process")
     assert no.returncode == 1 and "unsupported: not exportable to ONNX:" in no.stdout, no.stdout + no.stderr
     for spec, text in ((f"{tmp_path / 'model.py'}:not_a_pair", "expected (module, inputs)"),
                        (f"{tmp_path / 'nope.py'}:make", "does not exist"), ("model.py", "malformed")):
-        bad = invoke("export-check", spec)
+        bad = invoke("export-check", spec, "--in-process")
         assert bad.returncode == 2 and text in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
@@ -171,3 +171,22 @@ def test_export_check_catches_an_export_that_computes_something_else():
     assert right.status == "pass" and right.graph == "1 node: DeformConv", right
     wrong = check_module(Layer(), inputs, {ext_onnx.op_overload(): _mask_dropped})
     assert wrong.status == "fail" and not wrong.outputs[0].onnx.ok
+
+
+MODELS = PLANTED.with_name("faulty_models.py")
+
+
+def test_export_check_fails_a_model_that_is_not_finite():
+    # An all-NaN output used to pass (NaN matched NaN): the float64 run must be finite to compare anything,
+    # and an exported output that is not finite where it is fails, saying so.
+    for factory, says in (("all_nan", "gives NaN or infinity (output 0: 6 of 6)"),
+                          ("overflows_in_float32", "inf: infinite where the reference is finite")):
+        r = invoke("export-check", f"{MODELS}:{factory}", "--in-process")
+        assert r.returncode == 1 and "fail:" in r.stdout and says in r.stdout, (factory, r.stdout)
+
+
+def test_export_check_runs_the_factory_in_a_worker_that_may_exit_or_crash():
+    r = invoke("export-check", f"{MODELS}:factory_exits")  # exit 0 and no output, before
+    assert r.returncode == 2 and "the factory called sys.exit(0)" in r.stderr and "hint:" in r.stderr, r.stderr
+    r = invoke("export-check", f"{MODELS}:crashes_when_checked")
+    assert r.returncode == 1 and "died (killed by SIGSEGV)" in r.stdout, r.stdout + r.stderr

@@ -58,7 +58,8 @@ def test_batches_larger_than_one_column_chunk_match_the_oracle(backend):
     assert r.status == "pass", [(q.quantity, q.rel_err) for q in r.quantities]
 
 
-def test_backward_is_bitwise_deterministic_with_several_threads(backend):
+@pytest.mark.any_cpu
+def test_backward_is_bitwise_deterministic_and_the_same_on_one_and_two_threads(backend):
     case = next(c for c in default_suite() if c.case_id == "batch37/float32")
     t = case.inputs()
 
@@ -68,13 +69,16 @@ def test_backward_is_bitwise_deterministic_with_several_threads(backend):
         out.backward(torch.ones_like(out).cos())
         return [leaves[k].grad for k in sorted(leaves)]
 
+    # The README's claim for ext's CPU kernels (its own property, not a cross-library one).
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
+        torch.set_num_threads(2)
         first, second = grads(), grads()
+        torch.set_num_threads(1)
+        one = grads()
     finally:
         torch.set_num_threads(before)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(first, second, one))
 
 
 def test_arguments_are_checked_before_any_kernel_runs(backend):
@@ -131,3 +135,15 @@ def test_build_command_reports_the_cached_library(backend):
 def test_build_is_keyed_by_the_sources():
     assert build.build_dir(False) != build.build_dir(True)
     assert build.build_dir(False).name.startswith(f"torch-{torch.__version__}-cpu-")
+
+
+def test_the_cpu_library_targets_this_machine_and_its_instruction_set_keys_the_cache(monkeypatch):
+    # ext is built where it runs: -march=native, and what that resolves to here is part of the cache
+    # key, so a cache shared with a machine of another CPU never loads a build it cannot run.
+    if not build.native_isa():
+        pytest.skip("this compiler does not take -march=native")
+    here = build.native(False)
+    assert build.NATIVE_ISA in here.cflags and build.NATIVE_ISA not in build.emulated().cflags
+    key = build.target_dir(here)
+    monkeypatch.setattr(build, "native_isa", lambda: "x86-64 baseline, another CPU")
+    assert build.target_dir(build.native(False)) != key

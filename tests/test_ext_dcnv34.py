@@ -14,6 +14,7 @@ from dcnbench.ops.dcnv3.suite import group_geometry
 from dcnbench.ops.dcnv3.workloads import Dcnv3Case, grid
 from dcnbench.ops.dcnv4.contract import Dcnv4Geometry
 from dcnbench.ops.dcnv4.oracle import dcnv4 as oracle_v4
+from dcnbench.verify import compare
 from dcnbench.ops.dcnv4.oracle import pack
 from dcnbench.ops.dcnv4.workloads import Dcnv4Case
 from tests.conftest import invoke
@@ -60,6 +61,7 @@ def test_a_bad_pixel_reaches_only_the_outputs_that_read_it(op):
     assert (~out[..., 8:].isfinite()).any()
 
 
+@pytest.mark.any_cpu
 @pytest.mark.parametrize("op", ["dcnv3", "dcnv4"])
 def test_results_are_bitwise_the_same_on_one_and_two_threads(op):
     cls, gcls = (Dcnv4Case, Dcnv4Geometry) if op == "dcnv4" else (Dcnv3Case, GroupGeometry)
@@ -88,6 +90,7 @@ def test_arguments_are_checked_before_any_kernel_runs():
         ext.dcnv4(x, torch.zeros(1, 5, 5, 54), 3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 256, 0)
 
 
+@pytest.mark.any_cpu
 def test_im2col_step_changes_nothing():
     geo = group_geometry(n=5, h=6, w=6, g=2, d=8)
     case = Dcnv3Case(name="steps", geometry=geo, dtype="float64")
@@ -110,3 +113,17 @@ def test_speed_times_ext_the_oracle_and_both_reference_rows(tmp_path):
     assert {r["backend"]: r["status"] for r in records} == {"ext": "ok", "pytorch": "ok", "torchvision": "ok", "conv2d": "ok"}
     assert all(r["baseline"] == "conv2d" and r["ratio_to_baseline"] > 0 for r in records)
     assert {r["op"] for r in records} == {"dcnv4"} and "x conv2d" in res.stdout
+
+
+def test_the_cpu_kernel_indexes_an_input_past_2_31_elements():
+    """Failure class "32-bit index overflow" on ext's CPU kernels (DCNv4 shares DCNv3's): an input of more
+    than 2^31 elements, only its last image written (the rest is address space that reads as zeros,
+    backends/ext/overflow.py); that image's output, all past element 2^31, against the oracle."""
+    from dcnbench.backends.ext.overflow import INT32_MAX, dcnv3_past_int32
+
+    got, want, start = dcnv3_past_int32(get("ext").ops["dcnv3"])
+    assert start > INT32_MAX and float(want.norm()) > 0
+    # Sampling coordinates up to 1024 in float32 are 6e-5 apart (the offsets are drawn without the kink
+    # margin): 2.5e-5 measured. A wrapped index reads another image (zeros here) or faults: an error near 1.
+    err = compare("output", got, want, "float32")
+    assert err.rel_err < 1e-3, err

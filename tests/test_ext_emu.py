@@ -5,6 +5,7 @@ The race check is tests/test_race.py."""
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -16,7 +17,7 @@ from dcnbench.backends import get
 from dcnbench.backends.ext import build, emu
 from dcnbench.backends.ext.library import OpLibrary
 from dcnbench.errors import UsageError
-from dcnbench.verify import default_suite, verify_case
+from dcnbench.verify import default_suite, run_verify, verify_case
 from tests.conftest import invoke
 
 # Two settings in the issue's words: the grid capped at 1 block with blocks and threads shuffled,
@@ -53,9 +54,14 @@ def backend():
 
 
 # The ops with CUDA kernels (DCNv3/DCNv4 have CPU kernels only, so nothing to emulate).
-EMULATED_OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]
+EMULATED_OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn"]
 # The export check exports the op and runs onnxruntime, not the kernels: once is enough (test_export.py).
-SUITE = [c for c in default_suite(op_names=EMULATED_OPS) if c.check != "export"]
+# The second case past ext's CPU column chunk targets the CPU kernel (the CUDA chunk is 2^27 elements);
+# the grid-limit cases run once below, against a planted launch.
+SUITE = [c for c in default_suite(op_names=EMULATED_OPS) if c.check != "export" and "past-column-chunk-2x3" not in c.name
+         and "grid-" not in c.name]
+# The covering arrays run under one setting per mode (the first in atomic mode, the second deterministic).
+PAIRS_RUN = {(list(SETTINGS)[0], "atomic"), (list(SETTINGS)[1], "deterministic")}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,8 @@ def suite_runs(backend):
         cache = {}
         for setting, knobs in SETTINGS.items():
             for mode, flag in MODES.items():
+                if "pairs" in case.name and (setting, mode) not in PAIRS_RUN:
+                    continue
                 with environment(**knobs, DCNBENCH_EXT_DETERMINISTIC=flag):
                     results.setdefault((setting, mode), []).append(verify_case(backend, case, "cpu", cache))
     return results
@@ -75,7 +83,8 @@ def suite_runs(backend):
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_the_emulated_cuda_kernels_pass_the_whole_suite(suite_runs, setting, mode):
     runs = suite_runs[(setting, mode)]
-    assert len(runs) == len(SUITE) and {r.case.op for r in runs} == set(EMULATED_OPS)
+    expected = [c for c in SUITE if "pairs" not in c.name or (setting, mode) in PAIRS_RUN]
+    assert len(runs) == len(expected) and {r.case.op for r in runs} == set(EMULATED_OPS)
     # atomicAdd from several OS threads adds in a varying order, as on a GPU: `nondeterministic` is
     # reached only when every quantity passed. Everything else must pass, in every dtype.
     # gradcheck then fails only as "not reentrant" (two backwards differ, both match the numerical
@@ -222,12 +231,119 @@ def without_grid_stride(csrc, dest):
 
 def test_capping_the_grid_catches_a_kernel_without_grid_stride_loops(tmp_path_factory):
     csrc = without_grid_stride(build.CSRC, tmp_path_factory.mktemp("nostride") / "csrc")
-    name = "dcnbench_ext_emu_nostride"
-    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in build.EMU_CFLAGS)
-    target = build.Target("emu", name, (csrc / "ext.cpp", csrc / "cuda" / "deform_conv2d.cu"), flags, csrc=csrc)
+    target = build.emulated_copy("dcnbench_ext_emu_nostride", csrc, ("deform_conv2d.cu",))
     library = OpLibrary(lambda: target)
     planted = replace(get("ext-cuda-emu"), name="nostride", ops=library.op_table())
     cases = [c for c in default_suite() if c.case_id in ("v2/float64", "groups2-offset-groups4/float32")]
     for knobs, expected in (({}, "pass"), ({"DCNBENCH_EMU_MAX_BLOCKS": "1"}, "fail")):
         with environment(**knobs, DCNBENCH_EXT_DETERMINISTIC="1"):
             assert [verify_case(planted, c, "cpu", {}).status for c in cases] == [expected] * len(cases), knobs
+
+
+# ---- failure classes the emulator shows (issue 21): grid limits, determinism across block orders ----
+
+
+def with_planted_launches(csrc, dest):
+    """A copy of csrc/ with launch bugs the default settings here do not show:
+    - im2col launched with one grid row per output row (blockIdx.y, images x rows of blocks) and the
+      forward RoI pooling kernel with one per RoI: right until an image has more than 65535 output
+      rows, or a call more than 65535 RoIs, where a GPU refuses the launch;
+    - deform_conv2d's deterministic mode scattering the input gradient with atomicAdd: the same bits
+      on every run under one block order, other bits under another."""
+    shutil.copytree(csrc, dest)
+    conv, pool = dest / "cuda" / "deform_conv2d.cu", dest / "cuda" / "roi_pool.cu"
+    loop = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
+    rows = ("for (int64_t e = (int64_t(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x; e < total; "
+            "e += int64_t(gridDim.x) * gridDim.y * blockDim.x)")
+    text = conv.read_text()
+    launches = text.count("DCN_LAUNCH(im2col_kernel<scalar_t>, blocks_for(")
+    assert text.count(loop) == 4 and launches == 2 and text.count("if (deterministic) {") == 1, "deform_conv2d.cu changed"
+    text = text.replace(loop, rows, 1)  # im2col_kernel's loop comes first
+    text = re.sub(r"DCN_LAUNCH\(im2col_kernel<scalar_t>, blocks_for\([^;]*?\), kThreads",
+                  "DCN_LAUNCH(im2col_kernel<scalar_t>, dim3(1, unsigned(b * g.ho)), kThreads", text)
+    conv.write_text(text.replace("if (deterministic) {", "if (false && deterministic) {"))
+    text = pool.read_text()
+    assert text.count("GRID_STRIDE(e, a.k * a.c * bins) {") == 2, "roi_pool.cu changed"
+    text = text.replace("GRID_STRIDE(e, a.k * a.c * bins) {",
+                        "for (int64_t e = (int64_t(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x; "
+                        "e < a.k * a.c * bins; e += int64_t(gridDim.x) * gridDim.y * blockDim.x) {", 1)
+    pool.write_text(text.replace("DCN_LAUNCH(roi_forward_kernel<scalar_t>, blocks_for(out.numel()), kThreads",
+                                 "DCN_LAUNCH(roi_forward_kernel<scalar_t>, dim3(1, unsigned(a.k)), kThreads"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def planted_launches(tmp_path_factory):
+    csrc = with_planted_launches(build.CSRC, tmp_path_factory.mktemp("launches") / "csrc")
+    target = build.emulated_copy("dcnbench_ext_emu_launches", csrc)
+    return replace(get("ext-cuda-emu"), name="planted-launches", ops=OpLibrary(lambda: target).op_table())
+
+
+GRID_CASES = [c for c in default_suite() if "-grid-" in c.name or c.name.startswith("grid-")]
+
+
+def test_the_grid_cases_drive_past_every_grid_dimension_a_row_or_roi_launch_would_use():
+    assert {c.op for c in GRID_CASES} == set(EMULATED_OPS)
+    for c in GRID_CASES:
+        assert (c.geometry.ho if c.op == "deform_conv2d" else c.geometry.rois) > 65535
+
+
+def test_a_launch_past_the_grid_limits_fails_only_on_the_grid_cases(backend, planted_launches):
+    small = [c for c in SUITE if c.case_id in ("v2/float64", "asymmetric-2x3-s21-p10-d12/float32", "roi-inside/float64")]
+    chosen = [c for c in GRID_CASES if c.op != "deform_psroi_pool"]  # the planted RoI launch is deform_roi_pool's
+    results = run_verify(backends=[planted_launches, backend], cases=small + chosen)
+    status = {(r.backend, r.case.case_id): r for r in results}
+    for c in small:
+        assert status[("planted-launches", c.case_id)].status == "pass"
+    for c in chosen:
+        r = status[("planted-launches", c.case_id)]
+        assert r.status == "error" and "invalid configuration argument" in r.message and "gridDim.x > 2^31-1 or " \
+            "gridDim.y/z > 65535" in r.message, r.message
+        assert status[("ext-cuda-emu", c.case_id)].status == "pass", status[("ext-cuda-emu", c.case_id)].message
+
+
+def test_deterministic_mode_must_give_the_same_bits_under_every_block_order(backend, planted_launches):
+    chosen = [c for c in SUITE if c.case_id in ("v2/float64", "groups2-offset-groups4/float32")]
+    with environment(DCNBENCH_EXT_DETERMINISTIC="1"):
+        planted = run_verify(backends=[planted_launches], cases=chosen)
+        assert [r.status for r in planted] == ["pass", "pass"]  # two runs in one order agree bitwise
+        planted = run_verify(backends=[planted_launches], cases=chosen, knobs=True)
+        right = run_verify(backends=[backend], cases=chosen, knobs=True)
+    for r in planted:
+        assert r.status == "fail", r.case.case_id
+        assert {q.quantity for q in r.failing} >= {"grad_input~block_order=reverse", "grad_input~block_order=shuffle"}
+        assert all("not bitwise equal" in q.note for q in r.failing)
+    assert [r.status for r in right] == ["pass", "pass"], [(q.quantity, q.note) for r in right for q in r.failing]
+
+
+# ---- failure class: 32-bit index overflow (dcnbench/backends/ext/overflow.py) ----------------------
+
+
+def with_int32_index(csrc, dest):
+    """A copy of csrc/ whose im2col kernel keeps its element index in an int (a CUDA classic): right
+    until a launch has more than 2^31 - 1 elements."""
+    shutil.copytree(csrc, dest)
+    path = dest / "cuda" / "deform_conv2d.cu"
+    loop = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
+    text = path.read_text()
+    assert text.count(loop) == 4, "deform_conv2d.cu changed"
+    path.write_text(text.replace(loop, "const int stride = gridDim.x * blockDim.x;\n"
+                                       "  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride)", 1))
+    return dest
+
+
+def overflow_check(*args, timeout=900):
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "dcnbench.backends.ext.overflow", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=build.ROOT)
+
+
+def test_the_cuda_kernels_index_past_2_31_cleanly_and_an_int32_index_is_stopped_at_its_line(tmp_path):
+    clean = overflow_check()
+    assert clean.returncode == 0 and "index arithmetic clean" in clean.stdout, clean.stdout + clean.stderr[-2000:]
+    csrc = with_int32_index(build.CSRC, tmp_path / "csrc")
+    planted = overflow_check(csrc, "dcnbench_ext_emu_int32")
+    assert planted.returncode != 0
+    assert "runtime error: signed integer overflow" in planted.stderr and "deform_conv2d.cu" in planted.stderr, \
+        planted.stderr[-2000:]

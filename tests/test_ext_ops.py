@@ -14,6 +14,9 @@ F64 = torch.float64
 ROIS = torch.tensor([[0, 1, 1, 10, 9], [1, -2, 0, 6, 12]], dtype=F64)
 
 
+MSDA_LEVELS = (torch.tensor([[3, 4], [2, 2]]), torch.tensor([0, 12]))
+
+
 def grad(*ts):
     return [t.clone().requires_grad_(True) for t in ts]
 
@@ -30,6 +33,9 @@ def samples():
     geo = [1, 1, 1, 1, 1, 1, 2, 2]
     nhwc, v3_off, v3_mask, v4_om = r(2, 5, 6, 8), r(2, 5, 6, 36), r(2, 5, 6, 18).softmax(-1), r(2, 5, 6, 56)
     group_geo = [3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 0.5]  # kernel, stride, pad, dilation, group, group_channels, offset_scale
+    msda_value = r(2, 16, 2, 3)
+    msda_loc = torch.rand(2, 5, 2, 2, 2, 2, generator=gen, dtype=F64) * 1.2 - 0.1
+    msda_attn = r(2, 5, 2, 2, 2)
     return [
         ("deform_conv2d_forward", (*grad(x, w, off, m, b), *geo)),
         ("deform_conv2d_forward", (*grad(x, w, off), None, None, *geo)),
@@ -50,6 +56,9 @@ def samples():
         ("dcnv4_forward", (*grad(nhwc, v4_om), *group_geo, False, False)),
         ("dcnv4_forward", (*grad(nhwc, v4_om), *group_geo, False, True)),
         ("dcnv4_backward", (r(2, 5, 6, 8), nhwc, v4_om, *group_geo, False, True)),
+        # Multi-scale deformable attention: levels 3x4 and 2x2 (S = 16), 2 heads of 3 channels, 5 queries, 2 points.
+        ("ms_deform_attn_forward", (*grad(msda_value), *MSDA_LEVELS, *grad(msda_loc, msda_attn), 64)),
+        ("ms_deform_attn_backward", (r(2, 5, 6), msda_value, *MSDA_LEVELS, msda_loc, msda_attn, 64, False)),
     ]
 
 
@@ -114,6 +123,7 @@ def test_the_pooling_ops_compile_fullgraph_and_refuse_bad_rois_when_they_run(ops
         compiled(x, bad, off, trans)
 
 
+@pytest.mark.any_cpu
 def test_torch_export_holds_the_ext_op(ops):
     block, x = DeformBlock(), torch.randn(2, 4, 8, 8)
     exported = torch.export.export(block, (x,))

@@ -2,12 +2,16 @@
 
 import json
 
-from dcnbench import ops
+import pytest
+
+from dcnbench import fuzz, ops
 from dcnbench.backends import get
 from dcnbench.fuzz import case_from_json, case_json, run_fuzz
 from dcnbench.plugins import load_plugin
 from dcnbench.verify import default_suite
-from tests.conftest import PLANTED, run_cli
+from tests.conftest import PLANTED, invoke, run_cli
+
+PLANTED_DCNV34 = PLANTED.with_name("planted_dcnv34_bugs.py")
 
 CORNER = "corner_stride_w3_dilation_h2"
 
@@ -34,12 +38,51 @@ def test_fuzz_finds_a_geometry_corner_bug_shrinks_it_and_the_repro_fails_again(t
     assert again.returncode == 1 and "fuzz/" in again.stdout, again.stdout + again.stderr
 
 
+def test_every_registered_operator_has_a_fuzz_strategy():
+    # Without one, `verify --fuzz` on that operator tests nothing (it then says so and exits 1).
+    assert [s.name for s in ops.all_ops() if s.fuzz is None] == []
+
+
 def test_builtin_backends_survive_a_short_seeded_fuzz():
     backends = [get("pytorch"), get("torchvision"), get("ext")]
-    found = run_fuzz(backends=backends, op_names=None, examples=8, seconds=20, seed=7)
-    assert {f.op for f in found} == {s.name for s in ops.all_ops() if s.fuzz}
-    assert all(f.tried > 0 for f in found)
+    found = run_fuzz(backends=backends, op_names=None, examples=6, seconds=20, seed=7)
+    assert {f.op for f in found} == set(ops.names())
+    assert all(f.tried > 0 for f in found), [(f.op, f.backend, f.nothing) for f in found if f.tried == 0]
     assert not [(f.op, f.backend, f.failure.message) for f in found if f.failure]
+
+
+@pytest.mark.parametrize("bug", ["xy_swapped", "xy_swapped_v4"])
+def test_the_dcnv3_and_dcnv4_strategies_find_a_planted_bug(bug):
+    plugin = load_plugin(f"{PLANTED_DCNV34}:{bug}")
+    (finding,) = run_fuzz(backends=[plugin], op_names=None, examples=10, seconds=30, seed=1)
+    assert finding.failure is not None
+
+
+def test_an_operator_without_a_strategy_tests_nothing_and_says_so(monkeypatch):
+    from dataclasses import replace
+
+    spec = ops.get("dcnv3")
+    monkeypatch.setitem(ops._registry, "dcnv3", replace(spec, fuzz=None))
+    (finding,) = run_fuzz(backends=[get("pytorch")], op_names=["dcnv3"], examples=5, seconds=5, seed=0)
+    assert finding.tested_nothing and "no fuzz strategy" in finding.nothing
+
+
+def test_a_fuzz_run_that_tests_nothing_exits_1_and_says_why(tmp_path):
+    out = invoke("verify", "--fuzz", "1", "--fuzz-time", "0", "--op", "deform_roi_pool", "--backend", "pytorch",
+                 "--json", str(tmp_path / "f.json"), "--csv", str(tmp_path / "f.csv"))
+    assert out.returncode == 1 and "tested nothing" in out.stdout and "--fuzz-time 0" in out.stdout, out.stdout
+    # Every drawn problem declared unsupported (torchvision has no deformable RoI pooling: no pair at all).
+    out = invoke("verify", "--fuzz", "3", "--op", "deform_roi_pool", "--backend", "torchvision",
+                 "--json", str(tmp_path / "g.json"), "--csv", str(tmp_path / "g.csv"))
+    assert out.returncode == 1 and "tested nothing: no selected backend implements" in out.stdout, out.stdout
+    finding = fuzz.fuzz_backend(get("mxnet"), ops.get("deform_conv2d"), examples=3, seconds=30, seed=0, device="cuda")
+    assert finding.tested_nothing and "unsupported" in finding.nothing, finding
+
+
+def test_fuzz_options_are_checked():
+    for args, culprit in ((("--fuzz-time", "5"), "--fuzz-time"), (("--fuzz", "0"), "--fuzz 0")):
+        out = invoke("verify", *args)
+        assert out.returncode == 2 and culprit in out.stderr and "hint:" in out.stderr, out.stderr
 
 
 def test_case_json_round_trips_every_operator():

@@ -139,8 +139,30 @@ def test_cli_exit_codes_and_markdown(tmp_path, cand, code, text):
     out = invoke("gate", "--baseline", str(bp), str(cp), "--summary", str(tmp_path / "summary.md"))
     assert out.returncode == code, out.stdout + out.stderr
     md = (tmp_path / "summary.md").read_text()
-    assert text in md.splitlines()[0] and "| improved | same | worse | noisy | not comparable |" in md
+    assert text in md.splitlines()[0] and "| improved | same | worse | noisy | untrustworthy | not comparable |" in md
     assert "not comparable:" not in md.lower()  # every row was really compared
+
+
+BUSY = ENV | {"contention": {"cores": 2, "load_1m": 7.5, "steal": 0.0, "probe_share": 0.4, "wait_policy": "passive",
+                              "oversubscribed": True, "reasons": ["load 7.5 on 2 cores", "a busy probe got 40% of a core"]}}
+
+
+def test_timings_from_an_oversubscribed_machine_are_untrustworthy_not_a_ratio(tmp_path):
+    # A 25 % slowdown measured while the machine was oversubscribed: the gate gives no verdict on it.
+    slow = speed_doc(samples(125, 0.05, seed=3), samples(10, 0.05, seed=4), env=BUSY)
+    d = decide([verify_doc("pass"), slow])
+    (p,) = d.performance
+    assert p.verdict == "untrustworthy" and p.now_ratio is None and "the candidate" in p.reason and "load 7.5" in p.reason
+    assert d.exit_code == EXIT_NOISY and d.headline == "UNDECIDED: timed on an oversubscribed machine"
+    busy_base = [verify_doc("pass"), speed_doc(samples(100, 0.05, seed=1), samples(10, 0.05, seed=2), env=BUSY)]
+    quiet = speed_doc(samples(100, 0.05, seed=3), samples(10, 0.05, seed=4))
+    assert [p.verdict for p in g.decide(busy_base, [verify_doc("pass"), quiet], g.Settings()).performance] == ["untrustworthy"]
+    bp, cp = _files(tmp_path, BASE, [verify_doc("pass"), slow])
+    out = invoke("gate", "--baseline", str(bp), str(cp), "--summary", str(tmp_path / "summary.md"))
+    md = (tmp_path / "summary.md").read_text()
+    assert out.returncode == EXIT_NOISY and "Untrustworthy:" in md and "oversubscribed machine (load 7.5" in md
+    assert "| 1.25" not in md  # no ratio judged
+    assert invoke("gate", "--baseline", str(bp), str(cp), "--performance", "report-only").returncode == EXIT_OK
 
 
 def test_report_only_never_fails_on_performance(tmp_path):

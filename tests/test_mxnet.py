@@ -4,8 +4,11 @@ import os
 import signal
 import sys
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 import dcnbench.backends.mxnet as mxb
 from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
@@ -127,7 +130,9 @@ def test_broken_environment_is_a_clear_error(tmp_path):
 
 
 def test_missing_environment_exits_2_when_asked_for_and_is_skipped_otherwise(monkeypatch, tmp_path):
-    monkeypatch.setattr(mxb, "env_dir", lambda: tmp_path / ".venv-mxnet")
+    import dcnbench.worker.client as worker_client
+
+    monkeypatch.setattr(worker_client, "PROJECT_ROOT", tmp_path)  # no .venv-mxnet there
     assert "make mxnet-env" in get("mxnet").unavailable
     out = invoke("verify", "--backend", "mxnet")
     assert out.returncode == 2 and "make mxnet-env" in out.stderr
@@ -177,14 +182,33 @@ def test_worker_errors_carry_mxnets_own_message(mxnet):
     assert mxb.client().alive  # a refused request does not kill the worker
 
 
-def test_output_channels_that_the_deformable_groups_do_not_divide_are_unsupported_not_errors():
-    # Found by `verify --fuzz`: MXNet (and paddle) require O % offset_groups == 0; the operator does not.
+def test_output_channels_that_the_deformable_groups_do_not_divide_are_unsupported_not_errors(mxnet):
+    # Found by `verify --fuzz`: paddle (both variants) and MXNet's DCNv2 require O % offset_groups == 0;
+    # the operator does not, and MXNet's DCNv1 does not either (it matches rule C there).
     from dcnbench.ops.deform_conv2d.contract import ConvGeometry
     from dcnbench.ops.deform_conv2d.workloads import ConvCase
-    from dcnbench.verify import verify_case
+    from dcnbench.verify import run_verify, verify_case
 
-    case = ConvCase(name="fuzz", geometry=ConvGeometry(n=1, c=2, h=1, w=1, o=1, kh=1, kw=1, offset_groups=2))
-    for name in ("mxnet", "paddle"):
+    geo = ConvGeometry(n=1, c=4, h=6, w=6, o=3, kh=2, kw=2, padding=(1, 1), offset_groups=2)
+    v2, v1 = (ConvCase(name="fuzz", geometry=geo, mask=mask, offsets="border", seed=9) for mask in (True, False))
+    for name, case in (("mxnet", v2), ("paddle", v2), ("paddle", v1)):
         r = verify_case(get(name), case, "cpu", {})
         assert r.status == "unsupported" and "multiple of the deformable groups" in r.message, (name, r.message)
-    assert verify_case(get("pytorch"), case, "cpu", {}).status == "pass"
+    assert verify_case(get("pytorch"), v2, "cpu", {}).status == "pass"
+    # MXNet's DCNv1 runs it: every quantity against its own rule C, and the declaration is needed for DCNv2 only.
+    (r,) = run_verify(backends=[mxnet], cases=[v1])
+    assert r.status == "dialect" and r.dialect.matches_rule, (r.status, r.message)
+    (r,) = run_verify(backends=[replace(mxnet, case_unsupported=None)], cases=[v2])
+    assert r.status == "error" and "num_filter must divide deformable group" in r.message
+
+
+def test_dcnv1_passes_onnxs_multiple_offset_groups_node_case(mxnet):
+    # ONNX's own node test test_deform_conv_with_multiple_offset_groups (onnx/backend/test/case/node/
+    # deformconv.py): 1 output channel, 2 offset groups, expected output worked out by hand.
+    x = torch.zeros(1, 2, 3, 3)
+    x[0, 0] = torch.arange(9.0).reshape(3, 3)
+    x[0, 1] = torch.arange(8.0, -1, -1).reshape(3, 3)
+    offset = torch.zeros(1, 16, 2, 2)
+    offset[0, 0, 0, 0], offset[0, 13, 0, 1] = 0.5, -0.1
+    got = mxnet.ops["deform_conv2d"](x, offset, torch.ones(1, 2, 2, 2))
+    torch.testing.assert_close(got, torch.tensor([[[[33.5, 32.1], [32.0, 32.0]]]]), rtol=0, atol=1e-5)

@@ -10,6 +10,7 @@ from dcnbench.ops.deform_conv2d import onnx as dconv_onnx
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 from dcnbench.speed import SpeedCase, run_speed
 from dcnbench.verify import default_suite, run_verify
+from tests.roundoff import deform_conv2d_bound
 
 SUITE = {c.case_id: c for c in default_suite()}
 
@@ -44,12 +45,22 @@ def test_outputs_match_the_oracle_in_the_bands_and_gradients_are_unsupported(ort
         assert grads and all(q.unsupported.startswith("onnxruntime runs ONNX DeformConv for inference only") for q in grads)
 
 
-def test_float64_is_torchvisions_bit_for_bit(ort):
-    case = SUITE["border-heavy/float64"]
+@pytest.mark.any_cpu
+@pytest.mark.parametrize("case_id", ["border-heavy/float64", "groups2-offset-groups4/float64", "v1-nobias/float64"])
+def test_float64_agrees_with_torchvision_within_the_roundoff_bound(ort, case_id):
+    # Not bitwise: one ulp apart at 65 of 972 outputs of border-heavy on this machine's CPU (and on
+    # an AVX-512 one), where another CPU once gave equal bits. The bound (tests/roundoff.py) is what
+    # rounding alone allows two correct float64 implementations; a 1e-12 relative error, a hundred
+    # times inside verify's tolerance, is beyond it.
+    case = SUITE[case_id]
     t = case.inputs()
-    args = (t["input"], t["offset"], t["weight"], t["bias"])
-    kw = dict(stride=case.geometry.stride, padding=case.geometry.padding, dilation=case.geometry.dilation, mask=t["mask"])
-    assert torch.equal(ort.ops["deform_conv2d"](*args, **kw), tv(*args, **kw))
+    args = (t["input"], t["offset"], t["weight"], t.get("bias"))
+    kw = dict(stride=case.geometry.stride, padding=case.geometry.padding, dilation=case.geometry.dilation, mask=t.get("mask"))
+    got, want = ort.ops["deform_conv2d"](*args, **kw), tv(*args, **kw)
+    bound = deform_conv2d_bound(case, t)
+    assert bool(((got - want).abs() <= bound).all())
+    planted = got * (1 + 1e-12)
+    assert not bool(((planted - want).abs() <= bound).all())
 
 
 def test_unsupported_rows_carry_their_reason(ort):

@@ -15,6 +15,7 @@ from dcnbench.ops.deform_conv2d.workloads import ConvCase
 from dcnbench.speed import SpeedCase, run_speed
 from dcnbench.verify import _run, default_suite, run_verify
 from tests.conftest import invoke
+from tests.roundoff import deform_conv2d_bound
 
 SUITE = {c.case_id: c for c in default_suite()}
 
@@ -48,6 +49,7 @@ def test_gradcheck_and_half_types(paddle):
     assert found["v2/float16"].status == "unsupported" and "float64 and float32 only" in found["v2/float16"].message
 
 
+@pytest.mark.any_cpu
 def test_its_offset_gradient_differs_only_exactly_at_p_minus_1(paddle):
     # The README's claim: with integer sampling points (no kink margin), paddle's grad_offset is the
     # oracle's everywhere except where a coordinate is exactly -1 (paddle 0, the oracle the right
@@ -56,7 +58,9 @@ def test_its_offset_gradient_differs_only_exactly_at_p_minus_1(paddle):
     inputs = case.inputs()
     ref = _run(oracle, case, inputs, {"random": cotangent(case)})
     got = _run(paddle.ops["deform_conv2d"], case, inputs, {"random": cotangent(case)})
-    assert torch.equal(got.output, ref.output)
+    # Its output agrees with the oracle's within what rounding allows (tests/roundoff.py); bitwise
+    # equality held on one CPU and not on another.
+    assert bool(((got.output - ref.output).abs() <= deform_conv2d_bound(case, inputs)).all())
     differs = (got.grads["grad_offset"] - ref.grads["grad_offset"]).abs() > 1e-9
     geo = case.geometry
     taps = torch.arange(3, dtype=torch.float64)
@@ -76,7 +80,9 @@ def test_speed_times_inside_the_worker(paddle):
 
 
 def test_missing_environment_exits_2_when_asked_for_and_is_skipped_otherwise(monkeypatch, tmp_path):
-    monkeypatch.setenv("DCNBENCH_PADDLE_PYTHON", str(tmp_path / "no" / "bin" / "python"))
+    import dcnbench.worker.client as worker_client
+
+    monkeypatch.setattr(worker_client, "PROJECT_ROOT", tmp_path)  # no .venv-paddle there
     assert "make paddle-env" in get("paddle").unavailable
     out = invoke("verify", "--backend", "paddle")
     assert out.returncode == 2 and "make paddle-env" in out.stderr and "Traceback" not in out.stderr

@@ -22,7 +22,8 @@ def test_the_emulated_kernels_have_no_data_race(clean_runs):
     for r in clean_runs:
         assert r.returncode == 0 and r.reports == 0, r.log[-3000:]
         # every kernel ran, on 4 OS threads
-        assert set(r.ran) == {f"{op}_{d}" for op in ("deform_conv2d", "roi_pool", "psroi_pool") for d in ("forward", "backward")}
+        assert set(r.ran) == {f"{op}_{d}" for op in ("deform_conv2d", "roi_pool", "psroi_pool", "ms_deform_attn")
+                              for d in ("forward", "backward")}
 
 
 def plant_race(csrc, dest):

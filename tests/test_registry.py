@@ -13,8 +13,8 @@ from tests.conftest import ROOT
 
 def test_builtins_are_listed():
     names = [b.name for b in registry.all_backends()]
-    assert names[:9] == ["pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext-cuda-emu", "conv2d",
-                         "roi_align"]
+    assert names[:13] == ["pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "openvino", "openvino-default",
+                          "ext", "ext-cuda-emu", "conv2d", "roi_align", "transformers", "grid_sample"]
 
 
 def test_default_selection_excludes_reference_for_verify():

@@ -62,7 +62,7 @@ def test_repro_re_fails_with_the_recorded_errors(bundles):
     out, _ = bundles
     for pt in sorted((out / "bundles").glob("*.pt")):
         meta = json.loads(pt.with_suffix(".json").read_text())
-        r = invoke("repro", str(pt))
+        r = invoke("repro", str(pt), "--in-process")
         assert r.returncode == 1, r.stdout
         assert "inputs: the bundle's tensors" in r.stdout and "now: fail" in r.stdout
         for q in meta["failing"]:
@@ -77,7 +77,7 @@ def test_repro_with_a_fixed_kernel_passes_and_json_works_too(bundles, tmp_path):
     fixed = tmp_path / "fixed.py"
     fixed.write_text("from torchvision.ops import deform_conv2d\n")
     for pt in sorted((out / "bundles").glob("*.pt")):
-        r = invoke("repro", str(pt.with_suffix(".json")), "--impl", f"{fixed}:deform_conv2d")
+        r = invoke("repro", str(pt.with_suffix(".json")), "--impl", f"{fixed}:deform_conv2d", "--in-process")
         assert r.returncode == 0, r.stdout
         assert "now: pass" in r.stdout and "FAIL" not in r.stdout
 
@@ -97,3 +97,44 @@ def test_no_failure_no_bundle(tmp_path):
     r = invoke("verify", "--backend", "pytorch", "--case", "v2/float64", "--save-failures", str(tmp_path / "b"),
                "--json", str(tmp_path / "v.json"), "--csv", str(tmp_path / "v.csv"))
     assert r.returncode == 0 and "no failing result" in r.stdout and not list(tmp_path.glob("b/*"))
+
+
+FAULTS = PLANTED.with_name("faults.py")
+
+
+def test_a_kernel_that_exits_or_hangs_is_a_failure_never_a_fix(bundles):
+    # It used to exit 0 (the kernel's sys.exit(0), or dcnbench's process taken over by sys.exit/os._exit):
+    # a still-failing kernel reported as fixed. Now the plugin runs in a worker, with a time limit.
+    out, _ = bundles
+    pt = next(p for p in sorted((out / "bundles").glob("*.pt")) if "float64" in p.name)
+    r = invoke("repro", str(pt), "--impl", f"{FAULTS}:sys_exits")
+    assert r.returncode == 1 and "now: error" in r.stdout and "died (exit status 3)" in r.stdout, (r.stdout, r.stderr)
+    assert "a fresh one" not in r.stdout  # nothing comes next: the message says what happened only
+    # A hang is bounded by --timeout, as in verify (benchmarks/replay_probes.sh replays one: it takes the limit).
+    r = invoke("repro", str(pt), "--timeout", "0")
+    assert r.returncode == 2 and "--timeout=0" in r.stderr
+    r = invoke("repro", str(pt), "--impl", f"{FAULTS}:sys_exits", "--in-process")  # its exit is not dcnbench's
+    assert r.returncode == 1 and "the kernel called sys.exit(3)" in r.stdout, r.stdout
+
+
+def test_a_kernel_that_now_declines_the_case_is_not_a_fix(bundles, tmp_path):
+    out, _ = bundles
+    pt = next(p for p in sorted((out / "bundles").glob("*.pt")) if "float64" in p.name)
+    fixed = tmp_path / "declines.py"
+    fixed.write_text("from torchvision.ops import deform_conv2d as tv\n"
+                     "def kernel(*args, **kwargs):\n    return tv(*args, **kwargs)\n"
+                     "kernel.dcnbench_dtypes = ('float32',)\n")
+    r = invoke("repro", str(pt), "--impl", f"{fixed}:kernel", "--in-process")
+    assert r.returncode == 1 and "now: unsupported" in r.stdout, r.stdout
+
+
+def test_a_bundle_of_an_unknown_operator_is_blamed_on_the_bundle(bundles, tmp_path):
+    import torch
+
+    out, _ = bundles
+    bundle = torch.load(next((out / "bundles").glob("*.pt")), weights_only=True)
+    bundle["meta"]["op"] = "deform_conv3d"
+    torch.save(bundle, tmp_path / "other.pt")
+    r = invoke("repro", str(tmp_path / "other.pt"))
+    assert r.returncode == 2 and "of operator 'deform_conv3d', which this dcnbench does not know" in r.stderr, r.stderr
+    assert "plugin" not in r.stderr.splitlines()[0]

@@ -10,6 +10,7 @@ from dcnbench.speed import SpeedCase, run_speed
 from dcnbench.verify import default_suite
 from dcnbench.verify import run_verify
 from dcnbench.ops.deform_conv2d.contract import parse_shape
+from tests.conftest import invoke
 
 ENV_KEYS = {"dcnbench_version", "git_commit", "timestamp", "torch_version", "torchvision_version",
             "backend_versions", "device", "device_name", "cpu_model", "threads", "seed"}
@@ -75,3 +76,22 @@ def test_unknown_schema_is_a_clear_error(tmp_path):
         load_json(path)
     with pytest.raises(ResultsFileError, match="cannot read"):
         load_json(tmp_path / "missing.json")
+
+
+def test_malformed_numbers_are_a_damaged_file_not_a_report(tmp_path):
+    # Readers compute with the samples: a bare NaN token (not JSON), a string or a negative time is a
+    # damaged file (exit 2 from `report`), where it used to be accepted.
+    backends = [get("pytorch"), get("conv2d")]
+    results = run_speed(backends=backends, cases=[SpeedCase(parse_shape("1,4,8,8:4,3,3"))], repeat=3, warmup_s=0,
+                        measure_memory=False)
+    write_json(tmp_path / "s.json", "speed", environment(device="cpu", seed=0, backends=backends), results)
+    good = (tmp_path / "s.json").read_text()
+    assert load_json(tmp_path / "s.json")
+    sample = json.loads(good)["records"][0]["samples_ms"][0]
+    for bad, match in (("NaN", "bare NaN"), ('"fast"', "samples_ms"), ("-1.5", "samples_ms")):
+        path = tmp_path / "bad.json"
+        path.write_text(good.replace(f"{sample!r}", bad, 1))
+        with pytest.raises(ResultsFileError, match=match):
+            load_json(path)
+        out = invoke("report", str(path), "-o", str(tmp_path / "r"))
+        assert out.returncode == 2 and "is damaged" in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -104,6 +104,7 @@ def test_c_round_rounds_halves_away_from_zero():
     assert got.tolist() == [1.0, 2.0, 3.0, -1.0, -2.0, 0.0]
 
 
+@pytest.mark.any_cpu
 def test_no_trans_ignores_trans_and_equals_zero_trans():
     torch.manual_seed(0)
     x = torch.randn(2, 8, 6, 7, dtype=torch.float64)

@@ -103,7 +103,8 @@ def test_sampling_points_keep_their_margin_from_kinks(case):
 def planted():
     """Every planted bug on its operator's suite in one run, so each case's reference is computed once."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
-    return plugins, run_verify(backends=plugins, cases=SUITE)
+    # The grid-limit cases (65600 RoIs) test launches, not arithmetic a planted bug gets wrong: left out.
+    return plugins, run_verify(backends=plugins, cases=[c for c in SUITE if "-grid-" not in c.name])
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
@@ -116,6 +117,8 @@ def test_planted_roi_bug_is_caught(planted, bug):
     assert not [r for r in results if r.status == "error"], [r.message for r in results if r.status == "error"]
     failing = {q.quantity for r in results for q in r.failing}
     assert expected <= failing, f"{bug}: expected {expected} to fail, got {failing}"
+    catching = {r.case.name for r in results if r.status != "pass"}
+    assert len(catching) >= 2, f"{bug}: caught only by {catching}"  # one edit to the suite must not let it through
 
 
 def test_mxnet_runs_the_psroi_suite_and_declines_mmcv_pooling_with_a_reason():

@@ -16,6 +16,7 @@ import pytest
 from dcnbench.worker import client as worker_client
 from dcnbench.worker.client import WorkerClient, WorkerEnv, WorkerError
 from dcnbench.worker.protocol import ProtocolError, read_message
+from dcnbench.verify import default_suite
 from tests.conftest import invoke, run_cli
 
 
@@ -151,7 +152,7 @@ def test_a_worker_that_stops_reading_times_out_on_the_write(tmp_path):
     client = WorkerClient(env, timeout_s=1.0)
     try:
         client.start()
-        os.kill(client.proc.pid, signal.SIGSTOP)  # alive, but reads nothing: a 10 MB request fills the pipe
+        os.kill(client.hello["pid"], signal.SIGSTOP)  # alive, but reads nothing: a 10 MB request fills the pipe
         start = time.monotonic()
         with pytest.raises(WorkerError, match="timed out after 1 s"):
             client.request({"cmd": "sleep", "seconds": 0}, {"a": np.zeros(10 ** 7 // 8)})
@@ -195,7 +196,7 @@ def test_close_all_kills_every_worker(tmp_path):
     clients = [WorkerClient(env) for _ in range(2)]
     for c in clients:
         c.start()
-    assert len(alive(str(tmp_path))) == 2
+    assert len(alive(str(tmp_path))) == 4  # each worker and its keeper (worker/keeper.py)
     worker_client.close_all()
     assert not alive(str(tmp_path)) and not any(c.alive for c in clients)
 
@@ -219,3 +220,46 @@ def test_nonfinite_trans_never_reaches_mxnet():
         with pytest.raises(ValueError, match="NaN or infinity"):
             case.call(mxb.deform_psroi_pool, spoiled)
     assert mxb.client().alive and mxb.client().proc.pid == pid
+
+
+ESCAPES = Path(__file__).parent / "plugins" / "escapes.py"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_process_that_leaves_the_session_still_dies_with_its_worker(tmp_path, monkeypatch):
+    # A plugin's child started with start_new_session=True (setsid) has a process group of its own:
+    # killing the worker's group missed it, and it ran on under init. The worker's keeper (a child
+    # subreaper, worker/keeper.py) now kills it, whether the run ends or the plugin crashes.
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("DCNBENCH_TEST_ESCAPE_PIDS", str(pids))
+    # The control: without a keeper, the setsid child outlives the process that started it.
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ESCAPES.parent)!r}); "
+                    "import escapes; escapes._escape()"], check=True)
+    (control,) = map(int, pids.read_text().split())
+    try:
+        assert _running(control)
+    finally:
+        os.kill(control, signal.SIGKILL)
+    pids.unlink()
+    from dcnbench.plugins import load_plugin
+    from dcnbench.worker import isolation
+
+    case = next(c for c in default_suite(op_names=["deform_conv2d"]) if c.case_id == "v2/float64")
+    for plugin in ("escapes", "escapes_and_crashes"):
+        backend = load_plugin(f"{ESCAPES}:{plugin}", isolate=True)  # its float32 probe starts the child
+        (child,) = map(int, pids.read_text().split())
+        assert _running(child)
+        if plugin == "escapes":
+            isolation.close(backend)  # the run ends
+        else:
+            with pytest.raises(WorkerError, match="killed by SIGSEGV"):
+                case.call(backend.ops["deform_conv2d"], case.inputs())
+        assert not _running(child), plugin
+        pids.unlink()

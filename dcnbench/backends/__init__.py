@@ -2,9 +2,10 @@
 
 Each in-tree backend is one module (or package) here exposing `backend() -> Backend`: `pytorch`
 (the operators' oracles run as a backend), `torchvision`, `mxnet` and `paddle` (own environments,
-worker processes), `onnxruntime` (an ONNX DeformConv graph), `ext` (dcnbench's C++/CUDA kernels),
-`ext-cuda-emu` (ext's CUDA kernels emulated on the CPU, `ext.emu`), and the reference rows `conv2d`
-and `roi_align`.
+worker processes), `onnxruntime` (an ONNX DeformConv graph), `openvino` and `openvino-default` (OpenVINO's CPU
+plugin with and without the paper's border rule), `ext` (dcnbench's C++/CUDA kernels),
+`ext-cuda-emu` (ext's CUDA kernels emulated on the CPU, `ext.emu`), `transformers` (its eager multi-scale
+deformable attention), and the reference rows `conv2d`, `roi_align` and `grid_sample`.
 The registry knows these by name, adds installed packages' entry points (group
 `dcnbench.backends`), and takes `--impl` plugins from the caller; the CLI never names a backend.
 """
@@ -22,7 +23,23 @@ ENTRY_POINT_GROUP = "dcnbench.backends"
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 # In-tree backend modules under dcnbench.backends, in display order.
-BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext", "ext.emu", "conv2d", "roi_align")
+BUILTIN_MODULES = ("pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "openvino", "openvino.default", "ext",
+                   "ext.emu", "conv2d", "roi_align", "transformers", "grid_sample")
+
+
+class Reason(str):
+    """Why a backend cannot run here (`Backend.unavailable`, or what `check()` returns): the text,
+    the fix when it is not `dcnbench backends`' to tell (`hint`), and whether a setting the user made
+    is at fault (`setting`: a variable pointing nowhere). `dcnbench backends` lists such a backend
+    as unavailable; a command that would run it stops before any work (exit 2) instead of skipping it."""
+
+    hint: str | None
+    setting: bool
+
+    def __new__(cls, text: str, hint: str | None = None, setting: bool = False):
+        reason = super().__new__(cls, text)
+        reason.hint, reason.setting = hint, setting
+        return reason
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,7 @@ class Backend:
     version: str | None = None
     # "deformable": verified and timed. "reference": timed only (plain conv2d ignores offsets).
     # "emulated": runs only when named (--backend): a test vehicle (ext's CUDA kernels on the CPU), slow.
+    # "variant": runs only when named: another setting of a backend that runs by default (openvino-default).
     kind: str = "deformable"
     origin: str = "builtin"
     unavailable: str | None = None  # the reason it cannot run here; None when it can
@@ -115,13 +133,14 @@ def runs_in_a_worker(framework: str) -> str:
             "for torch.onnx.export to trace")
 
 
-def filters_per_offset_group(framework: str, geometry) -> str | None:
-    """Why MXNet and paddle cannot run a deform_conv2d whose output channels the deformable groups do
-    not divide (they require O % offset_groups == 0; the operator does not; found by `verify --fuzz`)."""
+def filters_per_offset_group(kernel: str, geometry) -> str | None:
+    """Why `kernel` cannot run a deform_conv2d whose output channels the deformable groups do not
+    divide: it requires O % offset_groups == 0, the operator does not (found by `verify --fuzz`;
+    measured: paddle refuses it for DCNv1 and DCNv2, MXNet for DCNv2 only)."""
     from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 
     if isinstance(geometry, ConvGeometry) and geometry.o % geometry.offset_groups:
-        return (f"{framework} requires the output channels to be a multiple of the deformable groups; "
+        return (f"{kernel} requires the output channels to be a multiple of the deformable groups; "
                 "the operator does not")
     return None
 
@@ -180,8 +199,7 @@ def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ..
             backend = known[name]
             reason = backend.unavailable or (backend.check() if backend.check else None)
             if reason:
-                raise BackendUnavailable(f"backend '{name}' is unavailable: {reason}",
-                                         hint="run `dcnbench backends` to see what is installed and how to fix it")
+                raise BackendUnavailable(f"backend '{name}' is unavailable: {reason}", hint=_fix(reason))
             chosen.append(backend)
         return chosen + [p for p in plugins if p.name not in names], []
     if plugins:
@@ -191,11 +209,17 @@ def select(names: list[str] | None, plugins: list[Backend], kinds: tuple[str, ..
         if b.kind not in kinds:
             continue
         reason = b.unavailable or (b.check() if b.check else None)
+        if getattr(reason, "setting", False):  # the user's own setting is broken: say so rather than skip
+            raise BackendUnavailable(f"backend '{b.name}' cannot run: {reason}", hint=_fix(reason))
         if reason:
             skipped.append(f"skipping {b.name}: {reason}")
         else:
             chosen.append(b)
     return chosen, skipped
+
+
+def _fix(reason: str) -> str:
+    return getattr(reason, "hint", None) or "run `dcnbench backends` to see what is installed and how to fix it"
 
 
 def get(name: str) -> Backend:

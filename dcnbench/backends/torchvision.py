@@ -22,6 +22,19 @@ NO_POOLING = ("torchvision has no deformable RoI pooling; its roi_align/ps_roi_a
               "zero-offset identity checks instead")
 
 
+# Measured (tests/test_verify.py proves it still holds): torchvision's CPU float16 backward sums the
+# offset and mask gradients over the input channels in float16, so they overflow to Inf on the
+# large-values cases (partial sums past 65504, results near 1e4), where its forward stays right.
+OVERFLOWS = (f"torchvision {torchvision.__version__}'s CPU float16 backward sums the offset and mask gradients over "
+             "the channels in float16: they overflow to Inf where the float64 result is about 1e4 (measured, see the README)")
+
+
+def case_unsupported(case, device: str) -> str | None:
+    if getattr(case, "values", None) == "large" and case.dtype == "float16" and device == "cpu":
+        return OVERFLOWS
+    return None
+
+
 def backend() -> Backend:
     return Backend(
         name="torchvision",
@@ -33,4 +46,5 @@ def backend() -> Backend:
         version=torchvision.__version__,
         # deform_conv2d runs the batch in chunks of its largest divisor <= 32 (n_parallel_imgs).
         batch_chunk=lambda op, geometry: 32 if op == "deform_conv2d" else None,
+        case_unsupported=case_unsupported,
     )

@@ -21,6 +21,9 @@ def build(*, verbose: bool = False, cuda_objects: Path | None = None) -> int:
             console.print(f"built the CUDA ext library as a first --device cuda run does, with {ext_build.nvcc()} "
                           f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}: {lib}", highlight=False)
             return EXIT_OK
+        problem = ext_build.cache_problem()
+        if problem:
+            raise UsageError(problem[0], hint=problem[1])
         lib = ext_build.load(verbose=verbose)
     except ext_build.BuildError as exc:
         raise UsageError(str(exc), hint=exc.hint) from None

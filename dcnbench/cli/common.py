@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console, ConsoleDimensions
+from rich.console import Console, ConsoleDimensions, Group
+from rich.table import Table
+from rich.text import Text
 
 from dcnbench import ops
 from dcnbench.backends import ALL_DTYPES
@@ -27,7 +29,33 @@ LOG_WIDTH = 250
 class LogConsole(Console):
     """A Rich console that a log can read: when its stream is not a terminal and COLUMNS is unset,
     lines are LOG_WIDTH wide instead of 80. Colour follows Rich's conventions: none when the stream
-    is not a terminal unless FORCE_COLOR is set, none at all when NO_COLOR is set."""
+    is not a terminal unless FORCE_COLOR is set, none at all when NO_COLOR is set.
+
+    Readable at any width: a line of text is never cut by Rich (the terminal wraps it, a log keeps
+    it whole), and a table narrower than its longest words (COLUMNS=10) is printed as one line per
+    row, `column: value, ...`, instead of cells one character wide."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("soft_wrap", True)
+        super().__init__(*args, **kwargs)
+
+    def print(self, *objects, **kwargs):
+        fitted = [self._fitted(o) for o in objects]
+        if any(f is not o for f, o in zip(fitted, objects)):
+            kwargs.setdefault("crop", False)  # whole lines: the terminal wraps them
+        super().print(*fitted, **kwargs)
+
+    def _fitted(self, renderable):
+        if isinstance(renderable, Group):
+            return Group(*(self._fitted(r) for r in renderable.renderables))
+        if not isinstance(renderable, Table) or _narrowest(renderable) <= self.width:
+            return renderable
+        lines = ([Text(str(renderable.title), style="bold")] if renderable.title else []) + [
+            Text(", ".join(f"{_plain(column.header)}: {_plain(cell)}" for column, cell in zip(renderable.columns, row)))
+            for row in zip(*(column.cells for column in renderable.columns))]
+        for line in lines:
+            line.no_wrap, line.overflow = True, "ignore"
+        return Group(*lines)
 
     @property
     def size(self) -> ConsoleDimensions:
@@ -39,6 +67,18 @@ class LogConsole(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         self._width, self._height = new_size
+
+
+def _plain(cell) -> str:
+    return cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+
+
+def _narrowest(table: Table) -> int:
+    """The width a table needs to show every word of every cell whole (borders and padding included)."""
+    def longest(cell) -> int:
+        return max((len(word) for word in _plain(cell).split()), default=0)
+
+    return sum(max([longest(column.header), *map(longest, column.cells)]) + 3 for column in table.columns) + 1
 
 
 def to_a_log(stream) -> bool:
@@ -162,16 +202,16 @@ def stamp() -> str:
 
 
 def output_paths(command: str, csv: Path | None, json: Path | None) -> tuple[Path, Path]:
-    """The CSV and JSON paths a command writes, checked before any work is done (exit 2 when one
-    cannot be written); the default folder results/ is created."""
-    from dcnbench import results
+    """The CSV and JSON paths a command writes, checked and claimed before any work is done (exit 2
+    when one cannot be written, both are one file, or another run is writing it: dcnbench.outputs);
+    the default folder results/ is created."""
+    from dcnbench import outputs, results
 
     when = stamp()
     if csv is None or json is None:
         results.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = (csv or results.default_path(command, "csv", when), json or results.default_path(command, "json", when))
-    for path, option in zip(paths, ("--csv", "--json")):
-        results.check_writable(path, option)
+    outputs.claim([("--csv", paths[0]), ("--json", paths[1])])
     return paths
 
 

@@ -7,25 +7,29 @@ from typing import Annotated
 
 import typer
 
-from dcnbench.cli.common import BackendOpt, console, user_errors
+from dcnbench.cli.common import BackendOpt, check_isolation, console, user_errors
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def export_check(*, factory: str, backends: list[str] | None = None, onnx: Path | None = None,
-                 rtol: float | None = None) -> int:
+                 rtol: float | None = None, in_process: bool = False, timeout: float | None = None) -> int:
     """Export the factory's module with torch.onnx.export, run it in onnxruntime, compare with PyTorch
-    in float64; returns the exit status (0 the same, 1 different or not exportable)."""
+    in float64 (all in a worker process unless `in_process`); returns the exit status (0 the same,
+    1 different, not exportable, or the module failed)."""
     import math
 
     if rtol is not None and not (math.isfinite(rtol) and rtol > 0):
         raise UsageError(f"--rtol {rtol} is not a positive number", hint="e.g. --rtol 1e-5")
-    if onnx is not None and not onnx.parent.is_dir():
-        raise UsageError(f"--onnx {onnx}: the directory {onnx.parent} does not exist", hint="create it first")
+    from dcnbench import onnx_export, outputs
+
+    check_isolation(isolate=False, in_process=in_process, timeout=timeout)
+    onnx_export.check_factory_spec(factory)
+
+    outputs.claim([("--onnx", onnx)])  # a folder, a missing folder, another run's file: exit 2 before the export
 
     from rich.table import Table
 
     from dcnbench import backends as registry
-    from dcnbench import onnx_export
 
     translations = {}
     for name in backends or []:
@@ -34,8 +38,11 @@ def export_check(*, factory: str, backends: list[str] | None = None, onnx: Path 
             raise UsageError(f"backend '{name}' has no ONNX translation for its ops",
                              hint="only backends built on custom torch ops need one (ext)")
         translations.update(backend.onnx_translations())
-    module, inputs = onnx_export.made_by(onnx_export.load_factory(factory))
-    found = onnx_export.check_module(module, inputs, translations, rtol, onnx)
+    if in_process:
+        module, inputs = onnx_export.made_by(onnx_export.load_factory(factory))
+        found = onnx_export.check_module(module, inputs, translations, rtol, onnx)
+    else:
+        found = onnx_export.check_in_worker(factory, backends or [], rtol, onnx)
 
     if found.graph:
         console.print(f"exported graph (opset {onnx_export.OPSET}): {found.graph}", highlight=False)
@@ -64,11 +71,17 @@ def command(
     onnx: Annotated[Path | None, typer.Option("--onnx", help="Also write the exported model here.")] = None,
     rtol: Annotated[float | None, typer.Option("--rtol", help="Normwise relative error allowed (default: verify's "
                                                                "tolerance for the output's dtype).")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Make and export the model in dcnbench's own process "
+                                             "(no worker start-up; a factory that exits or crashes takes dcnbench down).")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds the worker may take to make the model, and "
+                                                  "again to export, run and compare it (default 600).")] = None,
 ) -> None:
     """Export your model with torch.onnx.export (opset 19), run it in onnxruntime, compare with PyTorch in float64.
 
-    --backend NAME adds that backend's ONNX translations for its custom ops (ext). Exit status:
-    0 every output within tolerance, 1 an output differs, the model does not export or onnxruntime
-    refuses it, 2 usage error.
+    --backend NAME adds that backend's ONNX translations for its custom ops (ext). The factory runs in
+    a worker process unless --in-process. Exit status: 0 every output within tolerance, 1 an output
+    differs or is not finite, the model does not export, onnxruntime refuses it or the module fails
+    (raises, exits, crashes, hangs), 2 usage error (a factory that does not make a model included).
     """
-    raise typer.Exit(export_check(factory=factory, backends=backend, onnx=onnx, rtol=rtol))
+    raise typer.Exit(export_check(factory=factory, backends=backend, onnx=onnx, rtol=rtol, in_process=in_process,
+                                  timeout=timeout))

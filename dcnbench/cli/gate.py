@@ -32,12 +32,14 @@ def _backends(names: list[str] | None, plugins, kinds) -> list:
 
 
 def _measure_speed(cases: list, backends, repeat: int, warmup_s: float, reference: str | None) -> dict:
-    from dcnbench import results
+    from dcnbench import contention, results
     from dcnbench.speed import run_speed
 
-    found = run_speed(backends=backends, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=reference,
-                      measure_memory=False, on_progress=lambda text: None)
+    with contention.watch() as seen:
+        found = run_speed(backends=backends, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=reference,
+                          measure_memory=False, on_progress=lambda text: None)
     env = results.environment(device=cases[0].device if cases else "cpu", seed=0, backends=backends)
+    env["contention"] = seen.result.to_dict()
     return results.document("speed", env, found, {"baseline": reference, "repeat": repeat, "warmup_s": warmup_s})
 
 
@@ -182,14 +184,12 @@ def command(
     Exit status: 0 pass, 1 correctness regression (or a baseline case the candidate did not run),
     2 usage error, 3 performance regression, 4 measurements too noisy to decide.
     """
-    from dcnbench.results import check_writable
+    from dcnbench import outputs
 
     check_count("--repeat", repeat)
     if warmup is not None:
         check_seconds("--warmup", warmup)
-    for path, option in ((write_baseline_to, "--write-baseline"), (summary, "--summary")):
-        if path is not None:
-            check_writable(path, option)
+    outputs.claim([("--write-baseline", write_baseline_to), ("--summary", summary)])
     if write_baseline_to:
         raise typer.Exit(write_baseline(path=write_baseline_to, shapes=shape, presets=preset, backends=backend, impls=impl,
                                         reference=reference, repeat=repeat, warmup_s=3.0 if warmup is None else warmup, dcn=dcn))

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dcnbench.cli.common import console, user_errors
+from dcnbench.cli.common import InProcessOpt, IsolateOpt, TimeoutOpt, check_isolation, console, user_errors
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 # How many repro commands `verify --save-failures` prints before pointing at the folder.
@@ -41,13 +41,16 @@ def save_repro_bundles(found: list, directory: Path, *, device: str, env: dict, 
     return written
 
 
-def repro(*, file: Path, impl: str | None = None, device: str | None = None) -> int:
+def repro(*, file: Path, impl: str | None = None, device: str | None = None, isolate: bool = False,
+          in_process: bool = False, timeout: float | None = None) -> int:
+    """Re-run the bundle's case; 0 only when it passes now (pass or dialect), 1 otherwise."""
     from dcnbench import backends as registry
     from dcnbench.cli.common import check_device
     from dcnbench.plugins import load_plugin
     from dcnbench.repro import load_bundle, quantity_lines, rerun, stored_case
-    from dcnbench.problems import FAILING
+    from dcnbench.status import PASSING
 
+    isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
     bundle = load_bundle(file)
     meta = bundle["meta"]
     device = check_device(device or meta["device"])
@@ -56,9 +59,13 @@ def repro(*, file: Path, impl: str | None = None, device: str | None = None) -> 
         if not impl and not Path(spec.partition("=")[2].rpartition(":")[0]).is_file():
             raise UsageError(f"the bundle's plugin '{spec}' is not on this machine",
                              hint="pass the kernel to test: --impl [NAME=]PATH.py:FUNC")
-        backend = load_plugin(spec, device, op=meta["op"])
+        backend = load_plugin(spec, device, op=meta["op"], isolate=isolate_plugins)
     else:
         backend = registry.select([meta["backend"]], [], kinds=("deformable",))[0][0]
+    if isolate:
+        from dcnbench.worker.isolation import isolate as in_worker
+
+        backend = in_worker(backend)
     case, same = stored_case(bundle)
     console.print(f"repro {meta['case_id']} ({meta['op']}, {meta['check']}, seed {meta['seed']}, {device}) on {backend.name}"
                   f"{' (' + backend.description + ')' if backend.origin == 'plugin' else ''}", highlight=False, soft_wrap=True)
@@ -78,7 +85,8 @@ def repro(*, file: Path, impl: str | None = None, device: str | None = None) -> 
             console.print("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4], style=style,
                           highlight=False, soft_wrap=True)
     console.print(f"now: {result.status}" + (f": {result.message}" if result.message else ""), highlight=False, soft_wrap=True)
-    return EXIT_FAILED if result.status in FAILING else EXIT_OK
+    # Only a pass is a fix: an error, a failure, or a case the kernel now declines (unsupported) is not.
+    return EXIT_OK if result.status in PASSING else EXIT_FAILED
 
 
 def _fmt(x: float | None) -> str:
@@ -90,12 +98,17 @@ def command(
     file: Annotated[Path, typer.Argument(help="A bundle (.pt or .json) written by `verify --save-failures`.")],
     impl: Annotated[str | None, typer.Option("--impl", help="Run this kernel instead of the recorded backend: [NAME=]PATH.py:FUNC.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: the recorded device).")] = None,
+    isolate: IsolateOpt = False,
+    in_process: InProcessOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Re-run exactly one failing case from a repro bundle and show every quantity against its tolerance.
 
-    Exit status: 0 it passes now, 1 it still fails, 2 usage error.
+    A plugin (the bundle's or --impl) runs in a worker process unless --in-process; --isolate moves a
+    built-in backend there too. Exit status: 0 it passes now, 1 it still fails (fail, error,
+    nondeterministic, or the kernel now declines the case), 2 usage error.
     """
     if not file.is_file():
         raise UsageError(f"repro bundle '{file}' does not exist",
                          hint="give a .pt or .json file that `dcnbench verify --save-failures DIR` wrote")
-    raise typer.Exit(repro(file=file, impl=impl, device=device))
+    raise typer.Exit(repro(file=file, impl=impl, device=device, isolate=isolate, in_process=in_process, timeout=timeout))

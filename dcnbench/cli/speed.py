@@ -38,7 +38,7 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
           csv: Path | None = None, json: Path | None = None, shard: str | None = None, op: str | None = None,
           rois: Path | None = None, offset: Path | None = None, max_memory: str | None = None,
           max_samples_per_bin: int = DEFAULT_MAX_SAMPLES_PER_BIN, isolate: bool = False, in_process: bool = False,
-          timeout: float | None = None) -> int:
+          timeout: float | None = None, roofline: bool = False) -> int:
     device = check_device(device)
     isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)
     if direction not in DIRECTIONS:
@@ -69,7 +69,7 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dcnbench import backends as registry
-    from dcnbench import render, results
+    from dcnbench import contention, render, results
     from dcnbench.plugins import load_plugins
     from dcnbench.speed import SpeedCase, run_speed
 
@@ -105,22 +105,37 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
         raise UsageError(f"shard {shard} has no workload: there are fewer workloads than shards", hint="use fewer shards")
 
     env = results.environment(device=device, seed=seed, backends=chosen)
+    roof = None
+    if roofline:  # probed before the run (or read from the cache), so the results file records it
+        if device != "cpu":
+            raise UsageError("--roofline probes the CPU only", hint="drop --roofline for --device cuda")
+        from dataclasses import asdict
+
+        from dcnbench import roofline as roofline_module
+
+        roof = roofline_module.machine(torch.get_num_threads())
     writer = results.ResultsWriter(kind="speed", env=env, csv_path=csv_path, json_path=json_path,
                                    expected=len(cases) * len(chosen),
-                                   extra={"baseline": baseline, "repeat": repeat, "warmup_s": warmup_s})
+                                   extra={"baseline": baseline, "repeat": repeat, "warmup_s": warmup_s}
+                                   | ({"roofline": asdict(roof)} if roof else {}))
 
     def run():
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
-                      transient=True) as progress:
+                      transient=True) as progress, contention.watch() as seen:
             task = progress.add_task("speed", total=None)
-            return run_speed(backends=chosen, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=baseline,
-                             measure_memory=memory, threads=threads,
-                             plugin_specs=dict(zip([p.name for p in plugins], impls or [])),
-                             on_progress=lambda text: progress.update(task, description=text), on_result=writer.add)
+            found = run_speed(backends=chosen, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=baseline,
+                              measure_memory=memory, threads=threads,
+                              plugin_specs=dict(zip([p.name for p in plugins], impls or [])),
+                              on_progress=lambda text: progress.update(task, description=text), on_result=writer.add)
+        env["contention"] = seen.result.to_dict()  # in the final write of the results files
+        return found, seen.result
 
-    found = run_writing(writer, run, "workload x backend results")
+    found, machine = run_writing(writer, run, "workload x backend results")
 
-    for table in render.speed_tables(found, baseline):
+    bound = None
+    if roof:
+        bound = {(r.case.case_id, r.backend): roofline_module.percent_of_bound(r, roof) for r in found}
+    for table in render.speed_tables(found, baseline, bound):
         console.print(table)
     for line in render.speed_warnings(found):
         err_console.print(line, style="yellow", highlight=False, soft_wrap=True)
@@ -128,6 +143,11 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     console.print(f"threads: {torch.get_num_threads()}; times are medians of {repeat} interleaved samples; "
                   f"GFLOP/s counts the plain convolution's FLOPs (none for RoI pooling); "
                   f"peak mem: {method or 'not measured'}", highlight=False)
+    if roof:
+        console.print(f"{roof.line()}; % bound: the least time the op's work takes at those rates over the median",
+                      highlight=False)
+    (err_console if machine.oversubscribed else console).print(
+        machine.line(), style="bold yellow" if machine.oversubscribed else None, highlight=False)
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
     # A row that raised is a failure of the run, as in verify (the others' figures still stand).
     return EXIT_FAILED if any(r.status == Status.ERROR for r in found) else EXIT_OK
@@ -164,6 +184,8 @@ def command(
     isolate: IsolateOpt = False,
     in_process: InProcessOpt = False,
     timeout: TimeoutOpt = None,
+    roofline: Annotated[bool, typer.Option("--roofline", help="Add each row's % of this machine's roofline (memory bandwidth "
+                                           "and float32 peak, probed once and cached per machine).")] = False,
 ) -> None:
     """Time backends side by side (interleaved), with the conv2d reference row, GFLOP/s and peak memory.
 
@@ -175,4 +197,4 @@ def command(
                            threads=threads, memory=memory, dcn=dcn, seed=seed, csv=csv, json=json, shard=shard,
                            op=op, rois=rois, offset=offset, max_memory=max_memory,
                            max_samples_per_bin=max_samples_per_bin, isolate=isolate, in_process=in_process,
-                           timeout=timeout))
+                           timeout=timeout, roofline=roofline))

@@ -18,6 +18,8 @@ from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOp
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
 from dcnbench.shard import parse_shard, take_shard
 
+DEFAULT_FUZZ_TIME_S = 60.0
+
 
 def check_show(show: str) -> str:
     from dcnbench.render import SHOW_CHOICES
@@ -30,9 +32,10 @@ def check_show(show: str) -> str:
 def verify(*, backends: list[str] | None = None, impls: list[str] | None = None, dtypes: list[str] | None = None,
            device: str = "cpu", cases: list[str] | None = None, op_names: list[str] | None = None, seed: int = 0, csv: Path | None = None,
            json: Path | None = None, allow_nondeterministic: bool = False, list_cases: bool = False,
-           shard: str | None = None, knobs: bool = False, fuzz: int = 0, fuzz_time: float = 60.0,
+           shard: str | None = None, knobs: bool = False, fuzz: int | None = None, fuzz_time: float | None = None,
            case_json: str | None = None, isolate: bool = False, in_process: bool = False,
-           timeout: float | None = None, show: str = "failures", save_failures: Path | None = None) -> int:
+           timeout: float | None = None, show: str = "failures", save_failures: Path | None = None,
+           thorough: bool = False) -> int:
     """Run the suite (or `fuzz` random problems per operator, or the one case `case_json` names);
     returns the exit status (0 all passed, 1 something failed)."""
     device = check_device(device)
@@ -45,11 +48,14 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
     ops.check_ops(op_names)
     shard_spec = parse_shard(shard)
     check_seed(seed)
-    if fuzz:
+    if fuzz is not None:
         check_count("--fuzz", fuzz, high=10**6)
-        check_seconds("--fuzz-time", fuzz_time, high=7 * 86400)
+        fuzz_time = check_seconds("--fuzz-time", DEFAULT_FUZZ_TIME_S if fuzz_time is None else fuzz_time, high=7 * 86400)
+    elif fuzz_time is not None:
+        raise UsageError("--fuzz-time bounds a --fuzz run, and no --fuzz was given",
+                         hint="add --fuzz N (problems per operator and backend), or drop --fuzz-time")
     csv_path, json_path = (None, None) if list_cases else output_paths("verify", csv, json)
-    if fuzz:
+    if fuzz is not None:
         return run_fuzz_command(backends=backends, impls=impls, device=device, op_names=op_names, examples=fuzz,
                                 seconds=fuzz_time, seed=seed, csv_path=csv_path, json_path=json_path,
                                 isolate=isolate_plugins)
@@ -64,7 +70,11 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
 
         chosen_cases = [case_from_json(case_json)]
     else:
-        chosen_cases = take_shard(select_cases(default_suite(seed, op_names), cases, dtypes, op_names), shard_spec)
+        built: list = []
+        chosen_cases = take_shard(select_cases(default_suite(seed, op_names, thorough, built), cases, dtypes, op_names),
+                                  shard_spec)
+        for generated in built:
+            console.print(generated.line, highlight=False)
     if not chosen_cases:
         raise UsageError("no case matches the --op/--case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
@@ -140,7 +150,7 @@ def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, se
                           ("result", "left")):
         table.add_column(name, justify=justify)
     for f in findings:
-        result = "no failure" if f.failure is None else \
+        result = f"tested nothing: {f.nothing}" if f.tested_nothing else "no failure" if f.failure is None else \
             f"{f.failure.status}: {', '.join(q.quantity for q in f.failure.failing) or f.failure.message}"
         table.add_row(f.op, f.backend, str(f.tried), f"{f.seconds:.0f}", result)
     console.print(table)
@@ -151,12 +161,25 @@ def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, se
                       f"{repro_command(f, arg.get(f.backend, f'--backend {f.backend}'))}", highlight=False, soft_wrap=True)
     failures = [f.failure for f in findings if f.failure]
     fuzz_summary = [{"op": f.op, "backend": f.backend, "problems": f.tried, "seconds": f.seconds,
-                     "failed": f.failure is not None} for f in findings]
+                     "failed": f.failure is not None, "tested_nothing": f.nothing or None} for f in findings]
     writer = results.ResultsWriter(kind="verify", env=env, csv_path=csv_path, json_path=json_path,
                                    expected=len(failures), extra={"fuzz": fuzz_summary})
     writer.results = failures
     writer.flush(partial=False)
     console.print(f"wrote {csv_path} and {json_path} (the smallest failing problems)", highlight=False)
+    # A run that tested nothing is not a clean run: nothing it says about a backend was checked.
+    empty = [f for f in findings if f.tested_nothing]
+    if not findings:
+        console.print("tested nothing: no selected backend implements a selected operator "
+                      f"({', '.join(b.name for b in chosen) or 'no backend'}; ops {', '.join(op_names or ops.names())})",
+                      style="bold red", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    if empty:
+        reasons = list(dict.fromkeys(f.nothing for f in empty))
+        console.print(f"tested nothing on {len(empty)} of {len(findings)} operator x backend pair(s) (the table says "
+                      f"why): {reasons[0]}" + (f"; and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""),
+                      style="bold red", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
     return EXIT_FAILED if failures else EXIT_OK
 
 
@@ -174,10 +197,10 @@ def command(
     allow_nondeterministic: Annotated[bool, typer.Option("--allow-nondeterministic", help="Do not fail the run on a nondeterministic backward.")] = False,
     list_cases: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
     shard: ShardOpt = None,
-    fuzz: Annotated[int, typer.Option("--fuzz", help="Instead of the suite: N random valid problems per operator and "
-                                      "backend (hypothesis), each failure shrunk to the smallest failing problem.")] = 0,
-    fuzz_time: Annotated[float, typer.Option("--fuzz-time", help="With --fuzz: seconds per operator and backend before no "
-                                             "new problem is drawn.")] = 60.0,
+    fuzz: Annotated[int | None, typer.Option("--fuzz", help="Instead of the suite: N random valid problems per operator and "
+                                             "backend (hypothesis), each failure shrunk to the smallest failing problem.")] = None,
+    fuzz_time: Annotated[float | None, typer.Option("--fuzz-time", help="With --fuzz: seconds per operator and backend before no "
+                                                    f"new problem is drawn (default {DEFAULT_FUZZ_TIME_S:g}).")] = None,
     case_json: Annotated[str | None, typer.Option("--case-json", help="Run exactly this case (the JSON a --fuzz run prints "
                                                   "for a failure).")] = None,
     knobs: Annotated[bool, typer.Option("--knobs", help="Also re-run every case under each setting of the backends' knobs "
@@ -190,6 +213,8 @@ def command(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Same as --show all.")] = False,
     save_failures: Annotated[Path | None, typer.Option("--save-failures", help="Write a repro bundle per failing case x backend "
                                                        "into this folder (re-run one with `dcnbench repro FILE`).")] = None,
+    thorough: Annotated[bool, typer.Option("--thorough", help="Cover every triple of each operator's option values "
+                                           "instead of every pair (a larger covering array; minutes more).")] = False,
 ) -> None:
     """Check output and every gradient against the float64 oracle and exact identities.
 
@@ -202,4 +227,4 @@ def command(
                             json=json, allow_nondeterministic=allow_nondeterministic, list_cases=list_cases,
                             shard=shard, knobs=knobs, fuzz=fuzz, fuzz_time=fuzz_time, case_json=case_json,
                             isolate=isolate, in_process=in_process, timeout=timeout,
-                            show="all" if verbose else show, save_failures=save_failures))
+                            show="all" if verbose else show, save_failures=save_failures, thorough=thorough))

@@ -1,6 +1,6 @@
 """The operators dcnbench knows: one folder each, listed once here.
 
-Each folder (`deform_conv2d/`, `deform_roi_pool/`, `deform_psroi_pool/`, `dcnv3/`, `dcnv4/`) holds the operator's
+Each folder (`deform_conv2d/`, `deform_roi_pool/`, `deform_psroi_pool/`, `dcnv3/`, `dcnv4/`, `ms_deform_attn/`) holds the operator's
 contract (geometry, validation, shape grammar, presets), its workloads (case spec and seeded
 inputs), its default suite, its references and identities, and its float64 oracle; its
 `__init__` exposes one `SPEC` (spec.py). Adding an operator is adding a folder and one line below.
@@ -20,6 +20,7 @@ _BUILTIN = (
     "deform_psroi_pool",
     "dcnv3",
     "dcnv4",
+    "ms_deform_attn",
 )
 
 _registry: dict[str, OpSpec] = {}

@@ -119,4 +119,5 @@ def pool_spec(*, here: str, case_class: str, identity: str, **fields):
         check_files=lazy("dcnbench.ops.rois:check_files"),
         cost=lazy("dcnbench.ops.rois:cost"),
         fuzz=lazy(f"{here}.fuzz:cases"),
+        options=lazy(f"{here}.suite:pair_options"),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -90,14 +91,18 @@ class PoolCase(Case):
                    seed=s.seed, kink_margin=None, rois_file=s.rois_file, offset_file=s.offset_file)
 
     @classmethod
-    def suite(cls, seed: int, cases: dict[str, tuple[int, object, dict]], once: dict[str, tuple[int, object, dict]]) -> list:
-        """Each of `cases` (name -> (seed, geometry, options)) in float64 and float32, each of `once` in float64 only."""
+    def suite(cls, seed: int, cases: dict[str, tuple[int, object, dict]], once: dict[str, tuple[int, object, dict]],
+              float32_only: dict[str, tuple[int, object, dict]] | None = None) -> list:
+        """Each of `cases` (name -> (seed, geometry, options)) in float64 and float32, each of `once` in
+        float64 only, each of `float32_only` in float32 only."""
         found = []
         for name, (offset, geo, opts) in cases.items():
             base = cls(name=name, geometry=geo, seed=seed + offset, **opts)
             found += [replace(base, dtype=d) for d in ("float64", "float32")]
         for name, (offset, geo, opts) in once.items():
             found.append(cls(name=name, geometry=geo, seed=seed + offset, **opts))
+        for name, (offset, geo, opts) in (float32_only or {}).items():
+            found.append(cls(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
         return found
 
 
@@ -172,7 +177,13 @@ def load_tensor(path: str, what: str) -> torch.Tensor:
 
 
 def make_pool_inputs(case: PoolCase, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """input, rois and (unless offset=None) offset, in the case's dtype on `device`."""
+    """input, rois and (unless offset=None) offset, in the case's dtype on `device` (fresh copies of
+    one draw per case: drawing tens of thousands of RoIs takes seconds, and verify asks often)."""
+    return {name: case.arrange(t.clone().to(device)) for name, t in _drawn(case).items()}
+
+
+@lru_cache(maxsize=8)
+def _drawn(case: PoolCase) -> dict[str, torch.Tensor]:
     geo = case.geometry
     gen = torch.Generator().manual_seed(case.seed)
     dtype = DTYPES[case.dtype]
@@ -221,11 +232,7 @@ def make_pool_inputs(case: PoolCase, device: str = "cpu") -> dict[str, torch.Ten
     tensors = {"input": x, "rois": rois}
     if case.keeps_offset_argument:
         tensors["offset"] = offset
-    out = {}
-    for name, t in tensors.items():
-        t = t.to(dtype).to(device)
-        out[name] = case.arrange(t)
-    return out
+    return {name: t.to(dtype) for name, t in tensors.items()}
 
 
 def check_files(case: PoolCase) -> None:

@@ -76,6 +76,9 @@ class OpSpec:
     speed_case: Callable | None = None  # (SpeedCase) -> the case whose inputs every backend is timed on
     probe_cases: Callable | None = None  # (dtype) -> tiny cases a --impl plugin must pass before it runs
     flops: Callable = lambda geometry: None  # forward FLOPs of the equivalent plain layer; None if meaningless
+    # (geometry, direction, itemsize, mask) -> (FLOPs, bytes): the least one call must compute and
+    # move, the roofline's inputs (dcnbench.roofline); None where the work depends on values (RoIs).
+    work: Callable | None = None
     cost: Callable | None = None  # (case) -> limits.Cost: what one call needs, estimated before it runs
     fuzz: Callable | None = None  # () -> a hypothesis strategy of small valid float64 cases (verify --fuzz)
     # Tensors `speed` may read from files instead of drawing them (e.g. ("rois", "offset")), the
@@ -86,6 +89,9 @@ class OpSpec:
     # The ONNX export check (onnx_export.py): (case, callable) -> (torch.nn.Module around the
     # callable, its call's arguments), for the cases whose `check` is "export"; None: no such check.
     export_layer: Callable | None = None
+    # () -> covering.Options: the op's options and their values, crossed pairwise (all triples with
+    # `verify --thorough`) into covering-array cases on asymmetric geometry (covering.py); None: none.
+    options: Callable | None = None
 
     @property
     def quantities(self) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from dcnbench.worker.protocol import PROTOCOL_VERSION, ProtocolError, encode, re
 from dcnbench.worker.settings import check_limit, timeout_override
 
 WORKER_MAIN = Path(__file__).with_name("main.py")
+KEEPER_GRACE_S = 10.0  # for the keeper to kill the worker's processes and exit, after SIGTERM
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Every client with a worker running: held here until closed, so no worker outlives dcnbench's
 # clean-up because the object that started it was dropped first.
@@ -138,11 +139,25 @@ class WorkerEnv:
         return f"create it with `make {self.name}-env` ({self.pinned or self.distribution} in .venv-{self.name})"
 
     def unavailable(self) -> str | None:
-        """Why the backend cannot run here (for Backend.unavailable), or None."""
+        """Why the backend cannot run here (for Backend.unavailable), or None. A `DCNBENCH_<NAME>_PYTHON`
+        that points nowhere, or at an interpreter without the framework, is the user's setting at
+        fault: the reason names the variable."""
+        from dcnbench.backends import Reason
+
         if self.requirements is None:
             return None
+        override = os.environ.get(f"{self.var}_PYTHON") if self.env_vars else None
+        if override:
+            hint = (f"point {self.var}_PYTHON at the python of an environment with {self.pinned or self.distribution}, "
+                    f"or unset it to use .venv-{self.name} (`make {self.name}-env`)")
+            if not Path(override).is_file():
+                return Reason(f"{self.var}_PYTHON={override} is not a file", hint, setting=True)
+            if self.installed_version() is None:
+                return Reason(f"{self.var}_PYTHON={override}: that environment has no {self.distribution}", hint,
+                              setting=True)
+            return None
         if not self.python().exists() or self.installed_version() is None:
-            return (f"the {self.display} environment {self.python().parent.parent} is missing or has no "
+            return (f"the {self.display} environment {self.venv} is missing or has no "
                     f"{self.distribution}: {self.fix()}")
         return None
 
@@ -214,12 +229,21 @@ class WorkerClient:
         _live.discard(self)
         self.to_release = []  # a new worker holds no recorded calls
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and whatever it started
-            except (ProcessLookupError, PermissionError):
-                pass
-            if self.proc.poll() is None:
-                self.proc.kill()
+            # SIGTERM to the keeper (worker/keeper.py): it kills the worker and everything below it,
+            # a process that left the session included. Then the process group, for what a worker
+            # without a keeper (not Linux) started, while the keeper is not reaped yet, so that the
+            # group's id cannot be another process's.
+            if self.proc.returncode is None:
+                try:
+                    self.proc.terminate()
+                except ProcessLookupError:
+                    pass
+                if _exit_status(self.proc.pid, KEEPER_GRACE_S) is None:
+                    self.proc.kill()
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             self.proc.wait()
             for stream in (self.proc.stdin, self.proc.stdout):
                 if stream:
@@ -258,8 +282,8 @@ class WorkerClient:
                 wait = deadline - time.monotonic()
                 if wait <= 0 or not select.select([], [fd], [], wait)[1]:
                     self.close()
-                    raise WorkerError(f"{self.what} timed out after {timeout_s:g} s (it stopped reading) and was "
-                                      "killed; a fresh one starts for the next case")
+                    raise WorkerError(f"{self.what} timed out after {timeout_s:g} s (it stopped reading) and was killed",
+                                      hint=self._raise_hint())
                 try:
                     view = view[os.write(fd, view[:1 << 16]):]
                 except BlockingIOError:
@@ -284,26 +308,26 @@ class WorkerClient:
                 left -= len(chunk)
             return b"".join(chunks)
 
-        # A failed start-up leaves no worker behind; a failed request, one that the next case replaces.
-        fresh = "" if what else "; a fresh one starts for the next case"
+        # What happened, not what comes next: the run may be ending (a probe, repro's one case), and
+        # where it goes on, the next request starts a fresh worker (README, "Failures").
         try:
             return read_message(read_exactly)
         except TimeoutError:
             self.close()
             during = f" during {what}" if what else ""
-            raise WorkerError(f"{self.what} timed out after {timeout_s:g} s{during} and was killed{fresh}",
+            raise WorkerError(f"{self.what} timed out after {timeout_s:g} s{during} and was killed",
                               hint=self._raise_hint()) from None
         except EOFError:
             raise self._died() from None
         except ProtocolError as exc:
             self.close()
-            raise WorkerError(f"{self.what} sent a malformed reply ({exc}) and was killed{fresh}") from None
+            raise WorkerError(f"{self.what} sent a malformed reply ({exc}) and was killed") from None
 
     def _raise_hint(self) -> str:
         return "raise the limit with --timeout" + (f" or {self.env.var}_TIMEOUT" if self.env.env_vars else "")
 
     def _died(self) -> WorkerError:
-        code = self.proc.wait() if self.proc else None
+        code = _exit_status(self.proc.pid) if self.proc else None  # not reaped: close() kills its group first
         tail = ""
         if self._stderr is not None:
             self._stderr.seek(0)
@@ -311,7 +335,23 @@ class WorkerClient:
             tail = f": {lines[-1].strip()}" if lines else ""
         self.close()
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
-        return WorkerError(f"{self.what} died ({how}){tail}; a fresh one starts for the next case")
+        return WorkerError(f"{self.what} died ({how}){tail}")
+
+
+def _exit_status(pid: int, timeout_s: float | None = None) -> int | None:
+    """How a child ended (a Popen returncode: the exit status, or minus the signal), waiting up to
+    `timeout_s` (None: for ever), without reaping it; None if it is still running."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | (os.WNOHANG if deadline else 0))
+        except ChildProcessError:  # reaped already
+            return None
+        if found is not None:
+            return found.si_status if found.si_code == os.CLD_EXITED else -found.si_status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 class SelfTimed:

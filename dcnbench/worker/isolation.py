@@ -26,10 +26,15 @@ FRAMEWORK = Path(__file__).with_name("torch_framework.py")
 DEFAULT_TIMEOUT_S = 60.0
 
 
-def _env(label: str, config: dict) -> WorkerEnv:
+# An export of a user's whole model (torch.export, then onnxscript, then onnxruntime) takes far
+# longer than one kernel call: minutes for a large model.
+EXPORT_TIMEOUT_S = 600.0
+
+
+def _env(label: str, config: dict, timeout_s: float = DEFAULT_TIMEOUT_S) -> WorkerEnv:
     noun = label if label.startswith("the ") else f"the worker running {label}"
     return WorkerEnv(name="isolated", label=label, framework=FRAMEWORK, framework_name="torch",
-                     default_timeout_s=DEFAULT_TIMEOUT_S, config=dict(config, root=str(PROJECT_ROOT)),
+                     default_timeout_s=timeout_s, config=dict(config, root=str(PROJECT_ROOT)),
                      env_vars=False, noun=noun)
 
 
@@ -141,6 +146,12 @@ def exporter(backend: Backend):
                                             torch.get_num_threads())
     client = _export_workers[key]
     return _exporter(lambda: client, name)
+
+
+def model_worker(factory: str) -> WorkerClient:
+    """A worker that imports `export-check`'s PATH.py:FACTORY and builds the model in its hello (not
+    started yet): a factory that exits, crashes or hangs costs that worker, not dcnbench."""
+    return WorkerClient(_env(f"factory '{factory}'", {"factory": factory}, EXPORT_TIMEOUT_S), torch.get_num_threads())
 
 
 def close(backend: Backend) -> None:

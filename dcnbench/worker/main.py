@@ -44,7 +44,7 @@ def _protect_stdio():
 
 def _die_with_parent():
     """A worker never outlives dcnbench: Ctrl-C is the parent's to handle (it kills its workers),
-    and if the parent dies without doing so (SIGKILL), Linux sends this process SIGKILL."""
+    and if the parent (the keeper, keeper.py) dies without doing so, Linux sends this process SIGKILL."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     try:
@@ -57,15 +57,19 @@ def _die_with_parent():
         os._exit(1)
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I drops the script's directory
+from keeper import contain  # noqa: E402
+
+contain()  # from here on, this is the worker; its parent keeps everything it starts from outliving it
 PROTO_IN, PROTO_OUT = _protect_stdio()
 _die_with_parent()
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I drops the script's directory
 
 import numpy as np  # noqa: E402, F401  (the framework's arrays)
 
 from protocol import PROTOCOL_VERSION, encode, read_message  # noqa: E402
 
 KEEP_CALLS = 1024  # recorded calls kept when the client never releases them
+WARM_BELOW_MS = 50.0  # samples shorter than this get an untimed call first (Worker.time)
 COMMANDS = ("forward", "backward", "time", "release", "sleep", "crash")
 
 
@@ -118,6 +122,7 @@ class Worker:
         self.fw = fw
         self.calls = {}
         self.timed = None  # (case key, before, run): one case at a time
+        self.last_ms = None  # the last timed sample
 
     def forward(self, header, arrays):
         outputs, handle = self.fw.call(header["params"], arrays, header["device"], header["record"])
@@ -139,18 +144,27 @@ class Worker:
         """One timed sample (ms) of the case `header["case"]`; its data comes once, later samples reuse it."""
         key = header["case"]
         if arrays or header.get("setup"):
-            self.timed = None
+            self.timed, self.last_ms = None, None
             before, run = self.fw.time(header["params"], arrays, header["direction"], header["device"])
             self.timed = (key, before, run)
         if self.timed is None or self.timed[0] != key:
             raise RuntimeError(f"case {key} was never sent to this worker")
         _, before, run = self.timed
+        if not header.get("memory") and (self.last_ms is None or self.last_ms < WARM_BELOW_MS):
+            # An untimed call first: this process slept while waiting for the request, and the first
+            # call after a sleep is slower (0.65 ms against 0.37 ms for a 0.3 ms kernel, measured), a
+            # cost dcnbench's own process, which never sleeps between samples, does not pay. Beyond
+            # WARM_BELOW_MS that cost is under 1 % of a sample: no second call.
+            if before is not None:
+                before()
+            run()
         if before is not None:
             before()
         base = _reset_peak_rss() if header.get("memory") else None
         start = time.perf_counter()
         run()
         reply = {"ms": (time.perf_counter() - start) * 1e3}
+        self.last_ms = reply["ms"]
         if header.get("memory"):
             peak = _status_kib("VmHWM")
             reply["peak_bytes"] = None if peak is None or base is None else max(0, peak - base) * 1024

@@ -37,8 +37,10 @@ class FrameworkWorker:
                 if c.proc is None:
                     c.start()
                 self._checked = (None,)
-            except WorkerError as exc:
-                self._checked = (str(exc),)
+            except WorkerError as exc:  # its hint (e.g. the limit to raise) travels with the reason
+                from dcnbench.backends import Reason
+
+                self._checked = (Reason(str(exc), exc.hint),)
         return self._checked[0]
 
     def environment(self) -> str:

@@ -11,8 +11,9 @@ runs on them exactly as it would in dcnbench's process; a tensor it changed in p
 import sys
 
 NAME = "torch"
-EXTRA_COMMANDS = ("export",)
+EXTRA_COMMANDS = ("export", "export_check")
 _backend = None
+_model = None  # export-check's (module, inputs), made by the factory in hello
 
 
 def hello(threads, config):
@@ -24,6 +25,10 @@ def hello(threads, config):
     if threads:
         torch.set_num_threads(threads)
     found = {"versions": {"torch": torch.__version__, "numpy": np.__version__}, "gpus": torch.cuda.device_count()}
+    if config.get("factory"):
+        global _model
+        _model = _made_by(config["factory"])
+        return found
     if config.get("impl"):
         from dcnbench.plugins import load_plugin
 
@@ -134,6 +139,26 @@ def export(header, arrays):
     except NotExportable as exc:
         return {"unsupported": str(exc)}, {}
     return {"note": note}, dict([pack("output", output)])
+
+
+def _made_by(factory):
+    """(module, inputs) from export-check's PATH.py:FACTORY; its own errors keep their message and hint."""
+    from dcnbench.onnx_export import load_factory, made_by
+
+    return made_by(load_factory(factory))  # UsageError (message and hint) for a factory that exits or raises
+
+
+def export_check(header, arrays):
+    """`dcnbench export-check` on the factory's model, here (dcnbench/onnx_export.py: check_module)."""
+    from dcnbench.onnx_export import check_module
+
+    params = header["params"]
+    translations = {}
+    for name in params.get("backends", []):
+        translations.update(_builtin(name).onnx_translations())
+    module, inputs = _model
+    found = check_module(module, inputs, translations, params.get("rtol"), params.get("onnx"))
+    return {"check": found.to_dict()}, {}
 
 
 def one_line(exc):

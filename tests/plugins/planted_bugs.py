@@ -203,6 +203,40 @@ def out_of_map_corner_reads_pixel_zero(input, offset, weight, bias=None, stride=
     return out + torch.where(corner_off_map[:, None], read, torch.zeros_like(read))
 
 
+def channel_sums_in_float16(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """A float16 kernel keeping its running sum over the input channels in float16 (each channel's
+    share computed right, by the oracle): right until a partial sum passes 65504 (failure class:
+    float16 overflow; the large-values cases)."""
+    from dcnbench.ops.deform_conv2d.oracle import deform_conv2d as oracle
+
+    geo = geometry_of(input, offset, weight, stride, padding, dilation)
+    if input.dtype != torch.float16 or geo.groups != 1 or geo.offset_groups != 1:
+        return oracle(input, offset, weight, bias, stride, padding, dilation, mask)
+    acc = None
+    for c in range(geo.c):
+        part = oracle(input[:, c:c + 1], offset, weight[:, c:c + 1], None, stride, padding, dilation, mask)
+        acc = part if acc is None else acc + part
+    return acc if bias is None else acc + bias.view(1, -1, 1, 1)
+
+
+def bfloat16_through_float16(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """Runs bfloat16 through a (correct) float16 kernel: right for values float16 holds, Inf past 65504."""
+    from dcnbench.ops.deform_conv2d.oracle import deform_conv2d as oracle
+
+    if input.dtype != torch.bfloat16:
+        return oracle(input, offset, weight, bias, stride, padding, dilation, mask)
+    h = torch.float16
+    out = oracle(input.to(h), offset.to(h), weight.to(h), None if bias is None else bias.to(h), stride, padding, dilation,
+                 None if mask is None else mask.to(h))
+    return out.to(input.dtype)
+
+
+# Failure class "float16/bfloat16 overflow" (issue 21): caught by the large-values cases only, as
+# `overflow:output` (Inf where the float64 reference is finite and within the dtype's range).
+OVERFLOW_BUGS = {"channel_sums_in_float16": {"overflow:output"}, "bfloat16_through_float16": {"overflow:output"}}
+channel_sums_in_float16.dcnbench_dtypes = ("float64", "float32", "float16")
+bfloat16_through_float16.dcnbench_dtypes = ("float64", "float32", "float16", "bfloat16")
+
 corner_stride_w3_dilation_h2.dcnbench_dtypes = ("float64", "float32", "float16")
 
 # Bugs that only `verify --knobs` finds (the default suite passes them).

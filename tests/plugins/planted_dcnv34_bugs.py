@@ -7,10 +7,13 @@ must fail.
 """
 
 from dataclasses import replace
+from unittest import mock
 
 import torch
 
+from dcnbench.ops.dcnv3 import oracle as v3_oracle
 from dcnbench.ops.dcnv3.contract import check_call as check_v3
+from dcnbench.ops.dcnv3.contract import float32
 from dcnbench.ops.dcnv3.oracle import aggregate, positions
 from dcnbench.ops.dcnv3.oracle import dcnv3 as oracle_v3
 from dcnbench.ops.dcnv4.contract import check_call as check_v4
@@ -111,9 +114,93 @@ def clears_padding_lanes_in_place(input, offset_mask, *args, softmax=False):
     return oracle_v4(input, offset_mask, *args, softmax=softmax)
 
 
-for _f in (xy_swapped, padding_axes_swapped, offset_scale_on_offset_only, softmax_twice, group_channels_interleaved):
+# ---- the issue's bugs that one geometry alone caught (or none), rebuilt (issue 21) ------------------
+
+
+def _centre_swapped_points(kh, kw, remove_center):
+    """kernel_points with the centre tap looked up on the wrong axes, (i, j) = (kh // 2, kw // 2), where
+    such a tap exists: the same tap for square kernels and single rows or columns."""
+    ci, cj = (kh // 2, kw // 2) if kh // 2 < kw and kw // 2 < kh else (kw // 2, kh // 2)
+    return [(i, j) for i in range(kw) for j in range(kh) if not (remove_center and i == ci and j == cj)]
+
+
+def remove_center_axes_swapped(input, offset, mask, *args):
+    """remove_center drops the tap at (kh // 2, kw // 2) in (x, y) order: wrong only where remove_center
+    meets a kernel that is neither square nor one row or column (3x5, 5x3)."""
+    with mock.patch.object(v3_oracle, "kernel_points", _centre_swapped_points):
+        return oracle_v3(input, offset, mask, *args)
+
+
+def _positions_centre_unfloored(offset, geo):
+    """positions() with the centre dil·(k−1)/2 not rounded down (a float division)."""
+    dt, dev = offset.dtype, offset.device
+    os_ = float32(geo.offset_scale)
+    cy, cx = geo.dilation[0] * (geo.kh - 1) / 2, geo.dilation[1] * (geo.kw - 1) / 2
+    pts = v3_oracle.kernel_points(geo.kh, geo.kw, geo.remove_center)
+    ki = torch.tensor([i * geo.dilation[1] for i, _ in pts], dtype=dt, device=dev)
+    kj = torch.tensor([j * geo.dilation[0] for _, j in pts], dtype=dt, device=dev)
+    p0x = torch.arange(geo.wo, dtype=dt, device=dev) * geo.stride[1] + (cx - geo.padding[1]) - cx * os_
+    p0y = torch.arange(geo.ho, dtype=dt, device=dev) * geo.stride[0] + (cy - geo.padding[0]) - cy * os_
+    return (p0y.view(1, -1, 1, 1, 1) + (kj + offset[..., 1]) * os_), (p0x.view(1, 1, -1, 1, 1) + (ki + offset[..., 0]) * os_)
+
+
+def centre_not_floored(input, offset, mask, *args):
+    """Takes the kernel centre dil·(k−1)/2 as a real number: wrong only where dil·(k−1) is odd (an even
+    kernel, an odd dilation) and offset_scale != 1 (otherwise the centre cancels)."""
+    with mock.patch.object(v3_oracle, "positions", _positions_centre_unfloored):
+        return oracle_v3(input, offset, mask, *args)
+
+
+def chunks_reuse_first_offsets(input, offset, mask, *args):
+    """Runs the batch in chunks of im2col_step images, every chunk reading the first chunk's offsets:
+    wrong only where the batch is larger than im2col_step."""
+    geo = check_v3(input, offset, mask, *args)
+    step = max(1, min(geo.n, geo.im2col_step))
+    outs = [oracle_v3(input[b:b + step], offset[:min(step, geo.n - b)], mask[b:b + step], *args)
+            for b in range(0, geo.n, step)]
+    return torch.cat(outs) if outs else oracle_v3(input, offset, mask, *args)
+
+
+def softmax_over_all_groups(input, offset_mask, *args, softmax=False):
+    """The softmax flag normalises the mask over every group's points together instead of per group:
+    wrong only with the flag and more than one group."""
+    geo = check_v4(input, offset_mask, *args, softmax=softmax)
+    if not softmax:
+        return oracle_v4(input, offset_mask, *args, softmax=softmax)
+    g, p = geo.group, geo.points
+    blocks = offset_mask[..., : g * p * 3].reshape(geo.n, geo.ho, geo.wo, g, 3 * p)
+    joint = torch.softmax(blocks[..., 2 * p:].reshape(geo.n, geo.ho, geo.wo, g * p), -1).reshape(blocks[..., 2 * p:].shape)
+    packed = torch.cat([torch.cat([blocks[..., : 2 * p], joint], -1).reshape(geo.n, geo.ho, geo.wo, g * p * 3),
+                        offset_mask[..., g * p * 3:]], -1)
+    return oracle_v4(input, packed, *args, softmax=False)
+
+
+# ---- failure class: im2col_step that does not divide the batch (issue 21) ----------------------------
+
+
+def _remainder_zeroed(out: torch.Tensor, n: int, step: int) -> torch.Tensor:
+    step = max(1, min(n, step))
+    full = n - n % step
+    return torch.cat([out[:full], torch.zeros_like(out[full:])]) if full < n else out
+
+
+def im2col_remainder_dropped(input, offset, mask, *args):
+    """Loops over n // im2col_step whole chunks and forgets the last, partial one (its outputs stay 0):
+    right whenever the step divides the batch."""
+    geo = check_v3(input, offset, mask, *args)
+    return _remainder_zeroed(oracle_v3(input, offset, mask, *args), geo.n, geo.im2col_step)
+
+
+def im2col_remainder_dropped_v4(input, offset_mask, *args, softmax=False):
+    geo = check_v4(input, offset_mask, *args, softmax=softmax)
+    return _remainder_zeroed(oracle_v4(input, offset_mask, *args, softmax=softmax), geo.n, geo.im2col_step)
+
+
+for _f in (xy_swapped, padding_axes_swapped, offset_scale_on_offset_only, softmax_twice, group_channels_interleaved,
+           remove_center_axes_swapped, centre_not_floored, chunks_reuse_first_offsets, im2col_remainder_dropped):
     _f.dcnbench_op = "dcnv3"
-for _f in (xy_swapped_v4, padding_lanes_read, softmax_applied_twice, group_blocks_spread, clears_padding_lanes_in_place):
+for _f in (xy_swapped_v4, padding_lanes_read, softmax_applied_twice, group_blocks_spread, clears_padding_lanes_in_place,
+           softmax_over_all_groups, im2col_remainder_dropped_v4):
     _f.dcnbench_op = "dcnv4"
 
 # kernel -> (op, quantities of which at least one must fail).
@@ -128,4 +215,19 @@ BUGS = {
     "softmax_applied_twice": ("dcnv4", {"output"}),
     "group_blocks_spread": ("dcnv4", {"output"}),
     "clears_padding_lanes_in_place": ("dcnv4", {"unchanged:offset_mask"}),
+}
+
+# The issue's bugs that the hand-written cases catch with one case or none (the first misses it): the
+# covering array must catch each with two cases or more (tests/test_covering_power.py).
+ISSUE_BUGS = {
+    "remove_center_axes_swapped": ("dcnv3", {"output"}),
+    "centre_not_floored": ("dcnv3", {"output"}),
+    "chunks_reuse_first_offsets": ("dcnv3", {"output"}),
+    "softmax_over_all_groups": ("dcnv4", {"output"}),
+}
+
+# Failure class "im2col_step does not divide the batch", one planted bug per op that has the argument.
+IM2COL_BUGS = {
+    "im2col_remainder_dropped": ("dcnv3", {"output"}),
+    "im2col_remainder_dropped_v4": ("dcnv4", {"output"}),
 }

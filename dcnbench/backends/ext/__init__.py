@@ -83,7 +83,12 @@ def _group_ops_unsupported(geometry, device: str) -> str | None:
 
 def check() -> str | None:
     """Build (or load the cached build); None when the library loads, else why not and how to fix it."""
-    check_environment()  # raises UsageError on a bad DCNBENCH_EXT_DETERMINISTIC
+    check_environment()  # raises UsageError on a bad DCNBENCH_EXT_DETERMINISTIC or column budget
+    problem = build.cache_problem()
+    if problem:  # before any build: a traceback from deep inside one otherwise
+        from dcnbench.backends import Reason
+
+        return Reason(problem[0], problem[1], setting=True)
     try:
         LIBRARY.ops()
     except build.BuildError as exc:
@@ -113,12 +118,14 @@ def backend() -> Backend:
     )
 
 
-# The CPU deform_conv2d kernel's column buffer holds at most this many elements (csrc/cpu/deform_conv2d.cpp).
+# The CPU deform_conv2d backward's column buffer holds at most this many elements (csrc/cpu/deform_conv2d.cpp;
+# the forward has none: it gathers tiles of positions).
 CPU_COLUMN_BUDGET = 1 << 23
 
 
 def knobs(device: str) -> tuple:
-    """The CPU column budget: chunking the batch differently must not change a bit of the result."""
+    """The CPU column budget (the backward's batch chunk): chunking the batch differently must not change a
+    bit of the result."""
     from dcnbench.knobs import env_knob
 
     if device != "cpu":
@@ -127,7 +134,7 @@ def knobs(device: str) -> tuple:
 
 
 def batch_chunk(op: str, geometry) -> int | None:
-    """Images per column chunk of the CPU deform_conv2d kernel (C*K*L column elements per image)."""
+    """Images per column chunk of the CPU deform_conv2d backward (C*K*L column elements per image)."""
     if op != "deform_conv2d":
         return None
     per_image = max(1, geometry.c * geometry.taps * geometry.ho * geometry.wo)

@@ -18,6 +18,7 @@ is rebuilt, with one line saying why, and never loaded.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -83,18 +84,52 @@ def cuda_sources(csrc: Path = CSRC) -> list[Path]:
 
 def native(cuda: bool) -> Target:
     sources = cpp_sources() + (cuda_sources() if cuda else [])
-    return Target("cuda" if cuda else "cpu", LIBRARY, tuple(sources), ("-O3", "-fopenmp"), ("-O3",), cuda=cuda)
+    cflags = ("-O3", "-fopenmp") + ((NATIVE_ISA,) if native_isa() else ())
+    return Target("cuda" if cuda else "cpu", LIBRARY, tuple(sources), cflags, ("-O3",), cuda=cuda)
+
+
+# ext is built on the machine that runs it, so its CPU kernels target that machine's instruction set
+# (AVX2 and FMA here, AVX-512 where there is one) instead of the x86-64 baseline (SSE2). What the flag
+# means on this machine is part of the cache key (native_isa), so a cache folder shared by machines
+# of different CPUs keeps one build per instruction set, and none is loaded where it cannot run.
+# Only the host library: the emulated CUDA kernels and the race check keep their portable flags.
+NATIVE_ISA = "-march=native"
+
+
+@functools.lru_cache(maxsize=None)
+def native_isa() -> str:
+    """What -march=native expands to for this machine's C++ compiler (its driver's `-###` lines: the
+    resolved CPU and features), or "" when the compiler does not take the flag (then it is not used)."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, NATIVE_ISA, "-###", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stderr if out.returncode == 0 else ""
 
 
 # The .cu files as C++ (`-x c++` precedes them on the compiler's command line), through the
 # emulation header, into a library of their own registered for the CPU dispatch key. Hidden
 # visibility keeps its copies of the inline helpers (sampling.h) from binding to dcnbench_ext's.
+# Signed overflow in the kernels' index arithmetic stops the process with its file and line
+# (UBSan's runtime; cuda_emu.h): how the emulator checks 32-bit indices past 2^31 without the memory.
+SANITIZE = ("-fsanitize=signed-integer-overflow", "-fno-sanitize-recover=signed-integer-overflow")
 EMU_CFLAGS = ("-x", "c++", "-O2", "-DDCN_LIBRARY=dcnbench_ext_emu", "-DDCN_CUDA_KEY=CPU", "-fvisibility=hidden",
-              "-fvisibility-inlines-hidden")
+              "-fvisibility-inlines-hidden", *SANITIZE)
 
 
 def emulated() -> Target:
-    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS)
+    return Target("emu", "dcnbench_ext_emu", (CSRC / "ext.cpp", *cuda_sources(), CSRC / "emu" / "selftest.cpp"), EMU_CFLAGS,
+                  ldflags=SANITIZE[:1])
+
+
+def emulated_copy(name: str, csrc: Path, cuda_files: tuple[str, ...] | None = None) -> Target:
+    """The emulated library built from another tree (a planted copy of csrc/, in the tests) as the op
+    namespace `name`, from its ext.cpp and its .cu files (`cuda_files` only, when given)."""
+    flags = tuple(f"-DDCN_LIBRARY={name}" if f.startswith("-DDCN_LIBRARY=") else f for f in EMU_CFLAGS)
+    files = [csrc / "cuda" / f for f in cuda_files] if cuda_files else cuda_sources(csrc)
+    return Target("emu", name, (csrc / "ext.cpp", *files), flags, ldflags=SANITIZE[:1], csrc=csrc)
 
 
 def with_cuda() -> bool:
@@ -115,6 +150,8 @@ def _digest(target: Target) -> str:
         h.update(str(p.relative_to(target.csrc) if p.is_relative_to(target.csrc) else p.name).encode())
         h.update(p.read_bytes())
     h.update(repr((target.cflags, target.cuda_cflags, target.ldflags, target.executable)).encode())
+    if NATIVE_ISA in target.cflags:  # the instruction set the flag selects on this machine
+        h.update(native_isa().encode())
     if target.cuda:  # the GPU architectures compiled for
         h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
         if torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -122,8 +159,28 @@ def _digest(target: Target) -> str:
     return h.hexdigest()[:12]
 
 
+BUILD_DIR_ENV = "DCNBENCH_EXT_BUILD_DIR"
+
+
 def cache_base() -> Path:
-    return Path(os.environ.get("DCNBENCH_EXT_BUILD_DIR", ROOT / ".cache" / "ext"))
+    return Path(os.environ.get(BUILD_DIR_ENV) or ROOT / ".cache" / "ext")
+
+
+def cache_problem() -> tuple[str, str] | None:
+    """(what, fix) when the build cache cannot be used: a file where its folder should be, or a
+    folder that cannot be created or written; None when it can. Checked before any build starts."""
+    base = cache_base()
+    named = f"{BUILD_DIR_ENV}={base}" if os.environ.get(BUILD_DIR_ENV) else f"the build cache {base}"
+    fix = f"point {BUILD_DIR_ENV} at a folder you can write (it is created if missing), or unset it"
+    if base.exists() and not base.is_dir():
+        return f"{named} is a file, not a folder", fix
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{named} cannot be created: {exc.strerror or exc}", fix
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{named} is not writable", fix
+    return None
 
 
 def target_dir(target: Target, base: Path | None = None) -> Path:

@@ -12,6 +12,7 @@ How the grid runs is set by environment variables, read at every launch (cuda_em
   DCNBENCH_EMU_ORDER=forward|reverse|shuffle, DCNBENCH_EMU_SEED=S   order of blocks and threads
   DCNBENCH_EMU_THREADS=N         run the blocks on N OS threads (round robin)
   DCNBENCH_EMU_SPLIT=block|thread  with THREADS: spread blocks (default) or the threads of each block
+  DCNBENCH_EMU_SAMPLE_BLOCKS=N   run only the first N blocks of each launch (index-overflow spot checks)
 A bad value is a usage error (exit 2). Not a default backend: name it (`--backend ext-cuda-emu`).
 """
 
@@ -40,11 +41,13 @@ class Settings:
     seed: int = 0
     threads: int = 1
     split: str = "block"
+    sample_blocks: int | None = None
 
     def text(self) -> str:
         parts = [f"max_blocks={self.max_blocks}" if self.max_blocks else "",
                  f"order={self.order}" + (f" seed={self.seed}" if self.order == "shuffle" else ""),
-                 f"threads={self.threads}" + (f" split={self.split}" if self.threads > 1 else "")]
+                 f"threads={self.threads}" + (f" split={self.split}" if self.threads > 1 else ""),
+                 f"sample_blocks={self.sample_blocks} (incomplete results)" if self.sample_blocks else ""]
         return ", ".join(p for p in parts if p)
 
 
@@ -69,7 +72,8 @@ def settings(environ=os.environ) -> Settings:
 
     return Settings(max_blocks=integer("DCNBENCH_EMU_MAX_BLOCKS", 1), order=choice("DCNBENCH_EMU_ORDER", ORDERS, "forward"),
                     seed=integer("DCNBENCH_EMU_SEED", 0) or 0, threads=integer("DCNBENCH_EMU_THREADS", 1) or 1,
-                    split=choice("DCNBENCH_EMU_SPLIT", SPLITS, "block"))
+                    split=choice("DCNBENCH_EMU_SPLIT", SPLITS, "block"),
+                    sample_blocks=integer("DCNBENCH_EMU_SAMPLE_BLOCKS", 1))
 
 
 def mode(device: str) -> str:
@@ -81,6 +85,11 @@ def check() -> str | None:
     """Build (or load the cached build); a bad knob raises UsageError, a failed build is the reason returned."""
     settings()
     check_environment()
+    problem = build.cache_problem()
+    if problem:  # before any build: a traceback from deep inside one otherwise
+        from dcnbench.backends import Reason
+
+        return Reason(problem[0], problem[1], setting=True)
     try:
         LIBRARY.ops()
     except build.BuildError as exc:
@@ -101,7 +110,16 @@ def backend() -> Backend:
         check=check,
         environment=lambda: f"built in {build.target_dir(build.emulated())}",
         mode=mode,
+        knobs=knobs,
     )
+
+
+def knobs(device: str) -> tuple:
+    """The order the emulator runs blocks and threads in (reversed, shuffled): results must stay
+    within tolerance, and bitwise the same in deterministic mode (what a GPU's scheduler varies)."""
+    from dcnbench.knobs import env_knob
+
+    return (env_knob("block_order", "DCNBENCH_EMU_ORDER", ("reverse", "shuffle"), bitwise=deterministic()),)
 
 
 def _onnx_translations() -> dict:

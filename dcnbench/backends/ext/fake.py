@@ -78,8 +78,21 @@ def dcnv4_backward(grad, input, offset_mask, *params):
     return _new(input, input.shape), _new(offset_mask, offset_mask.shape)
 
 
+def ms_deform_attn_forward(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
+                           im2col_step):
+    n, _, m, d = value.shape
+    return _new(value, (n, sampling_locations.shape[1], m * d))
+
+
+def ms_deform_attn_backward(grad, value, value_spatial_shapes, value_level_start_index, sampling_locations,
+                            attention_weights, im2col_step, deterministic):
+    return _new(value, value.shape), _new(sampling_locations, sampling_locations.shape), \
+        _new(attention_weights, attention_weights.shape)
+
+
 KERNELS = (deform_conv2d_forward, deform_conv2d_backward, roi_pool_forward, roi_pool_backward, psroi_pool_forward,
-           psroi_pool_backward, dcnv3_forward, dcnv3_backward, dcnv4_forward, dcnv4_backward)
+           psroi_pool_backward, dcnv3_forward, dcnv3_backward, dcnv4_forward, dcnv4_backward, ms_deform_attn_forward,
+           ms_deform_attn_backward)
 
 
 def defined(namespace: str) -> set[str]:

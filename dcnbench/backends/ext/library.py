@@ -22,6 +22,7 @@ from dcnbench.ops.contract import ContractError
 from dcnbench.ops.deform_conv2d.contract import check_call
 from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
 from dcnbench.ops.deform_roi_pool.contract import check_call as check_roi_pool_call
+from dcnbench.ops.ms_deform_attn.contract import geometry_of as msda_geometry_of
 
 _NATIVE = (torch.float64, torch.float32)
 DETERMINISTIC_ENV = "DCNBENCH_EXT_DETERMINISTIC"
@@ -32,12 +33,20 @@ def deterministic() -> bool:
     return os.environ.get(DETERMINISTIC_ENV) == "1" or torch.are_deterministic_algorithms_enabled()
 
 
+COLUMN_BUDGET_ENV = "DCNBENCH_EXT_COLUMN_BUDGET"
+
+
 def check_environment() -> None:
-    """A bad DCNBENCH_EXT_DETERMINISTIC is a usage error (exit 2), not a silent "off"."""
+    """A bad DCNBENCH_EXT_DETERMINISTIC or DCNBENCH_EXT_COLUMN_BUDGET is a usage error (exit 2), not
+    a silent default (the C++ kernel would ignore a budget it cannot use)."""
     value = os.environ.get(DETERMINISTIC_ENV)
     if value not in (None, "", "0", "1"):
         raise UsageError(f"{DETERMINISTIC_ENV}={value!r} is neither 0 nor 1",
                          hint="set it to 1 for deterministic CUDA input gradients, or unset it")
+    budget = os.environ.get(COLUMN_BUDGET_ENV, "").strip()
+    if budget and not (budget.isdigit() and 0 < int(budget) < 2**62):
+        raise UsageError(f"{COLUMN_BUDGET_ENV}={budget!r} is not a positive number of column elements",
+                         hint=f"set {COLUMN_BUDGET_ENV} to an integer >= 1 (e.g. 4096), or unset it for the default")
 
 
 # torch.use_deterministic_algorithms(True) made every cuBLAS GEMM raise unless CUBLAS_WORKSPACE_CONFIG
@@ -112,6 +121,17 @@ def _register_autograd(namespace: str) -> None:
     torch.library.register_autograd(f"{namespace}::deform_conv2d_forward", conv_backward, setup_context=_conv_setup)
     for name in ("roi_pool", "psroi_pool"):
         torch.library.register_autograd(f"{namespace}::{name}_forward", pool_backward(name), setup_context=_pool_setup)
+    def msda_backward(ctx, grad):
+        value, shapes, starts, loc, attn = ctx.saved_tensors
+        gv, gl, ga = ops.ms_deform_attn_backward(grad, value, shapes, starts, loc, attn, ctx.im2col_step,
+                                                 deterministic())
+        return gv, None, None, gl, ga, None
+
+    def msda_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:5])
+        ctx.im2col_step = inputs[5]
+
+    torch.library.register_autograd(f"{namespace}::ms_deform_attn_forward", msda_backward, setup_context=msda_setup)
     # DCNv3 takes (input, offset, mask), DCNv4 (input, offset_mask); only the CPU library has them.
     for name, tensors in (("dcnv3", 3), ("dcnv4", 2)):
         if f"{name}_forward" in fake.defined(namespace):
@@ -188,6 +208,20 @@ class OpLibrary:
                                             geo.part_size, geo.sample_per_part, geo.trans_std)
         return out.to(input.dtype)
 
+    def ms_deform_attn(self, value, value_spatial_shapes, value_level_start_index, sampling_locations,
+                       attention_weights, im2col_step):
+        """The level table's values are checked here unless torch.compile traces the call (they are data
+        then; the kernels check them again on the CPU)."""
+        msda_geometry_of(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
+                         im2col_step, read_values=not torch.compiler.is_compiling())
+        for name, t in (("value_spatial_shapes", value_spatial_shapes), ("value_level_start_index", value_level_start_index)):
+            if t.device != value.device:
+                raise ContractError(f"{name} is on {t.device}, expected {value.device} like value")
+        v, loc, attn = _compute(value, sampling_locations, attention_weights)
+        out = self.ops().ms_deform_attn_forward(v, value_spatial_shapes.contiguous(), value_level_start_index.contiguous(),
+                                                loc, attn, im2col_step)
+        return out.to(value.dtype)
+
     def op_table(self) -> dict[str, Callable]:
         return {"deform_conv2d": self.deform_conv2d, "deform_roi_pool": self.deform_roi_pool,
-                "deform_psroi_pool": self.deform_psroi_pool}
+                "deform_psroi_pool": self.deform_psroi_pool, "ms_deform_attn": self.ms_deform_attn}

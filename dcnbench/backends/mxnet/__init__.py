@@ -10,7 +10,6 @@ no mmcv-style deform_roi_pool.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,22 +38,9 @@ NONFINITE = ("rois or trans hold NaN or infinity: MXNet's DeformablePSROIPooling
              "(it dies with SIGSEGV), so dcnbench does not send them; the operator is undefined there")
 
 
-def env_dir() -> Path:
-    return ENV.venv
-
-
 def python() -> Path:
     """The worker's interpreter: $DCNBENCH_MXNET_PYTHON, else the project's .venv-mxnet."""
-    override = os.environ.get("DCNBENCH_MXNET_PYTHON")
-    return Path(override) if override else env_dir() / "bin" / "python"
-
-
-def installed_version() -> str | None:
-    """mxnet's version from the worker environment's metadata, without starting it."""
-    for site in python().parent.parent.glob("lib/python*/site-packages"):
-        for dist in site.glob("mxnet-*.dist-info"):
-            return dist.name.removesuffix(".dist-info").split("-", 1)[1]
-    return None
+    return ENV.python()
 
 
 _worker = FrameworkWorker(ENV, python)
@@ -122,9 +108,15 @@ NO_ROIS = "MXNet 1.9.1 fails on an empty RoI list (K=0): zeros_like cannot infer
 def workload_unsupported(geometry, device: str) -> str | None:
     if isinstance(geometry, ConvGeometry) and geometry.n == 0:
         return EMPTY_BATCH
-    if geometry.op == OP_DEFORM_PSROI_POOL and geometry.rois == 0:
-        return NO_ROIS
-    return filters_per_offset_group("MXNet", geometry)
+    return NO_ROIS if geometry.op == OP_DEFORM_PSROI_POOL and geometry.rois == 0 else None
+
+
+def case_unsupported(case, device: str) -> str | None:
+    """DCNv2 only: ModulatedDeformableConvolution checks that the deformable groups divide the output
+    channels; DeformableConvolution (DCNv1) runs those geometries and matches rule C (measured)."""
+    if case.op == OP_DEFORM_CONV2D and case.mask:
+        return filters_per_offset_group("MXNet's ModulatedDeformableConvolution (DCNv2)", case.geometry)
+    return None
 
 
 def self_timed(case, direction: str, device: str):
@@ -140,10 +132,9 @@ def self_timed(case, direction: str, device: str):
 
 def backend() -> Backend:
     ENV.check_settings()  # a malformed DCNBENCH_MXNET_TIMEOUT is a usage error before any work
-    version = installed_version()
-    if not python().exists() or version is None:
-        return Backend(name=NAME, description="", ops={}, dtypes={},
-                       unavailable=f"the MXNet environment {python().parent.parent} is missing or has no mxnet: {FIX}")
+    reason = ENV.unavailable()
+    if reason:
+        return Backend(name=NAME, description="", ops={}, dtypes={}, unavailable=reason)
     return Backend(
         name=NAME,
         description="mxnet.nd.contrib Deformable/ModulatedDeformableConvolution, DeformablePSROIPooling, in a worker process",
@@ -155,10 +146,11 @@ def backend() -> Backend:
                              OP_DEFORM_ROI_POOL: "MXNet has no mmcv-style deform_roi_pool; its DeformablePSROIPooling "
                                                  "is the other operator (deform_psroi_pool)",
                              "export": runs_in_a_worker("MXNet")},
-        version=version,
+        version=ENV.installed_version(),
         dialects={"v1": "C"},
         backward_unsupported=backward_unsupported,
         workload_unsupported=workload_unsupported,
+        case_unsupported=case_unsupported,
         check=check,
         self_timed=self_timed,
         environment=environment,

@@ -55,7 +55,7 @@ def check() -> str | None:
 
 
 def workload_unsupported(geometry, device: str) -> str | None:
-    return filters_per_offset_group("paddle", geometry)
+    return filters_per_offset_group("paddle's deform_conv2d (DCNv1 and DCNv2)", geometry)
 
 
 def backend() -> Backend:

@@ -4,6 +4,7 @@
     workloads.py   the case spec and its seeded tensors
     suite.py       the default verification suite
     oracle.py      the float64 oracle (also DCNv4's core)
+    fuzz.py        the strategy `verify --fuzz` draws problems from
     references.py  the identity with a depthwise torchvision deform_conv2d, and the depthwise conv2d row
 DCNv4 (ops/dcnv4/) is DCNv3 with the offsets and mask packed into one tensor, and builds on these.
 """
@@ -35,4 +36,7 @@ SPEC = OpSpec(
     speed_case=lazy(f"{_HERE}.workloads:Dcnv3Case.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.flops(),
+    options=lazy(f"{_HERE}.suite:pair_options"),
+    work=lambda geometry, *how: geometry.work(*how),
+    fuzz=lazy(f"{_HERE}.fuzz:cases"),
 )

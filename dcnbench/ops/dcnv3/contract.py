@@ -121,6 +121,24 @@ class GroupGeometry:
             found.append(f"the output would be {self.ho}x{self.wo}: the kernel does not fit")
         return found
 
+    @property
+    def side_elements(self) -> int:
+        """Offset and mask elements one call reads (DCNv3: two tensors, 3 values per point and group)."""
+        return self.n * self.ho * self.wo * self.group * self.points * 3
+
+    def work(self, direction: str, itemsize: int, mask: bool = True) -> tuple[int, int]:
+        """(FLOPs, bytes) the least one call in `direction` can do and move: four multiply-adds per
+        channel and point for the interpolation (the mask folded into the weights), as many again in
+        the backward for the input gradient's scatter and for the four corner dot products the offset
+        and mask gradients need; every tensor read once, every result written once. DCNv3/DCNv4 have
+        no dense weight, so this is memory-bound (the roofline: dcnbench.roofline)."""
+        q = self.n * self.ho * self.wo
+        x, y, side = self.n * self.h * self.w * self.c, q * self.c, self.side_elements
+        sample = 8 * q * self.c * self.points
+        fwd = (sample, (x + side + y) * itemsize)
+        bwd = (2 * sample, (y + 2 * (x + side)) * itemsize)
+        return {"fwd": fwd, "bwd": bwd, "fwdbwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}[direction]
+
     def flops(self) -> int:
         """Forward FLOPs of the equivalent depthwise convolution with P taps (2 per multiply-add);
         the sampling arithmetic is not counted, so GFLOP/s compares with the conv2d row."""

@@ -93,3 +93,55 @@ def build(case_class, geometries: dict, identities: dict, gradcheck: dict, half:
 
 def default_suite(seed: int = 0) -> list[Dcnv3Case]:
     return build(Dcnv3Case, _GEOMETRIES, _IDENTITIES, _GRADCHECK, _HALF_TYPES_FOR, seed)
+
+
+# ---- the covering array (covering.py): every pair of these option values in some case --------------
+# Asymmetric throughout (non-square kernels, stride, padding and dilation different per axis, H != W),
+# channels per group 3, 5 and 8 with 1, 3 or 4 groups, batches 1, 3 and 5 against im2col_step 2, 4
+# and 256 (so some steps do not divide the batch). Nothing is excluded: H and W follow the row so the
+# output is at least 4x5 (deform_conv2d's `fitted`).
+def pair_options():
+    from dcnbench.covering import Option, Options
+
+    return Options(options=_group_pair_options(kernels=((3, 5), (5, 3), (2, 4), (1, 3)), channels=(3, 5, 8),
+                                               masks=("softmax", "uniform")),
+                   build=lambda name, row, seed: group_pair_case(Dcnv3Case, GroupGeometry, name, row, seed), seed=50000, prefix="v3-pairs")
+
+
+def _group_pair_options(kernels: tuple, channels: tuple, masks: tuple, extra: tuple = ()) -> tuple:
+    """The options DCNv3 and DCNv4 share (DCNv4 narrows the kernels and channels, adds its own)."""
+    from dcnbench.covering import Option
+
+    return (
+        Option("kernel", kernels),
+        Option("stride", ((1, 2), (2, 1))),
+        Option("padding", ((0, 1), (1, 0), (2, 1))),
+        Option("dilation", ((1, 2), (2, 1), (3, 1))),
+        Option("group", (1, 3, 4)),
+        Option("group_channels", channels),
+        Option("offset_scale", (0.5, 1.0, 1.5)),
+        Option("remove_center", (False, True)),
+        Option("mask", masks),
+        Option("n", (1, 3, 5)),
+        Option("im2col_step", (2, 4, 256)),
+        Option("offsets", ("uniform", "border")),
+        Option("contiguous", (True, False)),
+        Option("dtype", ("float64", "float32", "float16", "bfloat16")),
+        *extra,
+    )
+
+
+def group_pair_case(case_class, geometry_class, name: str, row: dict, seed: int, **extra):
+    """A DCNv3/DCNv4 case from a covering-array row (`extra`: the geometry's and case's own fields)."""
+    from dcnbench.ops.deform_conv2d.suite import fitted
+
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = row["kernel"], row["stride"], row["padding"], row["dilation"]
+    h, w = fitted(4, kh, sh, ph, dh), fitted(5, kw, sw, pw, dw)
+    w += w == h
+    geo_extra = {k: v for k, v in extra.items() if k in ("softmax", "offset_mask_dim")}
+    geo = geometry_class(n=row["n"], h=h, w=w, group=row["group"], group_channels=row["group_channels"], kh=kh, kw=kw,
+                         stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), offset_scale=row["offset_scale"],
+                         remove_center=row["remove_center"], im2col_step=row["im2col_step"], **geo_extra)
+    case_extra = {k: v for k, v in extra.items() if k not in geo_extra}
+    return case_class(name=name, geometry=geo, seed=seed, dtype=row["dtype"], mask=row["mask"], offsets=row["offsets"],
+                      offset_scale=2.5, contiguous=row["contiguous"], **case_extra)

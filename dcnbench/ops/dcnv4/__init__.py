@@ -4,6 +4,7 @@
     workloads.py   the case spec (DCNv3's tensors packed, NaN in the padding lanes)
     suite.py       the default verification suite
     oracle.py      the float64 oracle: unpack, then DCNv3's core
+    fuzz.py        the strategy `verify --fuzz` draws problems from
     references.py  the identity with DCNv3, torchvision through DCNv3's identity, the depthwise conv2d row
 Geometry, tensor drawing and the oracle's core are DCNv3's (ops/dcnv3/).
 """
@@ -32,4 +33,7 @@ SPEC = OpSpec(
     speed_case=lazy(f"{_HERE}.workloads:Dcnv4Case.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.flops(),
+    options=lazy(f"{_HERE}.suite:pair_options"),
+    work=lambda geometry, *how: geometry.work(*how),
+    fuzz=lazy(f"{_HERE}.fuzz:cases"),
 )

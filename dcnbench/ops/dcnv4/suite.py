@@ -58,3 +58,31 @@ _GRADCHECK: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
 
 def default_suite(seed: int = 0) -> list[Dcnv4Case]:
     return build(Dcnv4Case, _GEOMETRIES, _IDENTITIES, _GRADCHECK, _HALF_TYPES_FOR, seed)
+
+
+# ---- the covering array (covering.py): DCNv3's options within what DCNv4's kernels accept ----------
+# 8 or 9 points (3x3 and its remove_center, 2x4, 9x1 and its remove_center: a 2x4 kernel without
+# its centre would have 7, so that pair is excluded), channels per group 8 and 16, and DCNv4's own:
+# the softmax flag (its mask then holds logits), the packed padding lanes (NaN or zeros) and an
+# offset_mask 8 lanes wider than the module's.
+def pair_options():
+    from dcnbench.covering import Constraint, Option, Options
+    from dcnbench.ops.dcnv3.suite import _group_pair_options
+
+    own = (Option("softmax", (False, True)), Option("pad_lanes", ("nan", "zero")), Option("wider", (False, True)))
+    options = tuple(o for o in _group_pair_options(kernels=((3, 3), (2, 4), (9, 1)), channels=(8, 16), masks=("uniform",),
+                                                   extra=own) if o.name != "mask")
+    points = Constraint(("kernel", "remove_center"), lambda kernel, remove_center: kernel[0] * kernel[1] - remove_center in (8, 9),
+                        "DCNv4's kernels take 8 or 9 points: a 2x4 kernel without its centre has 7")
+    return Options(options=options, constraints=(points,), build=_pair_case, seed=50000,
+                   prefix="v4-pairs")
+
+
+def _pair_case(name: str, row: dict, seed: int) -> Dcnv4Case:
+    from dcnbench.ops.dcnv3.suite import group_pair_case
+    from dcnbench.ops.dcnv4.contract import packed_width
+
+    points = row["kernel"][0] * row["kernel"][1] - row["remove_center"]
+    wider = {"offset_mask_dim": packed_width(row["group"], points) + 8} if row["wider"] else {}
+    return group_pair_case(Dcnv4Case, Dcnv4Geometry, name, row | {"mask": "logits" if row["softmax"] else "uniform"}, seed,
+                           softmax=row["softmax"], pad_lanes=row["pad_lanes"], **wider)

@@ -43,7 +43,9 @@ SPEC = OpSpec(
     speed_case=lazy(f"{_HERE}.workloads:ConvCase.for_speed"),
     probe_cases=lazy(f"{_HERE}.workloads:probe_cases"),
     flops=lambda geometry: geometry.conv_flops(),
+    work=lambda geometry, *how: geometry.work(*how),
     cost=lazy(f"{_HERE}.workloads:cost"),
     fuzz=lazy(f"{_HERE}.fuzz:cases"),
     export_layer=lazy(f"{_HERE}.onnx:export_layer"),
+    options=lazy(f"{_HERE}.suite:pair_options"),
 )

@@ -57,6 +57,21 @@ class ConvGeometry:
     def taps(self) -> int:
         return self.kh * self.kw
 
+    def work(self, direction: str, itemsize: int, mask: bool = True) -> tuple[int, int]:
+        """(FLOPs, bytes) the least one call in `direction` (fwd, bwd, fwdbwd) can do and move: the GEMM
+        (2 per multiply-add), four multiply-adds per sampled value (N*C*K*L of them) for the
+        interpolation, and three more per sampled value in the backward (the offset gradient's two
+        slopes and the mask's value) besides the input gradient's scatter; every tensor read once
+        and every result written once, nothing recomputed. The roofline's inputs (dcnbench.roofline)."""
+        taps_l, og = self.taps * self.ho * self.wo, self.offset_groups
+        x, y = self.n * self.c * self.h * self.w, self.n * self.o * self.ho * self.wo
+        side = self.n * og * taps_l * (3 if mask else 2)  # offsets and mask
+        weight, bias = self.o * (self.c // self.groups) * self.taps, self.o
+        gemm, sample = self.conv_flops(), 8 * self.n * self.c * taps_l
+        fwd = (gemm + sample, (x + side + weight + bias + y) * itemsize)
+        bwd = (2 * gemm + 4 * sample, (y + 2 * (x + side + weight) + bias) * itemsize)
+        return {"fwd": fwd, "bwd": bwd, "fwdbwd": (fwd[0] + bwd[0], fwd[1] + bwd[1])}[direction]
+
     def problems(self) -> list[str]:
         """Why this geometry is not a valid deform_conv2d call (empty when it is)."""
         found = []

@@ -70,6 +70,25 @@ _GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
 # batch runs as 14 + 1. Large, so float32 only (the reference is float64 either way).
 _LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch15-past-column-chunk": (30000, _geo(n=15, c=64, h=32, w=32, o=8), {"offset_scale": 2.0}),
+    # A second, independent geometry past the chunk: 3.6M column elements an image, so chunks of 2
+    # images and a last chunk of 1 (asymmetric 2x3 kernel, 251x300 map).
+    "batch3-past-column-chunk-2x3": (30500, _geo(n=3, c=8, h=251, w=300, o=4, kh=2, kw=3, pad=(0, 1)), {"offset_scale": 2.0}),
+}
+
+# Failure class "grid limits" (float64 only: past 2^16 rows a float32 kernel's sampling coordinates
+# are 2^-7 apart, and the float32 oracle itself misses 1e-5 there, by 9e-4): more output rows than a
+# CUDA grid's y or z dimension may hold (65535). A launch that maps rows to blockIdx.y fails here;
+# ext's 1-D grid-stride launches do not.
+_GRID: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "grid-tall-image-65600x2": (37000, _geo(n=1, c=1, h=65600, w=2, o=1, kh=2, kw=1, pad=0), {}),
+}
+
+# Failure class "float16/bfloat16 overflow" (workloads.py's LARGE_VALUES), in the half types only:
+# C·kh·kw of 576 and 480 terms whose float16 partial sums pass 65504 while the results stay below 2e4.
+_LARGE_VALUES: dict[str, tuple[int, ConvGeometry, dict]] = {
+    "large-values-c64-3x3": (36000, _geo(n=1, c=64, h=7, w=9, o=4), {"values": "large"}),
+    "large-values-c48-2x5": (36500, _geo(n=1, c=48, h=6, w=11, o=3, kh=2, kw=5, stride=(1, 2), pad=(1, 2)),
+                             {"values": "large"}),
 }
 
 _HALF_TYPES_FOR = ("v2", "v1", "groups2-offset-groups4", "border-heavy")
@@ -114,6 +133,10 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         cases += [replace(base, dtype=d) for d in dtypes]
     for name, (offset, geo, opts) in _LARGE.items():
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
+    for name, (offset, geo, opts) in _GRID.items():
+        cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float64", **opts))
+    for name, (offset, geo, opts) in _LARGE_VALUES.items():
+        cases += [ConvCase(name=name, geometry=geo, seed=seed + offset, dtype=d, **opts) for d in ("float16", "bfloat16")]
     for name, (offset, geo, opts) in _IDENTITIES.items():
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, kink_margin=None, **opts)
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
@@ -123,3 +146,52 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, **opts)
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
     return cases
+
+
+# ---- the covering array (covering.py): every pair of these option values in some case --------------
+# Asymmetric throughout: no kernel is square, stride, padding and dilation differ per axis, H != W,
+# and C = 3·L, O = 5·L (L = lcm(groups, offset groups)) are not multiples of each other. Nothing is
+# excluded: the sizes follow the row (H and W so the output is 4x5 or more; C and O so every group
+# divides them, O by the offset groups too, as MXNet and paddle require). No stride is 3 across
+# (with dilation 2 down that is the corner only `verify --fuzz` must find, tests/test_fuzz.py).
+def pair_options():
+    from dcnbench.covering import Option, Options
+
+    return Options(
+        options=(
+            Option("kernel", ((3, 2), (2, 4), (1, 3))),
+            Option("stride", ((1, 2), (2, 1), (3, 1))),
+            Option("padding", ((0, 1), (1, 0), (2, 1))),
+            Option("dilation", ((1, 2), (2, 1), (1, 3))),
+            Option("groups", (1, 2, 3)),
+            Option("offset_groups", (1, 2, 3)),
+            Option("mask", (True, False)),
+            Option("bias", (True, False)),
+            Option("n", (1, 2, 3)),
+            Option("offsets", ("uniform", "border")),
+            Option("layout", ("contiguous", "strided", "channels_last")),
+            Option("dtype", ("float64", "float32", "float16", "bfloat16")),
+        ),
+        build=_pair_case,
+        seed=50000,
+    )
+
+
+def fitted(out: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """The input size (3 at least) whose output along this axis is `out` or, where 3 is larger, more."""
+    return max(3, (out - 1) * stride + dil * (k - 1) + 1 - 2 * pad)
+
+
+def _pair_case(name: str, row: dict, seed: int) -> ConvCase:
+    from math import lcm
+
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = row["kernel"], row["stride"], row["padding"], row["dilation"]
+    h, w = fitted(4, kh, sh, ph, dh), fitted(5, kw, sw, pw, dw)
+    w += w == h
+    per = lcm(row["groups"], row["offset_groups"])
+    geo = ConvGeometry(n=row["n"], c=3 * per, h=h, w=w, o=5 * per, kh=kh, kw=kw, stride=(sh, sw), padding=(ph, pw),
+                       dilation=(dh, dw), groups=row["groups"], offset_groups=row["offset_groups"])
+    layout = {"contiguous": {}, "strided": {"contiguous": False}, "channels_last": {"memory_format": "channels_last"}}
+    spread = {"offset_scale": 2.0} if row["offsets"] == "uniform" else {}
+    return ConvCase(name=name, geometry=geo, seed=seed, dtype=row["dtype"], mask=row["mask"], bias=row["bias"],
+                    offsets=row["offsets"], **spread, **layout[row["layout"]])

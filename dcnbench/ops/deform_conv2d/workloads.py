@@ -33,6 +33,9 @@ class ConvCase(Case):
     geometry: ConvGeometry
     mask: bool = True  # DCNv2 when True, DCNv1 when False
     bias: bool = True
+    # "large": input values near the half types' range (LARGE_VALUES); None: N(0, 1). Left out of
+    # the definition when None, so older cases keep their digests.
+    values: str | None = None
 
     differentiable: ClassVar[tuple[str, ...]] = ("input", "offset", "mask", "weight", "bias")
     geometry_type: ClassVar[type] = ConvGeometry
@@ -155,6 +158,10 @@ def make_inputs(case: ConvCase, device: str = "cpu") -> dict[str, torch.Tensor]:
             tensors["mask"] = torch.zeros_like(m)
     if case.bias:
         tensors["bias"] = torch.randn(geo.o, generator=gen, dtype=torch.float64)
+    if case.values == "large":
+        _large_values(case, tensors)
+    elif case.values is not None:
+        raise UsageError(f"unknown values '{case.values}'", hint="choose large, or leave it out")
     if case.poison:
         _poison(case, tensors)
     out = {}
@@ -162,6 +169,28 @@ def make_inputs(case: ConvCase, device: str = "cpu") -> dict[str, torch.Tensor]:
         t = t.to(dtype).to(device)
         out[name] = case.arrange(t)
     return out
+
+
+# Values near the half types' range limits, by dtype (failure class "float16/bfloat16 overflow"):
+#   float16:  ±2500, + for the first half of the channels, − for the rest, plus N(0, 1), and weights
+#             |N(0, 1)|/4: a sum over C·kh·kw of about 500 terms passes 65504 half way through while
+#             the result and every gradient stay below about 45000 (a kernel accumulating in float16
+#             overflows to Inf where the float64 result is finite);
+#   others:   +1e5 plus N(0, 1), the same weights: past float16's range, well inside bfloat16's (a
+#             kernel that computes bfloat16 through float16 overflows).
+LARGE_VALUES = {"float16": 2500.0}
+LARGE_VALUES_ELSE = 1e5
+
+
+def _large_values(case: ConvCase, tensors: dict[str, torch.Tensor]) -> None:
+    x, c = tensors["input"], case.geometry.c
+    if case.dtype in LARGE_VALUES:
+        sign = torch.where(torch.arange(c) < c // 2, 1.0, -1.0).to(torch.float64).view(1, c, 1, 1)
+        tensors["input"] = LARGE_VALUES[case.dtype] * sign + x
+    else:
+        tensors["input"] = LARGE_VALUES_ELSE + x
+    fan_in = (c // case.geometry.groups) * case.geometry.taps
+    tensors["weight"] = tensors["weight"].abs() * math.sqrt(fan_in) / 4  # undo the 1/sqrt(fan_in) drawn above
 
 
 def _poison(case: ConvCase, tensors: dict[str, torch.Tensor]) -> None:

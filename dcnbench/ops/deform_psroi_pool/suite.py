@@ -39,6 +39,12 @@ _CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
     "psroi-nonfinite-read": (35300, _psroi(n=3), {"rois": "mixed", "poison": "read"}),
 }
 
+# Failure class "grid limits" (float32 only): more RoIs than a CUDA grid's y or z dimension may hold.
+GRID_CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
+    "psroi-grid-65600-rois": (37400, _psroi(n=2, d=1, group=1, h=6, w=7, k=65600, pooled=2, part=2, spp=1, scale=1.0),
+                              {"rois": "inside"}),
+}
+
 # Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
 _COMPILE = {"compile-psroi": (32300, _psroi(), {"rois": "mixed", "check": "compile"})}
 
@@ -49,4 +55,41 @@ _GRADCHECK: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
 
 
 def default_suite(seed: int = 0) -> list[PSRoIPoolCase]:
-    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE)
+    return PSRoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE, float32_only=GRID_CASES)
+
+
+# ---- the covering array (covering.py): every pair of these option values in some case --------------
+# On a 10x13 map; C = output_dim·group², output_dim = classes·(2 per class), so every row is a valid
+# call. Offsets are never all zero here (zero offsets keep MXNet's rounded RoI corners on the skip
+# lines -0.5 and size-0.5, where no sample may sit: the hand-written cases cover them). Excluded: position-sensitive groups finer than the bins (group > pooled) and offset parts
+# finer than the bins (part > pooled), which MXNet's operator does not define.
+def pair_options():
+    from dcnbench.covering import Constraint, Option, Options
+
+    return Options(
+        options=(
+            Option("pooled", (3, 4, 2)),
+            Option("group", (1, 2, 3)),
+            Option("part", (2, 3, 1)),
+            Option("sample_per_part", (1, 2, 3)),
+            Option("spatial_scale", (0.5, 0.25, 1.0)),
+            Option("trans_std", (0.25, 0.5)),
+            Option("classes", (1, 2)),
+            Option("rois", ("inside", "border", "outside", "large", "tiny")),
+            Option("offset_scale", (0.1, 1.0, 3.0)),
+            Option("n", (1, 2, 3)),
+            Option("contiguous", (True, False)),
+            Option("dtype", ("float64", "float32", "float16", "bfloat16")),
+        ),
+        constraints=(Constraint(("group", "pooled"), lambda group, pooled: group <= pooled,
+                                "position-sensitive groups finer than the bins"),
+                     Constraint(("part", "pooled"), lambda part, pooled: part <= pooled, "offset parts finer than the bins")),
+        build=_pair_case, seed=50000, prefix="psroi-pairs")
+
+
+def _pair_case(name: str, row: dict, seed: int) -> PSRoIPoolCase:
+    geo = _psroi(n=row["n"], d=2 * row["classes"], group=row["group"], h=10, w=13, k=8, pooled=row["pooled"],
+                 part=row["part"], spp=row["sample_per_part"], scale=row["spatial_scale"], std=row["trans_std"],
+                 classes=row["classes"])
+    return PSRoIPoolCase(name=name, geometry=geo, seed=seed, dtype=row["dtype"], rois=row["rois"],
+                         offset_scale=row["offset_scale"], contiguous=row["contiguous"])

@@ -36,6 +36,12 @@ _CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
     "roi-nonfinite-read": (34300, _roi(n=3), {"rois": "mixed", "poison": "read"}),
 }
 
+# Failure class "grid limits" (float32 only): more RoIs than a CUDA grid's y or z dimension may hold
+# (65535): a launch that maps RoIs to blockIdx.y fails here; ext's 1-D grid-stride launches do not.
+GRID_CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
+    "roi-grid-65600-rois": (37300, _roi(n=2, c=1, h=6, w=7, k=65600, out=(2, 1), sr=1, scale=1.0), {"rois": "inside"}),
+}
+
 # Under torch.compile(fullgraph=True) against the backend itself, eager (float64 only: one trace).
 _COMPILE = {"compile-roi": (31300, _roi(), {"rois": "mixed", "check": "compile"})}
 
@@ -45,4 +51,31 @@ _GRADCHECK: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
 
 
 def default_suite(seed: int = 0) -> list[RoIPoolCase]:
-    return RoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE)
+    return RoIPoolCase.suite(seed, _CASES, _GRADCHECK | _COMPILE, float32_only=GRID_CASES)
+
+
+# ---- the covering array (covering.py): every pair of these option values in some case --------------
+# On a 10x13 map with 3 channels (H != W, bins never square); nothing is excluded.
+def pair_options():
+    from dcnbench.covering import Option, Options
+
+    return Options(
+        options=(
+            Option("output_size", ((3, 4), (2, 5), (4, 1))),
+            Option("spatial_scale", (0.5, 0.25, 1.0)),
+            Option("sampling_ratio", (0, 2, 3)),
+            Option("gamma", (0.1, 0.5)),
+            Option("rois", ("inside", "border", "outside", "large", "tiny")),
+            Option("offsets", ("uniform", "zero")),
+            Option("n", (1, 2, 3)),
+            Option("contiguous", (True, False)),
+            Option("dtype", ("float64", "float32", "float16", "bfloat16")),
+        ),
+        build=_pair_case, seed=50000, prefix="roi-pairs")
+
+
+def _pair_case(name: str, row: dict, seed: int) -> RoIPoolCase:
+    geo = _roi(n=row["n"], h=10, w=13, k=8, out=row["output_size"], scale=row["spatial_scale"], sr=row["sampling_ratio"],
+               gamma=row["gamma"])
+    return RoIPoolCase(name=name, geometry=geo, seed=seed, dtype=row["dtype"], rois=row["rois"], offsets=row["offsets"],
+                       contiguous=row["contiguous"])

@@ -18,4 +18,10 @@ TORCH_LIBRARY(DCN_LIBRARY, m) {
   m.def("psroi_pool_backward(Tensor grad, Tensor input, Tensor rois, Tensor? trans, float spatial_scale, "
         "int output_dim, int group_size, int pooled_size, int part_size, int sample_per_part, float trans_std, "
         "bool deterministic) -> (Tensor, Tensor)");
+  // Multi-scale deformable attention (cpu/ms_deform_attn.cpp, cuda/ms_deform_attn.cu).
+  m.def("ms_deform_attn_forward(Tensor value, Tensor value_spatial_shapes, Tensor value_level_start_index, "
+        "Tensor sampling_locations, Tensor attention_weights, int im2col_step) -> Tensor");
+  m.def("ms_deform_attn_backward(Tensor grad, Tensor value, Tensor value_spatial_shapes, "
+        "Tensor value_level_start_index, Tensor sampling_locations, Tensor attention_weights, int im2col_step, "
+        "bool deterministic) -> (Tensor, Tensor, Tensor)");
 }

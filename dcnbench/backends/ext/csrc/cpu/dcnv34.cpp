@@ -6,9 +6,9 @@
 // in the output, so the channel loops vectorise. There is no column buffer: memory is the
 // output's, whatever the batch (im2col_step is accepted and has nothing to bound).
 //
-// Every output element is written by one task in a fixed order: forward and the offset/mask
-// gradients split by output position; the input gradient by (image, group, channel slice), each
-// task walking every position and point in order. So results are bitwise reproducible, whatever
+// Every output element is written by one task in a fixed order: the forward splits by output
+// position; the backward by (image, group, channel slice), each task walking every position and
+// point in order (the first slice's task also writes the offset and mask gradients). So results are bitwise reproducible, whatever
 // the thread count. Out-of-map corners are never read (group_sampling.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -141,18 +141,40 @@ void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, boo
   });
 }
 
-// Offset and mask gradients, per output position: for each point, one dot product of the output
-// gradient with each in-map corner's channels, scaled by the corner's weight and its slopes.
+// The backward, one pass: tasks own (image, group, channel slice) of grad_x and walk every position
+// and point of the image in order, so no two tasks write one element and every sum has a fixed
+// order. Each point's position and corners are computed once for both gradients: the slice's
+// share of the input gradient is scattered, and the task of slice 0 also takes the point's offset
+// and mask gradients (one dot product of the output gradient with each in-map corner's D channels,
+// scaled by the corner's weight and its slopes), the same arithmetic whatever the slicing, so the
+// results are bitwise the same on any thread count.
 template <typename T>
-void offset_mask_grad_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, const T* mask, bool softmax, T os,
-                          T* grad_off, T* grad_mask) {
+void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, const T* mask, bool softmax, T os,
+                  T* grad_x, T* grad_off, T* grad_mask) {
   const auto tap = taps(g);
-  at::parallel_for(0, g.n * g.q, kPositionsPerTask, [&](int64_t begin, int64_t end) {
-    std::vector<T> m(g.p), gm(g.p), zeros(g.d, T(0));
-    for (int64_t pos = begin; pos < end; ++pos) {
-      const int64_t n = pos / g.q, ho = (pos % g.q) / g.wo, wo = pos % g.wo;
-      const T* xn = x + n * g.h * g.w * g.c;
-      for (int64_t gi = 0; gi < g.group; ++gi) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(g.d / kMinChannelSlice, 1),
+                                                                (threads + g.n * g.group - 1) / (g.n * g.group)));
+  at::parallel_for(0, g.n * g.group * slices, 1, [&](int64_t begin, int64_t end) {
+    // The task's group of the map and of its gradient, copied to rows of D: in (N, H, W, C) a
+    // group's rows lie C apart, and with C a multiple of 1024 (dcnv4-bench's 7x7 stage: 32 x 32)
+    // every pixel of it falls in one cache set, so reading and updating them in place thrashes.
+    std::vector<T> m(g.p), gm(g.p), zeros(g.d, T(0)), sink(4 * g.d), xs(g.h * g.w * g.d), gxs(g.h * g.w * g.d);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / (g.group * slices), gi = (t / slices) % g.group, s = t % slices;
+      const int64_t lo = s * g.d / slices, hi = (s + 1) * g.d / slices;
+      const bool offsets_here = s == 0;
+      const int64_t pixels = g.h * g.w;
+      T* gx_out = grad_x + n * pixels * g.c + gi * g.d;
+      if (offsets_here) {
+        const T* src = x + n * pixels * g.c + gi * g.d;
+        for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * g.c, src + p * g.c + g.d, xs.data() + p * g.d);
+      }
+      std::fill(gxs.begin(), gxs.end(), T(0));
+      const T* xn = xs.data();
+      T* gxn = gxs.data();
+      for (int64_t q = 0; q < g.q; ++q) {
+        const int64_t pos = n * g.q + q, ho = q / g.wo, wo = q % g.wo;
         load_mask(g, mask, pos, gi, softmax, m.data());
         const T* o = off + pos * g.off_row + gi * g.off_group;
         const T* go = grad + pos * g.c + gi * g.d;
@@ -161,63 +183,28 @@ void offset_mask_grad_cpu(const GroupGeo& g, const T* grad, const T* x, const T*
           const GroupPoint<T> pt = point_at(g, tap[k], o, ho, wo, k, os);
           gm[k] = T(0);
           if (pt.count == 0) continue;  // the gradient buffers start at 0
-          const Slots<T> s = slots(pt, xn + gi * g.d, g.c, zeros.data());
-          const T *r0 = s.row[0], *r1 = s.row[1], *r2 = s.row[2], *r3 = s.row[3];
-          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          if (offsets_here) {
+            const Slots<T> sl = slots(pt, xn, g.d, zeros.data());
+            const T *r0 = sl.row[0], *r1 = sl.row[1], *r2 = sl.row[2], *r3 = sl.row[3];
+            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
-          for (int64_t d = 0; d < g.d; ++d) {
-            a0 += go[d] * r0[d];
-            a1 += go[d] * r1[d];
-            a2 += go[d] * r2[d];
-            a3 += go[d] * r3[d];
+            for (int64_t d = 0; d < g.d; ++d) {
+              a0 += go[d] * r0[d];
+              a1 += go[d] * r1[d];
+              a2 += go[d] * r2[d];
+              a3 += go[d] * r3[d];
+            }
+            const T sx = sl.dx[0] * a0 + sl.dx[1] * a1 + sl.dx[2] * a2 + sl.dx[3] * a3;
+            const T sy = sl.dy[0] * a0 + sl.dy[1] * a1 + sl.dy[2] * a2 + sl.dy[3] * a3;
+            goff[2 * k] = sx * m[k] * os;
+            goff[2 * k + 1] = sy * m[k] * os;
+            gm[k] = sl.w[0] * a0 + sl.w[1] * a1 + sl.w[2] * a2 + sl.w[3] * a3;
           }
-          const T sm = s.w[0] * a0 + s.w[1] * a1 + s.w[2] * a2 + s.w[3] * a3;
-          const T sy = s.dy[0] * a0 + s.dy[1] * a1 + s.dy[2] * a2 + s.dy[3] * a3;
-          const T sx = s.dx[0] * a0 + s.dx[1] * a1 + s.dx[2] * a2 + s.dx[3] * a3;
-          goff[2 * k] = sx * m[k] * os;
-          goff[2 * k + 1] = sy * m[k] * os;
-          gm[k] = sm;
-        }
-        T* gmask = grad_mask + pos * g.mask_row + gi * g.mask_group + g.mask_shift;
-        if (softmax) {  // through the softmax: s_k (g_k − Σ_j g_j s_j)
-          T dot = 0;
-          for (int64_t k = 0; k < g.p; ++k) dot += gm[k] * m[k];
-          for (int64_t k = 0; k < g.p; ++k) gmask[k] = m[k] * (gm[k] - dot);
-        } else {
-          for (int64_t k = 0; k < g.p; ++k) gmask[k] = gm[k];
-        }
-      }
-    }
-  });
-}
-
-// The input gradient: tasks own (image, group, channel slice) of grad_x and walk every position
-// and point in order, so no two tasks write one element and every sum has a fixed order.
-template <typename T>
-void input_grad_cpu(const GroupGeo& g, const T* grad, const T* off, const T* mask, bool softmax, T os, T* grad_x) {
-  const auto tap = taps(g);
-  const int64_t threads = at::get_num_threads();
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(g.d / kMinChannelSlice, 1),
-                                                                (threads + g.n * g.group - 1) / (g.n * g.group)));
-  at::parallel_for(0, g.n * g.group * slices, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> m(g.p), sink(4 * g.d);  // a missing corner's share (weight 0) lands in `sink`, not the map
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / (g.group * slices), gi = (t / slices) % g.group, s = t % slices;
-      const int64_t lo = s * g.d / slices, hi = (s + 1) * g.d / slices;
-      T* gxn = grad_x + n * g.h * g.w * g.c + gi * g.d;
-      for (int64_t q = 0; q < g.q; ++q) {
-        const int64_t pos = n * g.q + q, ho = q / g.wo, wo = q % g.wo;
-        load_mask(g, mask, pos, gi, softmax, m.data());
-        const T* o = off + pos * g.off_row + gi * g.off_group;
-        const T* go = grad + pos * g.c + gi * g.d;
-        for (int64_t k = 0; k < g.p; ++k) {
-          const GroupPoint<T> pt = point_at(g, tap[k], o, ho, wo, k, os);
-          if (pt.count == 0) continue;
           T* row[4];
           T w[4];
           for (int c = 0; c < 4; ++c) {
             const bool in = c < pt.count;
-            row[c] = in ? gxn + pt.pix[c] * g.c : sink.data() + c * g.d;
+            row[c] = in ? gxn + pt.pix[c] * g.d : sink.data() + c * g.d;
             w[c] = in ? pt.w[c] * m[k] : T(0);
           }
           // The four rows are distinct pixels or distinct sink rows: one pass over the channel slice.
@@ -232,7 +219,18 @@ void input_grad_cpu(const GroupGeo& g, const T* grad, const T* off, const T* mas
             r3[d] += w3 * v;
           }
         }
+        if (!offsets_here) continue;
+        T* gmask = grad_mask + pos * g.mask_row + gi * g.mask_group + g.mask_shift;
+        if (softmax) {  // through the softmax: s_k (g_k − Σ_j g_j s_j)
+          T dot = 0;
+          for (int64_t k = 0; k < g.p; ++k) dot += gm[k] * m[k];
+          for (int64_t k = 0; k < g.p; ++k) gmask[k] = m[k] * (gm[k] - dot);
+        } else {
+          for (int64_t k = 0; k < g.p; ++k) gmask[k] = gm[k];
+        }
       }
+      for (int64_t p = 0; p < pixels; ++p)
+        std::copy(gxs.data() + p * g.d + lo, gxs.data() + p * g.d + hi, gx_out + p * g.c + lo);
     }
   });
 }
@@ -261,11 +259,9 @@ void backward(const GroupGeo& g, const at::Tensor& grad, const at::Tensor& x, co
   if (g.n == 0 || g.q == 0) return;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dcnv34_backward_cpu", [&] {
     const scalar_t os = float_scale<scalar_t>(offset_scale);
-    offset_mask_grad_cpu<scalar_t>(g, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(),
-                                   mask.data_ptr<scalar_t>(), softmax, os, grad_off.data_ptr<scalar_t>(),
-                                   grad_mask.data_ptr<scalar_t>());
-    input_grad_cpu<scalar_t>(g, grad.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), mask.data_ptr<scalar_t>(), softmax,
-                             os, grad_x.data_ptr<scalar_t>());
+    backward_cpu<scalar_t>(g, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(),
+                           mask.data_ptr<scalar_t>(), softmax, os, grad_x.data_ptr<scalar_t>(),
+                           grad_off.data_ptr<scalar_t>(), grad_mask.data_ptr<scalar_t>());
   });
 }
 

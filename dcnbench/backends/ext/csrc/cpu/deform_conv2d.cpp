@@ -20,7 +20,6 @@
 namespace dcnbench_ext {
 namespace {
 
-constexpr int64_t kBlock = 32;                       // output positions per task
 constexpr int64_t kColumnBudget = int64_t(1) << 23;  // column elements per batch chunk (32 MiB in float32)
 
 // DCNBENCH_EXT_COLUMN_BUDGET replaces the budget for a call (read each call, so `verify --knobs`
@@ -33,18 +32,16 @@ int64_t column_budget() {
 
 using Geo = ConvGeo;
 
+// The plan holds a corner's pixel (y*W + x) in 32 bits (so its loop vectorises); element offsets stay 64-bit.
+Geo checked(const Geo& g) {
+  TORCH_CHECK(g.h * g.w < (int64_t(1) << 31), "deform_conv2d on the CPU takes maps of fewer than 2^31 pixels, got ",
+              g.h, "x", g.w);
+  return g;
+}
+
 int64_t chunk_of(const Geo& g) {
   const int64_t per_image = std::max<int64_t>(1, g.c * g.k * g.l);
   return std::max<int64_t>(1, std::min<int64_t>(g.n, column_budget() / per_image));
-}
-
-template <typename T>
-Corners<T> corners_at(const Geo& g, const T* offset, int64_t n, int64_t gi, int64_t k, int64_t l) {
-  const T* dy = offset + ((n * g.og + gi) * g.k + k) * 2 * g.l;
-  const int64_t i = k / g.kw, j = k % g.kw, oy = l / g.wo, ox = l % g.wo;
-  const T py = T(oy * g.sh - g.ph + i * g.dh) + dy[l];
-  const T px = T(ox * g.sw - g.pw + j * g.dw) + dy[g.l + l];
-  return bilinear_z<T>(py, px, g.h, g.w);
 }
 
 // Column offset of channel c at tap k within one position's row of (groups, K, C/groups).
@@ -61,20 +58,124 @@ void channel_runs(const Geo& g, int64_t gi, int64_t k, int64_t c_lo, int64_t c_h
   }
 }
 
-// Corner j's row of channels in channels-last image xn; a corner outside the map reads `zeros`.
+// The sampling plan of one (image, offset group, tap) over a run of positions: per position the
+// four corners' pixels (y*W + x, -1 outside the map) and their weights and slopes, rule Z exactly as
+// bilinear_z (sampling.h) computes them, but branch-free, so the loop over positions vectorises.
+// Every channel of the offset group then reads the plan: corners are computed once per point.
 template <typename T>
-const T* corner_row(const T* xn, const Corners<T>& q, int j, int64_t c, const T* zeros) {
-  return q.idx[j] < 0 ? zeros : xn + q.idx[j] * c;
+struct Plan {
+  std::vector<int32_t> pix;   // 4 x len
+  std::vector<T> w, dy, dx;   // 4 x len; dy/dx filled only when asked (the backward's offset gradient)
+  std::vector<T> base_y, base_x;  // len: the positions' grid point before the tap and the offset
+  explicit Plan(int64_t len) : pix(4 * len), w(4 * len), dy(4 * len), dx(4 * len), base_y(len), base_x(len) {}
+
+  // The grid points of positions [l0, l0 + len) (shared by every tap).
+  void positions(const Geo& g, int64_t l0, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t l = l0 + i;
+      base_y[i] = T((l / g.wo) * g.sh - g.ph);
+      base_x[i] = T((l % g.wo) * g.sw - g.pw);
+    }
+  }
+
+  // Corners of (image n, offset group gi, tap k) at positions [l0, l0 + len), after positions().
+  void build(const Geo& g, const T* offset, int64_t n, int64_t gi, int64_t k, int64_t l0, int64_t len, bool slopes) {
+    const T* oy = offset + ((n * g.og + gi) * g.k + k) * 2 * g.l + l0;
+    const T* ox = oy + g.l;
+    const T ky = T((k / g.kw) * g.dh), kx = T((k % g.kw) * g.dw), hh = T(g.h), ww = T(g.w);
+    const int32_t h = int32_t(g.h), w_ = int32_t(g.w);
+    int32_t *p0 = pix.data(), *p1 = p0 + len, *p2 = p1 + len, *p3 = p2 + len;
+    T *w0 = w.data(), *w1 = w0 + len, *w2 = w1 + len, *w3 = w2 + len;
+    T *y0s = dy.data(), *y1s = y0s + len, *y2s = y1s + len, *y3s = y2s + len;
+    T *x0s = dx.data(), *x1s = x0s + len, *x2s = x1s + len, *x3s = x2s + len;
+    const T nan = not_a_number<T>();
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const T y = (base_y[i] + ky) + oy[i], x = (base_x[i] + kx) + ox[i];
+      const bool finite_point = (y - y == T(0)) && (x - x == T(0));  // false for NaN and +-inf
+      const bool in = y >= T(-1) && y < hh && x >= T(-1) && x < ww;  // false for NaN
+      const T yc = in ? y : T(0), xc = in ? x : T(0);
+      const T yf = std::floor(yc), xf = std::floor(xc);
+      const T ly = yc - yf, lx = xc - xf, hy = T(1) - ly, hx = T(1) - lx;
+      const int32_t ya = int32_t(yf), xa = int32_t(xf);
+      const bool r0 = in && ya >= 0, r1 = in && ya + 1 < h, c0 = in && xa >= 0, c1 = in && xa + 1 < w_;
+      const T none = finite_point ? T(0) : nan;
+      const int32_t at = ya * w_ + xa;
+      p0[i] = r0 && c0 ? at : -1;
+      p1[i] = r0 && c1 ? at + 1 : -1;
+      p2[i] = r1 && c0 ? at + w_ : -1;
+      p3[i] = r1 && c1 ? at + w_ + 1 : -1;
+      w0[i] = r0 && c0 ? hy * hx : none;
+      w1[i] = r0 && c1 ? hy * lx : none;
+      w2[i] = r1 && c0 ? ly * hx : none;
+      w3[i] = r1 && c1 ? ly * lx : none;
+      if (slopes) {  // d w / d y and d w / d x (sampling.h's dy/dx)
+        y0s[i] = r0 && c0 ? -hx : none; x0s[i] = r0 && c0 ? -hy : none;
+        y1s[i] = r0 && c1 ? -lx : none; x1s[i] = r0 && c1 ? hy : none;
+        y2s[i] = r1 && c0 ? hx : none;  x2s[i] = r1 && c0 ? -ly : none;
+        y3s[i] = r1 && c1 ? lx : none;  x3s[i] = r1 && c1 ? ly : none;
+      }
+    }
+  }
+
+  // Corner j's row of channels at position i in channels-last image xn (c channels); `zeros` outside.
+  const T* row(const T* xn, int j, int64_t i, int64_t len, int64_t c, const T* zeros) const {
+    const int32_t p = pix[j * len + i];
+    return p < 0 ? zeros : xn + int64_t(p) * c;
+  }
+};
+
+// Positions per plan block and per forward tile. The tile's columns (positions x C*K) stay near
+// 256 KiB, so they are gathered into a core's cache and read from there by the GEMM instead of
+// round-tripping through memory; a large weight (resnet's 512 x 4608, 9 MiB) raises that to half
+// its size, since each tile's GEMM reads (and packs) the whole weight once; 64 to 512 positions.
+// It depends on the geometry only, never on the thread count, so every output element is computed
+// the same way on any number of threads.
+int64_t tile_of(const Geo& g, int64_t element_bytes) {
+  const int64_t row_bytes = std::max<int64_t>(1, g.c * g.k) * element_bytes;
+  const int64_t weight_bytes = g.o * g.cg * g.k * element_bytes;
+  const int64_t budget = std::max<int64_t>(int64_t(256) << 10, weight_bytes / 2);
+  return std::min(std::clamp<int64_t>(budget / row_bytes, 64, 512), std::max<int64_t>(g.l, 1));
 }
 
-// Calls f(bi, n, l) for every position l of images n = n0 + bi, bi < b, in tasks of kBlock positions.
-template <typename F>
-void for_each_position(const Geo& g, int64_t n0, int64_t b, F f) {
-  const int64_t blocks = (g.l + kBlock - 1) / kBlock;
-  at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
+// The columns of positions [l0, l0 + lt) of image n into cols (lt rows of groups*K*Cg, `ld` apart),
+// on the calling thread: per (offset group, tap) one plan over the positions, then each position's
+// four corner rows weighted into the group's channels (contiguous in the channels-last image).
+template <typename T>
+void gather(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n, int64_t l0, int64_t lt, Plan<T>& plan,
+            const T* zeros, T* cols, int64_t ld) {
+  const T* xn = x + n * g.h * g.w * g.c;
+  plan.positions(g, l0, lt);
+  for (int64_t gi = 0; gi < g.og; ++gi)
+    for (int64_t k = 0; k < g.k; ++k) {
+      plan.build(g, offset, n, gi, k, l0, lt, false);
+      const T* mk = mask ? mask + ((n * g.og + gi) * g.k + k) * g.l + l0 : nullptr;
+      for (int64_t i = 0; i < lt; ++i) {
+        const T m = mk ? mk[i] : T(1);
+        const T w0 = plan.w[i] * m, w1 = plan.w[lt + i] * m, w2 = plan.w[2 * lt + i] * m, w3 = plan.w[3 * lt + i] * m;
+        const T *r0 = plan.row(xn, 0, i, lt, g.c, zeros), *r1 = plan.row(xn, 1, i, lt, g.c, zeros);
+        const T *r2 = plan.row(xn, 2, i, lt, g.c, zeros), *r3 = plan.row(xn, 3, i, lt, g.c, zeros);
+        T* col = cols + i * ld;
+        channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
+          T* d = col + at - ca;
+#pragma omp simd
+          for (int64_t c = ca; c < cb; ++c) d[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+        });
+      }
+    }
+}
+
+// Calls f(n, bi, l0, lt, plan, zeros) for every tile of positions of images n0 .. n0 + b - 1 (bi = n - n0),
+// in parallel, each task with a plan and a row of zeros of its own.
+template <typename T, typename F>
+void for_each_tile(const Geo& g, int64_t n0, int64_t b, int64_t tile, F f) {
+  const int64_t tiles = (g.l + tile - 1) / tile;
+  at::parallel_for(0, b * tiles, 1, [&](int64_t begin, int64_t end) {
+    Plan<T> plan(tile);
+    const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t bi = t / blocks, l0 = (t % blocks) * kBlock, l1 = std::min(g.l, l0 + kBlock);
-      for (int64_t l = l0; l < l1; ++l) f(bi, n0 + bi, l);
+      const int64_t bi = t / tiles, l0 = (t % tiles) * tile;
+      f(n0 + bi, bi, l0, std::min(tile, g.l - l0), plan, zeros.data());
     }
   });
 }
@@ -83,94 +184,100 @@ void for_each_position(const Geo& g, int64_t n0, int64_t b, F f) {
 template <typename T>
 void im2col(const Geo& g, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b, T* cols) {
   const int64_t row = g.c * g.k;
-  const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
-  const T* z = zeros.data();
-  for_each_position(g, n0, b, [&](int64_t bi, int64_t n, int64_t l) {
-        const T* xn = x + n * g.h * g.w * g.c;
-        T* col = cols + (bi * g.l + l) * row;
-        for (int64_t gi = 0; gi < g.og; ++gi)
-          for (int64_t k = 0; k < g.k; ++k) {
-            const Corners<T> q = corners_at(g, offset, n, gi, k, l);
-            const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l] : T(1);
-            const T w0 = q.w[0] * m, w1 = q.w[1] * m, w2 = q.w[2] * m, w3 = q.w[3] * m;
-            const T *r0 = corner_row(xn, q, 0, g.c, z), *r1 = corner_row(xn, q, 1, g.c, z);
-            const T *r2 = corner_row(xn, q, 2, g.c, z), *r3 = corner_row(xn, q, 3, g.c, z);
-            channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
-              T* d = col + at - ca;
-#pragma omp simd
-              for (int64_t c = ca; c < cb; ++c) d[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
-            });
-          }
+  for_each_tile<T>(g, n0, b, tile_of(g, sizeof(T)), [&](int64_t n, int64_t bi, int64_t l0, int64_t lt, Plan<T>& plan,
+                                                       const T* zeros) {
+    gather(g, x, offset, mask, n, l0, lt, plan, zeros, cols + (bi * g.l + l0) * row, row);
   });
 }
 
 // grad_x (channels-last) += the columns' gradient scattered through the bilinear weights. Tasks
-// own (image, offset group, channel chunk) slices of grad_x, so no two tasks touch one element.
+// own (image, offset group, channel chunk) slices of grad_x, so no two tasks touch one element;
+// each walks the positions in order (taps inner), so every sum has one order on any thread count.
 template <typename T>
 void col2im(const Geo& g, const T* gcols, const T* offset, const T* mask, int64_t n0, int64_t b, T* gx) {
-  const int64_t threads = at::get_num_threads(), row = g.c * g.k;
+  const int64_t threads = at::get_num_threads(), row = g.c * g.k, block = tile_of(g, sizeof(T));
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(g.cpg / 16 > 0 ? g.cpg / 16 : 1,
                                                                 (threads + b * g.og - 1) / (b * g.og)));
   at::parallel_for(0, b * g.og * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Plan<T>> plans;  // one per tap, over a block of positions
+    for (int64_t k = 0; k < g.k; ++k) plans.emplace_back(block);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t bi = t / (g.og * chunks), gi = (t / chunks) % g.og, ch = t % chunks, n = n0 + bi;
       const int64_t c_lo = gi * g.cpg + ch * g.cpg / chunks, c_hi = gi * g.cpg + (ch + 1) * g.cpg / chunks;
       T* gn = gx + n * g.h * g.w * g.c;
-      for (int64_t l = 0; l < g.l; ++l) {
-        const T* gcol = gcols + (bi * g.l + l) * row;
+      for (int64_t l0 = 0; l0 < g.l; l0 += block) {
+        const int64_t lt = std::min(block, g.l - l0);
         for (int64_t k = 0; k < g.k; ++k) {
-          const Corners<T> q = corners_at(g, offset, n, gi, k, l);
-          const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l] : T(1);
-          channel_runs(g, gi, k, c_lo, c_hi, [&](int64_t ca, int64_t cb, int64_t at) {
-            const T* s = gcol + at - ca;
-            // One corner after the other, a fixed order; corners outside the map are not touched.
-            for (int j = 0; j < 4; ++j) {
-              if (q.idx[j] < 0) continue;
-              T* r = gn + q.idx[j] * g.c;
-              const T wj = q.w[j] * m;
-              for (int64_t c = ca; c < cb; ++c) r[c] += wj * s[c];
-            }
-          });
+          plans[k].positions(g, l0, lt);
+          plans[k].build(g, offset, n, gi, k, l0, lt, false);
+        }
+        for (int64_t i = 0; i < lt; ++i) {
+          const T* gcol = gcols + (bi * g.l + l0 + i) * row;
+          for (int64_t k = 0; k < g.k; ++k) {
+            const Plan<T>& q = plans[k];
+            const T m = mask ? mask[((n * g.og + gi) * g.k + k) * g.l + l0 + i] : T(1);
+            channel_runs(g, gi, k, c_lo, c_hi, [&](int64_t ca, int64_t cb, int64_t at) {
+              const T* s = gcol + at - ca;
+              // One corner after the other, a fixed order; corners outside the map are not touched.
+              for (int j = 0; j < 4; ++j) {
+                const int32_t p = q.pix[j * lt + i];
+                if (p < 0) continue;
+                T* r = gn + int64_t(p) * g.c;
+                const T wj = q.w[j * lt + i] * m;
+#pragma omp simd
+                for (int64_t c = ca; c < cb; ++c) r[c] += wj * s[c];
+              }
+            });
+          }
         }
       }
     }
   });
 }
 
-// Offset and mask gradients: per (image, position block); sums over each offset group's channels.
+// Offset and mask gradients: per (image, tile of positions); sums over each offset group's channels.
 template <typename T>
 void offset_mask_grad(const Geo& g, const T* gcols, const T* x, const T* offset, const T* mask, int64_t n0, int64_t b,
                       T* grad_offset, T* grad_mask) {
   const int64_t row = g.c * g.k;
-  const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
-  const T* z = zeros.data();
-  for_each_position(g, n0, b, [&](int64_t bi, int64_t n, int64_t l) {
-        const T* xn = x + n * g.h * g.w * g.c;
-        const T* gcol = gcols + (bi * g.l + l) * row;
-        for (int64_t gi = 0; gi < g.og; ++gi)
-          for (int64_t k = 0; k < g.k; ++k) {
-            const Corners<T> q = corners_at(g, offset, n, gi, k, l);
-            const T *r0 = corner_row(xn, q, 0, g.c, z), *r1 = corner_row(xn, q, 1, g.c, z);
-            const T *r2 = corner_row(xn, q, 2, g.c, z), *r3 = corner_row(xn, q, 3, g.c, z);
-            T ay = 0, ax = 0, am = 0;
-            channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
-              const T* s = gcol + at - ca;
-              T sy = 0, sx = 0, sm = 0;
-#pragma omp simd reduction(+ : sy, sx, sm)
-              for (int64_t c = ca; c < cb; ++c) {
-                const T v0 = r0[c], v1 = r1[c], v2 = r2[c], v3 = r3[c];
-                sy += s[c] * (q.dy[0] * v0 + q.dy[1] * v1 + q.dy[2] * v2 + q.dy[3] * v3);
-                sx += s[c] * (q.dx[0] * v0 + q.dx[1] * v1 + q.dx[2] * v2 + q.dx[3] * v3);
-                sm += s[c] * (q.w[0] * v0 + q.w[1] * v1 + q.w[2] * v2 + q.w[3] * v3);
-              }
-              ay += sy; ax += sx; am += sm;
-            });
-            const int64_t at_ = (n * g.og + gi) * g.k + k;
-            const T m = mask ? mask[at_ * g.l + l] : T(1);
-            grad_offset[at_ * 2 * g.l + l] = ay * m;
-            grad_offset[at_ * 2 * g.l + g.l + l] = ax * m;
-            if (grad_mask) grad_mask[at_ * g.l + l] = am;
-          }
+  for_each_tile<T>(g, n0, b, tile_of(g, sizeof(T)), [&](int64_t n, int64_t bi, int64_t l0, int64_t lt, Plan<T>& q,
+                                                       const T* zeros) {
+    const T* xn = x + n * g.h * g.w * g.c;
+    q.positions(g, l0, lt);
+    for (int64_t gi = 0; gi < g.og; ++gi)
+      for (int64_t k = 0; k < g.k; ++k) {
+        q.build(g, offset, n, gi, k, l0, lt, true);
+        const int64_t at_ = (n * g.og + gi) * g.k + k;
+        for (int64_t i = 0; i < lt; ++i) {
+          const T* gcol = gcols + (bi * g.l + l0 + i) * row;
+          const T *r0 = q.row(xn, 0, i, lt, g.c, zeros), *r1 = q.row(xn, 1, i, lt, g.c, zeros);
+          const T *r2 = q.row(xn, 2, i, lt, g.c, zeros), *r3 = q.row(xn, 3, i, lt, g.c, zeros);
+          // One dot product of the columns' gradient with each corner's channels; the offset
+          // and mask gradients are those four sums weighted by the corners' slopes and weights.
+          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          channel_runs(g, gi, k, gi * g.cpg, (gi + 1) * g.cpg, [&](int64_t ca, int64_t cb, int64_t at) {
+            const T* s = gcol + at - ca;
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int64_t c = ca; c < cb; ++c) {
+              s0 += s[c] * r0[c];
+              s1 += s[c] * r1[c];
+              s2 += s[c] * r2[c];
+              s3 += s[c] * r3[c];
+            }
+            a0 += s0; a1 += s1; a2 += s2; a3 += s3;
+          });
+          // A corner outside the map sums over a row of zeros: an infinite incoming gradient makes
+          // that sum NaN, as the chain rule's inf * 0 does (README "Non-finite values").
+          const T ay = q.dy[i] * a0 + q.dy[lt + i] * a1 + q.dy[2 * lt + i] * a2 + q.dy[3 * lt + i] * a3;
+          const T ax = q.dx[i] * a0 + q.dx[lt + i] * a1 + q.dx[2 * lt + i] * a2 + q.dx[3 * lt + i] * a3;
+          const T am = q.w[i] * a0 + q.w[lt + i] * a1 + q.w[2 * lt + i] * a2 + q.w[3 * lt + i] * a3;
+          const T m = mask ? mask[at_ * g.l + l0 + i] : T(1);
+          grad_offset[at_ * 2 * g.l + l0 + i] = ay * m;
+          grad_offset[at_ * 2 * g.l + g.l + l0 + i] = ax * m;
+          if (grad_mask) grad_mask[at_ * g.l + l0 + i] = am;
+        }
+      }
   });
 }
 
@@ -180,35 +287,60 @@ at::Tensor weight_rows(const at::Tensor& weight, const Geo& g) {
       {g.groups, g.o / g.groups, g.k * g.cg});
 }
 
+// Forward, fused: each task gathers one tile of positions of one image into a buffer of its own,
+// multiplies it by the weight, (lt, K*Cg) @ (K*Cg, O/groups) per group, into a second small buffer
+// (a GEMM inside a parallel region runs on the task's thread alone), and writes that to the output
+// transposed, adding the bias, while it is in cache. No column buffer for the batch; every thread
+// gathers. The (positions x channels) product is the layout the column rows already have, so the
+// GEMM reads them as they are (the transposed product, straight into the output, packs them first:
+// measured slower).
+template <typename T>
+void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, const at::Tensor& wt, const T* bias,
+                   T* out) {
+  const int64_t tile = tile_of(g, sizeof(T)), tiles = (g.l + tile - 1) / tile, row = g.c * g.k;
+  const int64_t kcg = g.k * g.cg, og_out = g.o / g.groups;
+  at::parallel_for(0, g.n * tiles, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor cols = at::empty({tile, row}, wt.options()), acc = at::empty({tile, og_out}, wt.options());
+    Plan<T> plan(tile);
+    const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / tiles, l0 = (t % tiles) * tile, lt = std::min(tile, g.l - l0);
+      gather(g, x, offset, mask, n, l0, lt, plan, zeros.data(), cols.data_ptr<T>(), row);
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        at::Tensor a = acc.narrow(0, 0, lt);
+        at::mm_out(a, cols.narrow(0, 0, lt).narrow(1, gi * kcg, kcg), wt[gi]);
+        const T* src = acc.data_ptr<T>();
+        for (int64_t o = 0; o < og_out; ++o) {
+          const int64_t oc = gi * og_out + o;
+          const T b = bias ? bias[oc] : T(0);
+          T* dst = out + (n * g.o + oc) * g.l + l0;
+          for (int64_t i = 0; i < lt; ++i) dst[i] = src[i * og_out + o] + b;
+        }
+      }
+    }
+  });
+}
+
 at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
                    const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_, int64_t sh,
                    int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t og) {
   const at::Tensor weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
-  at::Tensor out = at::zeros({g.n, g.o, g.ho, g.wo}, input_.options());
-  if (g.n == 0) return out;
+  const at::Tensor bias = bias_.has_value() ? bias_->contiguous() : at::Tensor();
+  const Geo g = checked(conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og));
+  if (g.n == 0 || g.l == 0 || g.c == 0) {
+    at::Tensor out = at::zeros({g.n, g.o, g.ho, g.wo}, input_.options());
+    if (bias.defined()) out.add_(bias.view({1, g.o, 1, 1}));
+    return out;
+  }
+  at::Tensor out = at::empty({g.n, g.o, g.ho, g.wo}, input_.options());  // every element is written once
   const at::Tensor x = input_.permute({0, 2, 3, 1}).contiguous();
-  const int64_t chunk = chunk_of(g), kcg = g.k * g.cg, og_out = g.o / groups;
-  at::Tensor cols = at::empty({chunk, g.l, g.c * g.k}, input_.options());
-  const at::Tensor wr = weight_rows(weight, g);
+  const at::Tensor wt = weight_rows(weight, g).transpose(1, 2).contiguous();  // (groups, K*Cg, O/groups)
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_conv2d_forward_cpu", [&] {
-    for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-      const int64_t b = std::min(chunk, g.n - n0);
-      im2col<scalar_t>(g, x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                       mask.defined() ? mask.data_ptr<scalar_t>() : nullptr, n0, b, cols.data_ptr<scalar_t>());
-      const at::Tensor c3 = cols.narrow(0, 0, b);
-      at::Tensor o4 = out.narrow(0, n0, b).view({b, groups, og_out, g.l});
-      for (int64_t gi = 0; gi < groups; ++gi) {
-        // (O/groups, K*Cg) @ (K*Cg, L) per image: the transposed column slice is a strided view.
-        for (int64_t bi = 0; bi < b; ++bi) {
-          at::Tensor dst = o4.select(0, bi).select(0, gi);
-          at::mm_out(dst, wr[gi], c3.select(0, bi).narrow(1, gi * kcg, kcg).t());
-        }
-      }
-    }
+    forward_tiles<scalar_t>(g, x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
+                            mask.defined() ? mask.data_ptr<scalar_t>() : nullptr, wt,
+                            bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>());
   });
-  if (bias_.has_value()) out.add_(bias_->view({1, g.o, 1, 1}));
   return out;
 }
 
@@ -218,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     int64_t groups, int64_t og, bool /*deterministic: the CPU kernels always are*/) {
   const at::Tensor grad = grad_.contiguous(), weight = weight_.contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const Geo g = conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og);
+  const Geo g = checked(conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og));
   at::Tensor grad_offset = at::zeros_like(offset);
   at::Tensor grad_mask = mask.defined() ? at::zeros_like(mask) : at::empty({0}, offset.options());  // none: empty
   if (g.n == 0) return {at::zeros(input_.sizes(), input_.options()), at::zeros_like(weight), grad_offset, grad_mask};

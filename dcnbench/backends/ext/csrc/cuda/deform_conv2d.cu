@@ -15,7 +15,9 @@ constexpr int kThreads = 256;
 
 using Geo = ConvGeo;
 
-int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+// Blocks for n elements, at most 65535 (the grid-stride loops cover the rest): clamped before the
+// narrowing to int, so no element count can wrap it.
+int blocks_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)); }
 
 template <typename T>
 __device__ Corners<T> corners_at(const Geo g, const T* offset, int64_t n, int64_t gi, int64_t k, int64_t l) {
@@ -125,7 +127,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cuda", [&] {
     for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
       const int64_t b = std::min(chunk, g.n - n0);
-      DCN_LAUNCH(im2col_kernel<scalar_t>, std::min(blocks_for(b * g.c * g.k * g.l), 65535), kThreads, 0, stream)(
+      DCN_LAUNCH(im2col_kernel<scalar_t>, blocks_for(b * g.c * g.k * g.l), kThreads, 0, stream)(
           g, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), mask.defined() ? mask.data_ptr<scalar_t>() : nullptr,
           n0, b, cols.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -161,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const scalar_t* m = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
     for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
       const int64_t b = std::min(chunk, g.n - n0), elems = b * g.c * g.k * g.l;
-      DCN_LAUNCH(im2col_kernel<scalar_t>, std::min(blocks_for(elems), 65535), kThreads, 0, stream)(
+      DCN_LAUNCH(im2col_kernel<scalar_t>, blocks_for(elems), kThreads, 0, stream)(
           g, input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, cols.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const at::Tensor g4 = grad.narrow(0, n0, b).view({b, groups, og_out, g.l});
@@ -173,14 +175,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
         gw[gi].add_(at::matmul(go, c3.narrow(1, gi * cgk, cgk).transpose(1, 2)).sum(0));
       }
       if (deterministic) {
-        DCN_LAUNCH(col2im_ordered_kernel<scalar_t>, std::min(blocks_for(b * g.c), 65535), kThreads, 0, stream)(
+        DCN_LAUNCH(col2im_ordered_kernel<scalar_t>, blocks_for(b * g.c), kThreads, 0, stream)(
             g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, grad_input.data_ptr<scalar_t>());
       } else {
-        DCN_LAUNCH(col2im_atomic_kernel<scalar_t>, std::min(blocks_for(elems), 65535), kThreads, 0, stream)(
+        DCN_LAUNCH(col2im_atomic_kernel<scalar_t>, blocks_for(elems), kThreads, 0, stream)(
             g, gcols.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b, grad_input.data_ptr<scalar_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      DCN_LAUNCH(offset_mask_grad_kernel<scalar_t>, std::min(blocks_for(b * g.og * g.k * g.l), 65535), kThreads, 0, stream)(
+      DCN_LAUNCH(offset_mask_grad_kernel<scalar_t>, blocks_for(b * g.og * g.k * g.l), kThreads, 0, stream)(
           g, gcols.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(), m, n0, b,
           grad_offset.data_ptr<scalar_t>(), mask.defined() ? grad_mask.data_ptr<scalar_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

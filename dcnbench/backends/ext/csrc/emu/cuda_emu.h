@@ -16,6 +16,13 @@
 //                              S and the block, not on which OS thread runs it.
 //   DCNBENCH_EMU_THREADS=N     run the blocks on N OS threads, round robin (default 1);
 //   DCNBENCH_EMU_SPLIT=thread  with THREADS: spread the threads of every block instead.
+//   DCNBENCH_EMU_SAMPLE_BLOCKS=N  run only the first N blocks of the visit order, gridDim unchanged: a
+//                              spot check of launches too large to run whole (the index-overflow case:
+//                              block 0's grid-stride loop still walks the whole index range). Results
+//                              are incomplete: never set it for verification.
+// Index arithmetic: the emulated library is compiled with -fsanitize=signed-integer-overflow, so a
+// kernel that computes an index in a 32-bit int stops with "runtime error: signed integer overflow"
+// at its file and line once the index passes 2^31-1, without the memory such an index would need.
 // Launch configurations a GPU rejects (more than 1024 threads in a block, blockDim.z > 64,
 // gridDim.x > 2^31-1, gridDim.y/z > 65535, a zero dimension, dynamic shared memory) are not run:
 // like cudaGetLastError, the error is kept and thrown by the next C10_CUDA_KERNEL_LAUNCH_CHECK (or
@@ -148,8 +155,10 @@ void run_grid(dim3 grid, dim3 block, const Body& body) {
   TORCH_CHECK(split == "block" || split == "thread", "DCNBENCH_EMU_SPLIT=", split, ": expected block or thread");
   const bool per_thread = split == "thread";
   if (cap > 0) grid.x = unsigned(std::min<int64_t>(grid.x, cap));
-  const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z, nthreads = uint64_t(block.x) * block.y * block.z;
-  const Order blocks(order, nblocks, seed);
+  const int64_t sample = env_int("DCNBENCH_EMU_SAMPLE_BLOCKS", 0, 1);
+  const uint64_t nthreads = uint64_t(block.x) * block.y * block.z, all = uint64_t(grid.x) * grid.y * grid.z;
+  const uint64_t nblocks = sample > 0 ? std::min<uint64_t>(all, uint64_t(sample)) : all;
+  const Order blocks(order, all, seed);
   // Threads first, first + step, ... (in visit order) of block b.
   auto run_block = [&](uint64_t b, uint64_t first, uint64_t step) {
     gridDim = grid;
@@ -162,7 +171,7 @@ void run_grid(dim3 grid, dim3 block, const Body& body) {
     }
   };
   if (workers <= 1) {
-    for (uint64_t i = 0; i < nblocks; ++i) run_block(blocks.at(i, nblocks), 0, 1);
+    for (uint64_t i = 0; i < nblocks; ++i) run_block(blocks.at(i, all), 0, 1);
     return;
   }
   // A fixed assignment: block i of the visit order runs on OS thread i % n (SPLIT=block), or thread
@@ -179,9 +188,9 @@ void run_grid(dim3 grid, dim3 block, const Body& body) {
     pool.emplace_back([&, w] {
       try {
         if (per_thread)
-          for (uint64_t i = 0; i < nblocks; ++i) run_block(blocks.at(i, nblocks), w, n);
+          for (uint64_t i = 0; i < nblocks; ++i) run_block(blocks.at(i, all), w, n);
         else
-          for (uint64_t i = w; i < nblocks; i += n) run_block(blocks.at(i, nblocks), 0, 1);
+          for (uint64_t i = w; i < nblocks; i += n) run_block(blocks.at(i, all), 0, 1);
       } catch (...) {
         if (!failed.test_and_set()) failure = std::current_exception();
       }

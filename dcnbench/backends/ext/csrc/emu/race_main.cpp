@@ -1,6 +1,7 @@
 // The race check's executable (backends/ext/race.py builds it with -fsanitize=thread): every emulated
 // CUDA kernel, linked in from ext.cpp and cuda/*.cu, called through the dispatcher on inputs where
-// many threads and blocks meet (overlapping RoIs, several taps per pixel). With DCNBENCH_EMU_THREADS
+// many threads and blocks meet (overlapping RoIs, several taps per pixel, many attention samples per
+// pixel). With DCNBENCH_EMU_THREADS
 // > 1 the blocks (or, with DCNBENCH_EMU_SPLIT=thread, the threads of each block) run on several OS
 // threads, so two of them writing one address without atomicAdd is a data race ThreadSanitizer sees.
 //
@@ -62,6 +63,14 @@ void run(bool det) {
     const at::Tensor x = rnd({2, 72, 12, 12}), tr = rnd({6, 4, 3, 3}), grad = rnd({6, 8, 3, 3});
     call("psroi_pool_forward", {x, rois, tr, 0.5, 8, 3, 3, 3, 2, 0.1});
     call("psroi_pool_backward", {grad, x, rois, tr, 0.5, 8, 3, 3, 3, 2, 0.1, det});
+  }
+  {  // ms_deform_attn: 2 images, levels 4x5 and 2x3 (S = 26), 2 heads of 8 channels, 30 queries of
+     // 3 points per level: 360 samples per image and head on 26 pixels, so many scatter into one
+    const at::Tensor value = rnd({2, 26, 2, 8}), shapes = at::tensor({4, 5, 2, 3}, at::kLong).view({2, 2});
+    const at::Tensor starts = at::tensor({0, 20}, at::kLong), attn = at::rand({2, 30, 2, 2, 3}, at::kDouble);
+    const at::Tensor loc = at::rand({2, 30, 2, 2, 3, 2}, at::kDouble) * 1.2 - 0.1, grad = rnd({2, 30, 16});
+    call("ms_deform_attn_forward", {value, shapes, starts, loc, attn, 64});
+    call("ms_deform_attn_backward", {grad, value, shapes, starts, loc, attn, 64, det});
   }
 }
 
