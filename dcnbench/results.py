@@ -383,7 +383,7 @@ def _shape_problem(doc: dict, nested: bool = False) -> str:
             return f"{kind} record {i} has no {', '.join(missing)}"
         bad = _bad_numbers(kind, r)
         if bad:
-            return f"{kind} record {i} ({r['case_id']}, {r['backend']}): {bad}"
+            return f"{kind} record {i} ({r.get('case_id', r.get('role'))}, {r['backend']}): {bad}"
     return ""
 
 
@@ -401,6 +401,13 @@ def _bad_numbers(kind: str, r: dict) -> str:
         if not isinstance(samples, list) or not all(_number(v) and math.isfinite(v) for v in samples):
             return f"samples_ms holds something other than finite times >= 0: {samples!r:.80}"
         fields = ("median_ms", "iqr_ms", "min_ms", "ratio_to_baseline", "gflops", "peak_bytes")
+    elif kind == "train":
+        # A diverging run's loss (and so its drift) may be NaN or infinite; a damaged one is not a number.
+        for key in ("losses", "loss_diff", "loss_bound", "weight_diff", "weight_bound"):
+            values = r.get(key, [])
+            if not isinstance(values, list) or not all(_number(v, nan=True) for v in values):
+                return f"{key} holds something other than numbers >= 0: {values!r:.80}"
+        fields = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms")
     else:
         quantities = r.get("quantities")
         if not isinstance(quantities, list) or not all(isinstance(q, dict) for q in quantities):

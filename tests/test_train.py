@@ -101,6 +101,18 @@ def test_results_files_and_the_report_draw_the_loss_curves(parity_run):
     assert (tmp / "report" / "plots" / "train-loss-1.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("key, value", [("losses", [2.3, "2.2"]), ("loss_diff", [-1.0]), ("step_ms", "fast")])
+def test_a_damaged_train_file_is_refused_with_exit_2(parity_run, key, value):
+    _, doc, tmp = parity_run
+    damaged = json.loads((tmp / "train.json").read_text())
+    damaged["records"][0][key] = value
+    path = tmp / f"damaged-{key}.json"
+    path.write_text(json.dumps(damaged))
+    out = invoke("report", str(path), "--out", str(tmp / f"report-{key}"))
+    assert out.returncode == 2
+    assert "is damaged: train record 0" in out.stderr and key in out.stderr and "hint:" in out.stderr
+
+
 def test_step_times_are_measured_per_phase(parity_run):
     _, doc, _ = parity_run
     ext = _rows(doc)["ext"]
@@ -239,7 +251,7 @@ def test_the_deformable_scale_net_made_from_the_plain_one_starts_as_it(dcn):
     assert len(deform.deformable_layers()) == 3
     assert torch.allclose(deform(x), plain(x), rtol=1e-12, atol=1e-12)
     torch.nn.init.constant_(deform.deformable_layers()[1].offset.bias[:18], 0.3)
-    assert float((deform(x) - plain(x)).abs().max()) > 1e-6
+    assert float((deform(x) - plain(x)).detach().abs().max()) > 1e-6
 
 
 def parity_oracle():
@@ -273,6 +285,8 @@ def test_zero_offsets_sample_the_regular_receptive_field():
     expected = sorted({12 + 2 * a + 2 * b + c for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)})
     assert sorted(set(points[:, 0].tolist())) == expected and sorted(set(points[:, 1].tolist())) == expected
     assert np.array_equal(offsets.sampling_points(net, image, (3, 3)), points)  # the net's offsets start at zero
+    # Per axis the variance of 2a + 2b + c is 4 * 2/3 + 4 * 2/3 + 2/3 = 6: an RMS radius of sqrt(12).
+    assert offsets.spread(points) == pytest.approx(12 ** 0.5)
 
 
 @pytest.mark.parametrize("layer, pixels", [(0, 1.0), (1, 2.0), (2, 2.0)])
@@ -324,6 +338,7 @@ def test_scaled_digits_experiment_prints_the_table_beside_the_seeds_and_writes_t
     assert record["settings"]["seed"] == 3 and record["settings"]["finetune_lr"] == pytest.approx(5e-4)
     assert all(len(p["losses"]) == 2 and len(p["epochs"]) == 1 for p in record["phases"])
     assert all(0 <= v <= 1 for p in record["phases"] for v in p["accuracy"].values())
+    assert len(record["offset_panels"]) == 4 and all(p["spread_regular"] > 0 for p in record["offset_panels"])
     for name in ("offset-fields.png", "loss-curves.png"):
         assert (tmp_path / "exp" / name).read_bytes()[:4] == b"\x89PNG"
     assert "| scaled digits |" in (tmp_path / "exp" / "table.md").read_text()

@@ -122,7 +122,8 @@ class ExperimentResult:
                 "train_size": self.train_size, "test_size": self.test_size, "seeds_table": SEEDS_TABLE,
                 "phases": [{"key": p.key, "label": p.label, "starts_from": p.starts_from, "accuracy": vars(p.accuracy),
                             "epochs": [vars(a) for a in p.epochs], "losses": list(p.losses), "wall_s": p.wall_s,
-                            "cpu_s": p.cpu_s} for p in self.phases]}
+                            "cpu_s": p.cpu_s} for p in self.phases],
+                "offset_panels": [panel.record() for panel in self.panels]}
 
 
 # ---- training -------------------------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ class OffsetPanel:
     regular: np.ndarray
     unit: tuple[float, float]
 
+    def record(self) -> dict:
+        return {"title": self.title, "unit": list(self.unit), "spread_learned": spread(self.learned),
+                "spread_regular": spread(self.regular)}
+
+
+def spread(points: np.ndarray) -> float:
+    """How far (P, 2) points lie from their centroid: the root mean square distance, in pixels."""
+    return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()))
+
 
 def _walk(field: np.ndarray, stride: int, points: np.ndarray) -> np.ndarray:
     """The 9 input points each of `points` (P, 2) reads through a layer with offsets `field` (18, H, W)."""
