@@ -77,3 +77,81 @@ def peak_memory(workloads: list[str], backends: list[str], peaks: dict[tuple[str
     ax.set_title("peak memory of one call")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def loss_curves(title: str, losses: dict[str, list[float]], drifts: dict[str, tuple[list[float], list[float]]]) -> bytes:
+    """Training loss per step for each run (left) and each backend's |loss - reference| beside its
+    bound (right, log scale; dashed: the bound, a cross: the first step outside it)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, ys in losses.items():
+        left.plot(range(1, len(ys) + 1), ys, label=label, lw=1.2)
+    left.set_xlabel("step")
+    left.set_ylabel("training loss")
+    left.set_title(title, fontsize=9)
+    left.legend(fontsize=7)
+    for label, (diff, bound) in drifts.items():
+        steps = range(1, len(diff) + 1)
+        (line,) = right.plot(steps, [max(d, 1e-12) for d in diff], label=label, lw=1.2)
+        right.plot(range(1, len(bound) + 1), bound, ls="--", lw=0.8, color=line.get_color())
+        bad = next((i for i, (d, b) in enumerate(zip(diff, bound)) if not d <= b), None)
+        if bad is not None:
+            right.plot([bad + 1], [max(diff[bad], 1e-12) if math.isfinite(diff[bad]) else 1.0], "x", color=line.get_color(), ms=9)
+    right.set_yscale("log")
+    right.set_xlabel("step")
+    right.set_ylabel("|loss − float64 reference| (dashed: bound)")
+    right.set_title("drift from the float64 oracle", fontsize=9)
+    right.legend(fontsize=7)
+    return _png(fig)
+
+
+def experiment_curves(phases: list[dict]) -> bytes:
+    """The scaled-digits runs: each phase's training loss per step (left) and its test accuracy after
+    each epoch (right; solid: regular digits, dashed: scaled). A phase that starts from another's
+    trained net (a `starts_from` key naming it) is drawn after it, from its last point."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    by_key = {p["key"]: p for p in phases}
+    for p in phases:
+        start = by_key.get(p["starts_from"])
+        steps0, epochs0 = (len(start["losses"]), len(start["epochs"])) if start else (0, 0)
+        steps = np.arange(steps0 + 1, steps0 + len(p["losses"]) + 1)
+        (line,) = left.plot(steps, p["losses"], lw=0.5, alpha=0.35)
+        window = min(10, len(p["losses"]))  # batches of 32 are noisy: the 10-step running mean on top
+        left.plot(steps[window - 1:], np.convolve(p["losses"], np.ones(window) / window, mode="valid"), lw=1.4,
+                  color=line.get_color(), label=p["label"])
+        first = [start["epochs"][-1]] if start else []
+        xs = range(epochs0 + 1 - len(first), epochs0 + len(p["epochs"]) + 1)
+        for name, style in (("regular", "-"), ("scaled", "--")):
+            right.plot(xs, [100 * a[name] for a in first + p["epochs"]], style, marker=".", color=line.get_color(), lw=1.2)
+    left.set_xlabel("training step (batches of the run so far)")
+    left.set_ylabel("training loss")
+    left.set_title("training loss (faint: each step; bold: mean of the last 10)", fontsize=9)
+    left.legend(fontsize=7)
+    right.set_xlabel("epoch")
+    right.set_ylabel("test accuracy, % (solid: regular, dashed: scaled)")
+    right.set_ylim(0, 100)
+    right.axhline(10, color="grey", lw=0.6, ls=":")
+    right.set_title("test accuracy after each epoch (dotted: chance)", fontsize=9)
+    return _png(fig)
+
+
+def offset_fields(panels: list, columns: int = 3) -> bytes:
+    """Where a deformable net samples for a few activation units (the paper's Figure 5): each panel
+    the digit, the unit (green), its learned sampling points (red) and the regular grid (grey)."""
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        ax.imshow(panel.image, cmap="gray_r", extent=(-0.5, panel.image.shape[1] - 0.5, panel.image.shape[0] - 0.5, -0.5))
+        ax.scatter(panel.regular[:, 1], panel.regular[:, 0], s=4, c="#999999", alpha=0.5, label="zero offsets")
+        ax.scatter(panel.learned[:, 1], panel.learned[:, 0], s=3, c="red", alpha=0.6, label="learned offsets")
+        ax.plot([panel.unit[1]], [panel.unit[0]], "s", color="limegreen", ms=7)
+        low = min(-4.0, float(panel.learned.min()) - 1)
+        high = max(panel.image.shape[0] + 3.0, float(panel.learned.max()) + 1)
+        ax.set_xlim(low, high)
+        ax.set_ylim(high, low)
+        ax.set_title(panel.title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="lower left")
+    return _png(fig)

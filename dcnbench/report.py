@@ -61,6 +61,7 @@ def build(docs: list[dict]) -> list[Section]:
         sections.append(_correctness(verify))
     if speed:
         sections.append(_speed(speed))
+    sections += [_training(d, i) for i, d in enumerate(d for d in docs if d["kind"] == "train")]
     sections.append(_environment(docs))
     return sections
 
@@ -68,6 +69,9 @@ def build(docs: list[dict]) -> list[Section]:
 def _at_a_glance(verify, speed) -> Section:
     s = Section("At a glance")
     backends = list(dict.fromkeys([r["backend"] for r, _ in verify] + [r["backend"] for r, _ in speed]))
+    if not backends:  # e.g. only `train` files: their own sections follow
+        s.text("No verify or speed results in these files.")
+        return s
     rows = []
     for b in backends:
         mine = [r for r, _ in verify if r["backend"] == b]
@@ -136,6 +140,30 @@ def _speed(speed) -> Section:
     if peaks:
         s.text("Peak memory: " + "; ".join(methods) + ".")
         s.figure("peak-memory.png", plots.peak_memory(workloads, backends, peaks))
+    return s
+
+
+def _training(doc: dict, index: int) -> Section:
+    """One `dcnbench train` run: each backend's loss curve, its drift from float64 against its bound."""
+    settings = doc.get("settings", {})
+    what = ", ".join(f"{k} {settings[k]}" for k in ("dcn", "steps", "batch", "lr", "seed", "dtype") if k in settings)
+    s = Section(f"Training parity ({what})" if what else "Training parity")
+    s.text(f"Each backend trains the same net from the same weights on the same batches; its loss and weights may "
+           f"drift from the float64 oracle's run by {settings.get('bound_factor', '?')} x the float32 PyTorch run's "
+           "largest drift so far (floor: one float32 epsilon).")
+    rows, losses, drifts = [], {}, {}
+    for r in doc["records"]:
+        label = r["backend"] if r["role"] == "backend" else f"{r['backend']} {r['role']} ({r['dtype']}, rule {r['rule']})"
+        rows.append([label, r["rule"], r["status"], _fmt(r["losses"][-1] if r["losses"] else None, ".5f"),
+                     _fmt(max(r["loss_diff"], default=None), ".1e") if r["role"] == "backend" else "–",
+                     str(r.get("first_failing_step") or "–"), _fmt(r.get("step_ms"), ".1f"), r.get("message", "")])
+        if r["losses"] and r["role"] != "yardstick":
+            losses[label] = r["losses"]
+        if r["role"] == "backend" and r["loss_diff"]:
+            drifts[r["backend"]] = (r["loss_diff"], r["loss_bound"])
+    s.table(["run", "rule", "status", "last loss", "max |Δ loss|", "first bad step", "step ms", "note"], rows)
+    if losses:
+        s.figure(f"train-loss-{index + 1}.png", plots.loss_curves(f"training loss ({what})", losses, drifts))
     return s
 
 

@@ -33,6 +33,7 @@ from dcnbench.errors import ResultsFileError
 if TYPE_CHECKING:
     from dcnbench.backends import Backend
     from dcnbench.speed import SpeedResult
+    from dcnbench.train.parity import TrainResult
     from dcnbench.verify import VerifyResult
 
 SCHEMA = "dcnbench-results"
@@ -40,11 +41,12 @@ SCHEMA = "dcnbench-results"
 # say whether they are `partial`. Version 1 files are still read (see _upgrade).
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-KINDS = ("verify", "speed")
+KINDS = ("verify", "speed", "train")
 BUNDLE_KINDS = ("baseline", "gate-candidate")
 # Fields every record of a kind must have for the readers (report, gate) to use it.
 REQUIRED = {"verify": ("case_id", "case_digest", "backend", "status", "quantities"),
-            "speed": ("case_id", "case_digest", "backend", "status")}
+            "speed": ("case_id", "case_digest", "backend", "status"),
+            "train": ("backend", "role", "status", "losses")}
 RESULTS_DIR = Path("results")
 
 
@@ -133,6 +135,23 @@ def speed_rows(results: list[SpeedResult], env: dict) -> list[dict]:
     return rows
 
 
+def train_rows(results: list[TrainResult], env: dict) -> list[dict]:
+    """One row per backend x training step: its loss, the reference's, and each drift with its bound."""
+    rows = []
+    for r in results:
+        common = {"schema_version": SCHEMA_VERSION, "kind": "train", "backend": r.backend, "role": r.role,
+                  "dcn": r.settings.get("dcn", ""), "dtype": r.dtype, "rule": r.rule, "status": r.status,
+                  "message": r.message, "first_failing_step": r.first_failing_step or ""}
+        for i, loss in enumerate(r.losses or (None,)):
+            at = (lambda values: values[i] if loss is not None and i < len(values) else "")
+            rows.append(common | {"step": i + 1 if loss is not None else "", "loss": "" if loss is None else loss,
+                                  "reference_loss": at(r.reference_losses), "loss_diff": at(r.loss_diff),
+                                  "loss_bound": at(r.loss_bound), "weight_diff": at(r.weight_diff),
+                                  "weight_bound": at(r.weight_bound),
+                                  "step_ms": "" if r.step_ms is None else r.step_ms} | _env_columns(env))
+    return rows
+
+
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO(newline="")
     if not rows:
@@ -170,10 +189,16 @@ def _speed_record(r: SpeedResult, threads: int) -> dict:
             "peak_bytes": r.peak_bytes, "memory_method": r.memory_method, "warnings": r.warnings()}
 
 
+def _train_record(r: TrainResult) -> dict:
+    return asdict(r) | {"step_ms": r.step_ms}
+
+
 def document(kind: str, env: dict, results: list, extra: dict | None = None) -> dict:
-    """A results document: verify or speed records with the schema and the environment."""
+    """A results document: verify, speed or train records with the schema and the environment."""
     if kind == "verify":
         records = [_verify_record(r) for r in results]
+    elif kind == "train":
+        records = [_train_record(r) for r in results]
     else:
         records = [_speed_record(r, env["threads"]) for r in results]
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": kind, "environment": env,
@@ -285,7 +310,7 @@ class ResultsWriter:
 
     def flush(self, partial: bool) -> None:
         progress = {"partial": partial, "expected_results": self.expected, "completed_results": len(self.results)}
-        rows = verify_rows(self.results, self.env) if self.kind == "verify" else speed_rows(self.results, self.env)
+        rows = {"verify": verify_rows, "train": train_rows}.get(self.kind, speed_rows)(self.results, self.env)
         write_text(self.csv_path, csv_text(rows))
         write_json(self.json_path, self.kind, self.env, self.results, self.extra | progress)
         self._last = self.clock()
@@ -358,7 +383,7 @@ def _shape_problem(doc: dict, nested: bool = False) -> str:
             return f"{kind} record {i} has no {', '.join(missing)}"
         bad = _bad_numbers(kind, r)
         if bad:
-            return f"{kind} record {i} ({r['case_id']}, {r['backend']}): {bad}"
+            return f"{kind} record {i} ({r.get('case_id', r.get('role'))}, {r['backend']}): {bad}"
     return ""
 
 
@@ -376,6 +401,13 @@ def _bad_numbers(kind: str, r: dict) -> str:
         if not isinstance(samples, list) or not all(_number(v) and math.isfinite(v) for v in samples):
             return f"samples_ms holds something other than finite times >= 0: {samples!r:.80}"
         fields = ("median_ms", "iqr_ms", "min_ms", "ratio_to_baseline", "gflops", "peak_bytes")
+    elif kind == "train":
+        # A diverging run's loss (and so its drift) may be NaN or infinite; a damaged one is not a number.
+        for key in ("losses", "loss_diff", "loss_bound", "weight_diff", "weight_bound"):
+            values = r.get(key, [])
+            if not isinstance(values, list) or not all(_number(v, nan=True) for v in values):
+                return f"{key} holds something other than numbers >= 0: {values!r:.80}"
+        fields = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms")
     else:
         quantities = r.get("quantities")
         if not isinstance(quantities, list) or not all(isinstance(q, dict) for q in quantities):

@@ -13,7 +13,7 @@ try:
     from typer._click import exceptions as click_errors
 
     from dcnbench import __version__
-    from dcnbench.cli import backends, build, common, export_check, gate, repro, report, speed, verify
+    from dcnbench.cli import backends, build, common, export_check, gate, repro, report, speed, train, verify
 except KeyboardInterrupt:  # Ctrl-C while the CLI itself loads: one line, no traceback
     os.write(2, b"interrupted\n")  # os-level: nothing half-imported is needed to say it
     os._exit(130)
@@ -95,6 +95,7 @@ app.command("repro")(repro.command)
 app.command("backends")(backends.command)
 app.command("build")(build.command)
 app.command("export-check")(export_check.command)
+app.command("train")(train.command)
 
 
 def _version(value: bool) -> None:
