@@ -128,19 +128,24 @@ def _rows(docs: list[dict], files: list[str]) -> list[dict]:
                 record = _flat("", {k: v for k, v in r.items() if k != "quantities"}) | {"record": records}
                 if part["kind"] == "speed":
                     samples = r.get("samples_ms") or []
-                    record |= {"min_ms": min(samples, default=None), "samples": len(samples) or None,
-                               "message": r.get("message") or "; ".join(r.get("warnings") or [])}
+                    record |= {"min_ms": min(samples, default=None), "samples": len(samples) or None}
                 for q in r.get("quantities") or [{"quantity": None}] if part["kind"] == "verify" else [{}]:
                     rows.append(head | record | _flat("", q) | {"compared": q.get("rel_err") is not None} | env)
                 records += 1
     return rows
 
 
-def frame(docs: list[dict], files: list[str] | None = None):
-    """Loaded documents (bundles unpacked) as one DataFrame: see `read`."""
+def frame(docs: list[dict], files: list[str] | None = None, exact: bool = False):
+    """Loaded documents (bundles unpacked) as one DataFrame: see `read`. `exact` keeps the JSON's
+    values as they are (object columns, None apart from a NaN error) for writers that show both."""
     import pandas as pd
 
-    df = pd.DataFrame(_rows(docs, files or [""] * len(docs)))
+    rows = _rows(docs, files or [""] * len(docs))
+    if exact:
+        absent = dict.fromkeys(k for row in rows for k in row)  # a record without quantities lacks their fields
+        rows = [absent | row for row in rows]
+    df = pd.DataFrame(rows or None, columns=None if rows else ["kind", "record", "case_id", "backend", "status"],
+                      dtype=object if exact else None)
     return df[sorted(df.columns, key=lambda c: (c.startswith("case."), c.startswith("env_")))]  # stable: the case, then the run
 
 
@@ -165,12 +170,12 @@ def csv_text(kind: str, results: list, env: dict) -> str:
     doc = document(kind, env, results)
     labels = [{"op": r.case.op, "shape": c.shape_text, "dcn": c.variant}
               for r in results for c in [r.case if kind == "verify" else r.case.bench_case()]]
-    raw = _rows([doc], [""])
-    absent = dict.fromkeys(k for row in raw for k in row)  # a record without quantities has no quantity fields
-    rows = pd.DataFrame([absent | row for row in raw], dtype=object)  # object: None stays empty, a NaN error prints nan
+    rows = frame([doc], exact=True)  # None stays empty, a NaN error prints nan
     if rows.empty:
         return "schema_version\n"
     rows = rows.drop(columns=["op"], errors="ignore").join(pd.DataFrame(labels), on="record")
+    if kind == "speed":  # the CSV has one message column: the record's, else its measurement warnings
+        rows["message"] = [m or "; ".join(w) for m, w in zip(rows.message, rows.warnings)]
     rows = rows[list(CSV_COLUMNS[kind])].rename(columns=CSV_NAMES)
     return rows.map(lambda v: "" if v is None else v).to_csv(index=False, na_rep="nan", lineterminator="\r\n")
 
