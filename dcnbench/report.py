@@ -86,7 +86,7 @@ def _correctness(verify) -> Section:
     s.text("Worst normwise relative error per backend and quantity over every case, and that error divided by its "
            "tolerance (≤ 1 passes). A `dialect` result counts against the boundary rule its backend declares.")
     backends = list(dict.fromkeys(verify.backend))
-    v = verify.reindex(columns=verify.columns.union(["reference", "dialect.rule"], sort=False))
+    v = verify.reindex(columns=verify.columns.union(["reference", "dialect.rule", "ok", "rel_err", "tolerance"], sort=False))
     ref = v.reference.where(v.reference.notna(), "Z")
     judged_by = v["dialect.rule"].where(v.status == "dialect")
     judged = v[v.compared & ((ref == judged_by) | (judged_by.isna() & (ref != "C")))]
@@ -99,8 +99,8 @@ def _correctness(verify) -> Section:
             [[b] + [f"{_fmt(table.rel_err[b, q], '.1e')} ({_fmt(table.ratio[b, q], '.1e')}×tol)"
                     if (b, q) in table.index else "–" for q in quantities] for b in backends])
     s.figure("error-matrix.png", plots.error_matrix(backends, quantities, table.ratio.to_dict()))
-    failing = verify[verify.ok.eq(False)].groupby("record").quantity.agg(", ".join)
-    shown = verify.drop_duplicates("record")
+    failing = v[v.ok.eq(False)].groupby("record").quantity.agg(", ".join)
+    shown = v.drop_duplicates("record")
     shown = shown[shown.status.isin(("fail", "error", "nondeterministic", "dialect"))]
     problems = [[r.case_id, r.backend, r.status, r.message or failing.get(r.record, "")] for r in shown.itertuples()]
     if problems:

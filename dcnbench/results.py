@@ -176,7 +176,7 @@ def csv_text(kind: str, results: list, env: dict) -> str:
     rows = rows.drop(columns=["op"], errors="ignore").join(pd.DataFrame(labels), on="record")
     if kind == "speed":  # the CSV has one message column: the record's, else its measurement warnings
         rows["message"] = [m or "; ".join(w) for m, w in zip(rows.message, rows.warnings)]
-    rows = rows[list(CSV_COLUMNS[kind])].rename(columns=CSV_NAMES)
+    rows = rows.reindex(columns=CSV_COLUMNS[kind], fill_value="").rename(columns=CSV_NAMES)  # no quantity at all: empty
     return rows.map(lambda v: "" if v is None else v).to_csv(index=False, na_rep="nan", lineterminator="\r\n")
 
 

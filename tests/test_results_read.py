@@ -1,5 +1,6 @@
 """`dcnbench.results.read`: every results kind as one pandas DataFrame (hand-written documents)."""
 
+import csv
 import math
 
 import pytest
@@ -91,3 +92,27 @@ def test_read_refuses_what_load_json_refuses(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ResultsFileError, match="not a dcnbench results file"):
         results.read(tmp_path / "x.json")
+
+
+def test_csv_of_results_without_any_quantity(tmp_path):
+    # Every case unsupported: the quantity columns exist all the same, empty.
+    from dcnbench.status import Status
+    from dcnbench.verify import VerifyResult, default_suite
+
+    case = default_suite()[0]
+    env = _env("AMD") | {"python_version": "3.11"}
+    results.write_csv(tmp_path / "v.csv", "verify", [VerifyResult(case, "onnxruntime", Status.UNSUPPORTED, message="no")], env)
+    (fields,) = csv.DictReader((tmp_path / "v.csv").open())
+    assert fields["status"] == "unsupported" and fields["message"] == "no"
+    assert [fields[k] for k in ("quantity", "ok", "rel_err", "tolerance")] == ["", "", "", ""]
+
+
+def test_report_and_gate_of_a_run_without_any_quantity(tmp_path):
+    # Every case unsupported (e.g. the export cases of a backend that cannot export): no error columns at all.
+    from dcnbench import gate, report
+
+    doc = _verify()
+    doc["records"] = [dict(r, status="unsupported", quantities=[]) for r in doc["records"]]
+    md = report.to_markdown(report.build([doc]), "t")
+    assert "| torchvision | not verified |" not in md and "| torchvision | correct | 0 | 0 | 0 | 0 | 2 | 0 | – |" in md
+    assert gate.compare_correctness([_verify()], [doc]) == ([], [], 0)
