@@ -44,3 +44,8 @@ class PluginError(DcnbenchError):
 
 class ResultsFileError(DcnbenchError):
     """A results file is unreadable or has a schema this version does not know."""
+
+
+class NotExportable(Exception):
+    """torch.onnx.export could not export the module; the message is the exporter's own reason.
+    Here, below both the export check (onnx_export.py) and the worker client that re-raises it."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field, replace
 
+import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from dcnbench.contention import oversubscribed
 from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
-from dcnbench.results import expand, partial_note
+from dcnbench.results import expand, frame, partial_note
 from dcnbench.status import PASSING
 # What must match for times to be comparable across runs.
 ENV_KEYS = ("device", "device_name", "cpu_model", "torch_version", "torchvision_version", "threads")
@@ -126,29 +127,29 @@ def _records(docs: list[dict], kind: str) -> list[tuple[dict, dict]]:
 # ---- correctness ---------------------------------------------------------------------------------
 
 
+def _verify_records(docs: list[dict]):
+    """One frame row per verify record (shards merged), with its failing quantities."""
+    rows = frame(expand(docs), exact=True)
+    rows = rows[rows.kind == "verify"].reindex(columns=rows.columns.union(["case_digest", "message", "ok", "quantity"]))
+    failing = rows[rows.ok.eq(False)].groupby("record").quantity.agg(", ".join)
+    return rows.drop_duplicates("record").assign(failing=lambda d: d.record.map(failing).fillna(""))
+
+
 def compare_correctness(baseline: list[dict], candidate: list[dict]) -> tuple[list[CorrectnessChange], list[CorrectnessChange], int]:
     """(regressions, not run, cases checked) over every case that passed in the baseline.
 
     A case the candidate did not run, or ran under another definition, is `not run`: it proves
     nothing either way, so it never counts as a pass.
     """
-    now = {(r["case_id"], r["backend"]): r for r, _ in _records(candidate, "verify")}
-    regressions, not_run, checked = [], [], 0
-    for r, _ in _records(baseline, "verify"):
-        if r["status"] not in PASSING:
-            continue
-        key = (r["case_id"], r["backend"])
-        c = now.get(key)
-        if c is None:
-            not_run.append(CorrectnessChange(*key, r["status"], "not run", "the candidate did not run this case"))
-        elif c["case_digest"] != r["case_digest"]:
-            not_run.append(CorrectnessChange(*key, r["status"], "not run", "the candidate ran it under another definition"))
-        else:
-            checked += 1
-            if c["status"] not in PASSING:
-                failing = [q["quantity"] for q in c.get("quantities", []) if not q["ok"]]
-                regressions.append(CorrectnessChange(*key, r["status"], c["status"], ", ".join(failing) or c.get("message", "")))
-    return regressions, not_run, checked
+    base, now = _verify_records(baseline), _verify_records(candidate).drop_duplicates(["case_id", "backend"], keep="last")
+    both = base[base.status.isin(PASSING)].merge(now, "left", on=["case_id", "backend"], suffixes=("", "_now"))
+    ran = both[both.case_digest_now.eq(both.case_digest)]
+    not_run = [CorrectnessChange(r.case_id, r.backend, r.status, "not run", "the candidate did not run this case"
+                                 if pd.isna(r.status_now) else "the candidate ran it under another definition")
+               for r in both[~both.case_digest_now.eq(both.case_digest)].itertuples()]
+    regressions = [CorrectnessChange(r.case_id, r.backend, r.status, r.status_now, r.failing_now or r.message_now or "")
+                   for r in ran[~ran.status_now.isin(PASSING)].itertuples()]
+    return regressions, not_run, len(ran)
 
 
 # ---- performance ---------------------------------------------------------------------------------

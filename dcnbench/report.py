@@ -11,8 +11,10 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from dcnbench import ops, plots
-from dcnbench.results import expand, partial_note, worst
+from dcnbench.results import expand, frame, partial_note, worst
 from dcnbench.status import VERIFY_STATUSES
 
 
@@ -51,15 +53,15 @@ def _mib(n):
 
 def build(docs: list[dict]) -> list[Section]:
     docs = expand(docs)
-    verify = [(r, d) for d in docs if d["kind"] == "verify" for r in d["records"]]
-    speed = [(r, d) for d in docs if d["kind"] == "speed" for r in d["records"]]
+    rows = frame(docs, exact=True)  # the JSON's values: a missing figure prints "–", a NaN error "NaN"
+    verify, speed = rows[rows.kind == "verify"], rows[rows.kind == "speed"]
     sections = [_at_a_glance(verify, speed)]
     note = partial_note(docs)
     if note:  # say it first: every figure below covers only the results that ran
         sections[0].blocks.insert(0, ("text", f"Partial results: {note} (the run was interrupted or crashed)."))
-    if verify:
+    if len(verify):
         sections.append(_correctness(verify))
-    if speed:
+    if len(speed):
         sections.append(_speed(speed))
     sections += [_training(d, i) for i, d in enumerate(d for d in docs if d["kind"] == "train")]
     sections.append(_environment(docs))
@@ -68,18 +70,17 @@ def build(docs: list[dict]) -> list[Section]:
 
 def _at_a_glance(verify, speed) -> Section:
     s = Section("At a glance")
-    backends = list(dict.fromkeys([r["backend"] for r, _ in verify] + [r["backend"] for r, _ in speed]))
+    backends = list(dict.fromkeys([*verify.backend, *speed.backend]))
     if not backends:  # e.g. only `train` files: their own sections follow
         s.text("No verify or speed results in these files.")
         return s
-    rows = []
-    for b in backends:
-        mine = [r for r, _ in verify if r["backend"] == b]
-        counts = {st: sum(r["status"] == st for r in mine) for st in VERIFY_STATUSES}
-        verdict = "correct" if mine and not (counts["fail"] or counts["error"] or counts["nondeterministic"]) else \
-            ("not verified" if not mine else "problems")
-        ratios = [r["ratio_to_baseline"] for r, _ in speed if r["backend"] == b and r.get("ratio_to_baseline")]
-        rows.append([b, verdict] + [str(counts[k]) for k in counts] + [_fmt(min(ratios)) if ratios else "–"])
+    records = verify.drop_duplicates("record")
+    counts = pd.crosstab(records.backend, pd.Categorical(records.status, VERIFY_STATUSES), dropna=False)
+    counts = counts.reindex(index=backends, fill_value=0)
+    ran, problems = counts.sum(axis=1), counts[["fail", "error", "nondeterministic"]].sum(axis=1)
+    best = speed[speed.ratio_to_baseline.fillna(0) > 0].groupby("backend").ratio_to_baseline.min() if len(speed) else {}
+    rows = [[b, "not verified" if not ran[b] else "problems" if problems[b] else "correct", *map(str, counts.loc[b]),
+             _fmt(best[b]) if b in best else "–"] for b in backends]
     s.table(["backend", "verdict", "pass", "dialect", "fail", "nondet.", "unsupported", "error", "best × baseline"], rows)
     return s
 
@@ -88,26 +89,24 @@ def _correctness(verify) -> Section:
     s = Section("Correctness")
     s.text("Worst normwise relative error per backend and quantity over every case, and that error divided by its "
            "tolerance (≤ 1 passes). A `dialect` result counts against the boundary rule its backend declares.")
-    backends = list(dict.fromkeys(r["backend"] for r, _ in verify))
-    worst_err, worst_ratio = {}, {}
-    for r, _ in verify:
-        judged_by = r["dialect"]["rule"] if r["status"] == "dialect" and r.get("dialect") else None
-        for q in r.get("quantities", []):
-            ref = q.get("reference", "Z")
-            if q["rel_err"] is None or (ref != judged_by if judged_by else ref == "C"):
-                continue
-            key = (r["backend"], q["quantity"].split("@")[0])  # cotangent layouts count for their gradient
-            worst_err[key] = worst([worst_err.get(key), q["rel_err"]])
-            worst_ratio[key] = worst([worst_ratio.get(key), q["rel_err"] / q["tolerance"]])
+    backends = list(dict.fromkeys(verify.backend))
+    v = verify.reindex(columns=verify.columns.union(["reference", "dialect.rule", "ok", "rel_err", "tolerance"], sort=False))
+    ref = v.reference.where(v.reference.notna(), "Z")
+    judged_by = v["dialect.rule"].where(v.status == "dialect")
+    judged = v[v.compared & ((ref == judged_by) | (judged_by.isna() & (ref != "C")))]
+    judged = judged.assign(quantity=judged.quantity.str.split("@").str[0],  # cotangent layouts count for their gradient
+                           ratio=[e / t for e, t in zip(judged.rel_err, judged.tolerance)])
+    table = judged.groupby(["backend", "quantity"], sort=False)[["rel_err", "ratio"]].agg(worst)
     every = dict.fromkeys(q for spec in ops.all_ops() for q in spec.quantities)
-    quantities = [q for q in every if any((b, q) in worst_err for b in backends)]
+    quantities = [q for q in every if q in set(judged.quantity)]
     s.table(["backend"] + quantities,
-            [[b] + [f"{_fmt(worst_err.get((b, q)), '.1e')} ({_fmt(worst_ratio.get((b, q)), '.1e')}×tol)"
-                    if (b, q) in worst_err else "–" for q in quantities] for b in backends])
-    s.figure("error-matrix.png", plots.error_matrix(backends, quantities, worst_ratio))
-    problems = [[r["case_id"], r["backend"], r["status"], r.get("message", "") or ", ".join(
-        q["quantity"] for q in r.get("quantities", []) if not q["ok"])] for r, _ in verify
-        if r["status"] in ("fail", "error", "nondeterministic", "dialect")]
+            [[b] + [f"{_fmt(table.rel_err[b, q], '.1e')} ({_fmt(table.ratio[b, q], '.1e')}×tol)"
+                    if (b, q) in table.index else "–" for q in quantities] for b in backends])
+    s.figure("error-matrix.png", plots.error_matrix(backends, quantities, table.ratio.to_dict()))
+    failing = v[v.ok.eq(False)].groupby("record").quantity.agg(", ".join)
+    shown = v.drop_duplicates("record")
+    shown = shown[shown.status.isin(("fail", "error", "nondeterministic", "dialect"))]
+    problems = [[r.case_id, r.backend, r.status, r.message or failing.get(r.record, "")] for r in shown.itertuples()]
     if problems:
         s.text("Cases that did not simply pass (dialect: agrees with the backend's declared boundary rule, "
                "differs from the paper's only in the border bands):")
@@ -116,29 +115,22 @@ def _correctness(verify) -> Section:
 
 
 def _speed(speed) -> Section:
-    baseline = next((r.get("baseline") or d.get("baseline") for r, d in speed if r.get("baseline") or d.get("baseline")), "baseline")
+    named = speed.baseline.where(speed.baseline.notna(), speed.get("run_baseline"))
+    baseline = next((b for b in named if b), "baseline")
     s = Section("Speed")
     s.text(f"Medians of interleaved samples; `× {baseline}` divides by {baseline}'s median measured in the same run, "
            "so it is comparable across machines where absolute times are not.")
-    workloads = list(dict.fromkeys(r["case_id"] for r, _ in speed))
-    backends = list(dict.fromkeys(r["backend"] for r, _ in speed))
-    ratios, peaks = {}, {}
-    rows = []
-    for r, _ in speed:
-        if r["status"] == "ok":
-            if r.get("ratio_to_baseline"):
-                ratios[(r["case_id"], r["backend"])] = r["ratio_to_baseline"]
-            if r.get("peak_bytes") is not None:
-                peaks[(r["case_id"], r["backend"])] = r["peak_bytes"]
-        rows.append([r["case_id"], r["backend"], r["status"], _fmt(r.get("median_ms")), _fmt(r.get("iqr_ms")),
-                     _fmt(r.get("ratio_to_baseline")), _fmt(r.get("gflops"), ".1f"), _mib(r.get("peak_bytes")),
-                     r.get("message", "") if r["status"] != "ok" else ""])
+    workloads, backends = list(dict.fromkeys(speed.case_id)), list(dict.fromkeys(speed.backend))
+    ok = speed.set_index(["case_id", "backend"])[speed.status.eq("ok").to_numpy()]
+    ratios = ok.ratio_to_baseline[ok.ratio_to_baseline.fillna(0).to_numpy() > 0].to_dict()
+    peaks = ok.peak_bytes.dropna().to_dict()
+    rows = [[r.case_id, r.backend, r.status, _fmt(r.median_ms), _fmt(r.iqr_ms), _fmt(r.ratio_to_baseline),
+             _fmt(r.gflops, ".1f"), _mib(r.peak_bytes), r.message if r.status != "ok" else ""] for r in speed.itertuples()]
     s.table(["workload", "backend", "status", "median ms", "IQR ms", f"× {baseline}", "GFLOP/s", "peak mem", "note"], rows)
     if ratios:
         s.figure("speed-ratios.png", plots.speed_ratios(workloads, backends, ratios, baseline))
-    methods = sorted({r.get("memory_method") for r, _ in speed if r.get("memory_method")})
     if peaks:
-        s.text("Peak memory: " + "; ".join(methods) + ".")
+        s.text("Peak memory: " + "; ".join(sorted(set(speed.memory_method.dropna()) - {""})) + ".")
         s.figure("peak-memory.png", plots.peak_memory(workloads, backends, peaks))
     return s
 

@@ -12,9 +12,7 @@ or crashed run leaves valid files marked `"partial": true` with how many results
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import math
 import os
@@ -97,73 +95,122 @@ def default_path(kind: str, suffix: str, stamp: str) -> Path:
     return RESULTS_DIR / f"{kind}-{stamp}.{suffix}"
 
 
-def _env_columns(env: dict) -> dict:
-    keep = ("dcnbench_version", "git_commit", "timestamp", "torch_version", "torchvision_version",
-            "device", "device_name", "cpu_model", "threads", "seed")
-    return {f"env_{k}": env[k] for k in keep}
+# The CSV's columns, in order: a frame's columns (see `read`), some renamed for the CSV.
+CSV_ENV = ("env_dcnbench_version", "env_git_commit", "env_timestamp", "env_torch_version", "env_torchvision_version",
+           "env_device", "env_device_name", "env_cpu_model", "env_threads", "env_seed")
+CSV_COLUMNS = {
+    "verify": ("schema_version", "kind", "case_id", "case_digest", "case.check", "op", "shape", "dcn", "case.dtype",
+               "backend", "status", "message", "quantity", "ok", "rel_err", "max_abs_err", "tolerance", "note") + CSV_ENV,
+    "speed": ("schema_version", "kind", "case_id", "op", "shape", "dcn", "case.dtype", "case.device", "backend",
+              "case.direction", "status", "median_ms", "iqr_ms", "min_ms", "samples", "ratio_to_baseline", "gflops",
+              "peak_bytes", "memory_method", "message") + CSV_ENV,
+    "train": ("schema_version", "kind", "backend", "role", "settings.dcn", "dtype", "rule", "status", "message",
+              "first_failing_step", "step", "loss", "reference_loss", "loss_diff", "loss_bound", "weight_diff",
+              "weight_bound", "step_ms") + CSV_ENV}
+CSV_NAMES = {"case.check": "check", "case.dtype": "dtype", "case.device": "device", "case.direction": "quantity",
+             "settings.dcn": "dcn"}
 
 
-def verify_rows(results: list[VerifyResult], env: dict) -> list[dict]:
-    rows = []
-    for r in results:
-        common = {"schema_version": SCHEMA_VERSION, "kind": "verify", "case_id": r.case.case_id,
-                  "case_digest": verify_digest(r), "check": r.case.check, "op": r.case.op, "shape": r.case.shape_text,
-                  "dcn": r.case.variant, "dtype": r.case.dtype, "backend": r.backend,
-                  "status": r.status, "message": r.message}
-        for q in r.quantities or (None,):
-            rows.append(common | {
-                "quantity": q.quantity if q else "", "ok": q.ok if q else "",
-                "rel_err": q.rel_err if q else "", "max_abs_err": q.max_abs_err if q else "",
-                "tolerance": q.tolerance if q else "", "note": q.note if q else "",
-            } | _env_columns(env))
+def _flat(prefix: str, d: dict) -> dict:
+    """Nested objects as dotted columns: {"case": {"dtype": ..}} -> {"case.dtype": ..}."""
+    out = {}
+    for k, v in d.items():
+        out |= _flat(f"{prefix}{k}.", v) if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def _rows(docs: list[dict], files: list[str]) -> list[dict]:
+    """One flat row per verify record x quantity and per speed record, with the document's own
+    columns (file, bundle, kind, partial, run_*) and the environment's (env_*)."""
+    rows, records = [], 0
+    for doc, file in zip(docs, files):
+        for part in doc.get("parts", [doc]):
+            head = {"file": file, "bundle": doc["kind"] if "parts" in doc else "", "kind": part["kind"],
+                    "schema_version": part["schema_version"], "partial": bool(part.get("partial")),
+                    "expected_results": part.get("expected_results"), "completed_results": part.get("completed_results")}
+            head |= {f"run_{k}": v for k, v in part.items() if k not in head and k not in ("schema", "environment", "records")}
+            env = _flat("env_", part["environment"])
+            for r in part["records"]:
+                record = _flat("", {k: v for k, v in r.items() if k != "quantities"}) | {"record": records}
+                if part["kind"] == "speed":
+                    samples = r.get("samples_ms") or []
+                    record |= {"min_ms": min(samples, default=None), "samples": len(samples) or None}
+                if part["kind"] == "train":
+                    rows += [head | _without(record, TRAIN_STEP) | step | env for step in _train_steps(r)]
+                else:
+                    for q in r.get("quantities") or [{"quantity": None}] if part["kind"] == "verify" else [{}]:
+                        rows.append(head | record | _flat("", q) | {"compared": q.get("rel_err") is not None} | env)
+                records += 1
     return rows
 
 
-def speed_rows(results: list[SpeedResult], env: dict) -> list[dict]:
-    rows = []
-    for r in results:
-        m = r.measurement
-        rows.append({
-            "schema_version": SCHEMA_VERSION, "kind": "speed", "case_id": r.case.case_id,
-            "op": r.case.op, "shape": r.case.bench_case().shape_text, "dcn": r.case.bench_case().variant, "dtype": r.case.dtype,
-            "device": r.case.device, "backend": r.backend, "quantity": r.case.direction, "status": r.status,
-            "median_ms": m.median_ms if m else "", "iqr_ms": m.iqr_ms if m else "", "min_ms": m.min_ms if m else "",
-            "samples": len(m.samples_ms) if m else "", "ratio_to_baseline": r.ratio_to_baseline if r.ratio_to_baseline is not None else "",
-            "gflops": r.gflops if r.gflops is not None else "", "peak_bytes": r.peak_bytes if r.peak_bytes is not None else "",
-            "memory_method": r.memory_method or "", "message": r.message or "; ".join(r.warnings()),
-        } | _env_columns(env))
-    return rows
+# A train record's per-step lists, one value per step in a frame's rows (named in the singular).
+TRAIN_STEP = {"losses": "loss", "reference_losses": "reference_loss", "loss_diff": "loss_diff",
+              "loss_bound": "loss_bound", "weight_diff": "weight_diff", "weight_bound": "weight_bound"}
 
 
-def train_rows(results: list[TrainResult], env: dict) -> list[dict]:
-    """One row per backend x training step: its loss, the reference's, and each drift with its bound."""
-    rows = []
-    for r in results:
-        common = {"schema_version": SCHEMA_VERSION, "kind": "train", "backend": r.backend, "role": r.role,
-                  "dcn": r.settings.get("dcn", ""), "dtype": r.dtype, "rule": r.rule, "status": r.status,
-                  "message": r.message, "first_failing_step": r.first_failing_step or ""}
-        for i, loss in enumerate(r.losses or (None,)):
-            at = (lambda values: values[i] if loss is not None and i < len(values) else "")
-            rows.append(common | {"step": i + 1 if loss is not None else "", "loss": "" if loss is None else loss,
-                                  "reference_loss": at(r.reference_losses), "loss_diff": at(r.loss_diff),
-                                  "loss_bound": at(r.loss_bound), "weight_diff": at(r.weight_diff),
-                                  "weight_bound": at(r.weight_bound),
-                                  "step_ms": "" if r.step_ms is None else r.step_ms} | _env_columns(env))
-    return rows
+def _without(record: dict, keys) -> dict:
+    return {k: v for k, v in record.items() if k not in keys}
 
 
-def csv_text(rows: list[dict]) -> str:
-    buf = io.StringIO(newline="")
-    if not rows:
+def _train_steps(r: dict) -> list[dict]:
+    """A train record's steps, one dict each (step, loss, the reference's, each drift and its bound);
+    a run without a step keeps one row, its step empty."""
+    losses = r.get("losses") or []
+    steps = [{"step": i + 1} | {one: (r.get(many) or [])[i] if i < len(r.get(many) or []) else None
+                                for many, one in TRAIN_STEP.items()} for i in range(len(losses))]
+    return steps or [{"step": None}]
+
+
+def frame(docs: list[dict], files: list[str] | None = None, exact: bool = False):
+    """Loaded documents (bundles unpacked) as one DataFrame: see `read`. `exact` keeps the JSON's
+    values as they are (object columns, None apart from a NaN error) for writers that show both."""
+    import pandas as pd
+
+    rows = _rows(docs, files or [""] * len(docs))
+    if exact:
+        absent = dict.fromkeys(k for row in rows for k in row)  # a record without quantities lacks their fields
+        rows = [absent | row for row in rows]
+    df = pd.DataFrame(rows or None, columns=None if rows else ["kind", "record", "case_id", "backend", "status"],
+                      dtype=object if exact else None)
+    return df[sorted(df.columns, key=lambda c: (c.startswith("case."), c.startswith("env_")))]  # stable: the case, then the run
+
+
+def read(*paths):
+    """Results files (verify, speed, train, and the baseline and gate-candidate bundles) as one pandas
+    DataFrame: a row per verify case x backend x quantity, per speed case x backend and per train
+    backend x step (`step`, `loss`, `reference_loss`, `loss_diff`, `loss_bound`, `weight_diff`, `weight_bound`).
+
+    Columns: the record's fields (`case_id`, `backend`, `status`, `rel_err`, `median_ms`, `samples_ms`
+    ...), its case definition as `case.*`, the run's environment as `env_*` (`env_backend_versions.NAME`,
+    `env_contention.*`), the file's name (`file`, `bundle`), whether its run was interrupted
+    (`partial`, `expected_results`, `completed_results`) and the run's options (`run_*`). `compared`
+    is False where a quantity was not compared (its `rel_err` is then NaN, as a NaN error also is).
+    """
+    docs = load_many([Path(p) for p in paths])
+    return frame(docs, [str(p) for p in paths])
+
+
+def csv_text(kind: str, results: list, env: dict) -> str:
+    """The CSV of a command's results: one frame row per record (x quantity), the JSON's values."""
+    import pandas as pd
+
+    doc = document(kind, env, results)
+    labels = [{"op": r.case.op, "shape": c.shape_text, "dcn": c.variant}
+              for r in results if kind != "train" for c in [r.case if kind == "verify" else r.case.bench_case()]]
+    rows = frame([doc], exact=True)  # None stays empty, a NaN error prints nan
+    if rows.empty:
         return "schema_version\n"
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    if labels:
+        rows = rows.drop(columns=["op"], errors="ignore").join(pd.DataFrame(labels), on="record")
+    if kind == "speed":  # the CSV has one message column: the record's, else its measurement warnings
+        rows["message"] = [m or "; ".join(w) for m, w in zip(rows.message, rows.warnings)]
+    rows = rows.reindex(columns=CSV_COLUMNS[kind], fill_value="").rename(columns=CSV_NAMES)  # no quantity at all: empty
+    return rows.map(lambda v: "" if v is None else v).to_csv(index=False, na_rep="nan", lineterminator="\r\n")
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    write_text(path, csv_text(rows))
+def write_csv(path: Path, kind: str, results: list, env: dict) -> None:
+    write_text(path, csv_text(kind, results, env))
 
 
 def verify_digest(r: VerifyResult) -> str:
@@ -310,8 +357,7 @@ class ResultsWriter:
 
     def flush(self, partial: bool) -> None:
         progress = {"partial": partial, "expected_results": self.expected, "completed_results": len(self.results)}
-        rows = {"verify": verify_rows, "train": train_rows}.get(self.kind, speed_rows)(self.results, self.env)
-        write_text(self.csv_path, csv_text(rows))
+        write_csv(self.csv_path, self.kind, self.results, self.env)
         write_json(self.json_path, self.kind, self.env, self.results, self.extra | progress)
         self._last = self.clock()
 

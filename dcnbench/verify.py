@@ -465,8 +465,6 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
     if reason:
         return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
     if case.check == "export":  # the ONNX export check (onnx_export.py)
-        from dcnbench.onnx_export import verify_export
-
         return verify_export(backend, case, device, ref_cache)
     no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
     fn = backend.ops[case.op]
@@ -525,6 +523,31 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
         message = "; ".join(filter(None, [message, f"gradients unsupported: {no_backward}"]))
     message = "; ".join(filter(None, [message, _mode_note(backend, device)]))
     return VerifyResult(case, backend.name, status, tuple(quantities), message, time.perf_counter() - start, report)
+
+
+def verify_export(backend, case, device: str, ref_cache: dict):
+    """One export case on one backend, as a VerifyResult (compared with the float64 oracle's output)."""
+    from dcnbench.onnx_export import NotExportable, RuntimeRejected, exporter
+
+    start = time.perf_counter()
+    if device != "cpu":
+        return VerifyResult(case, backend.name, Status.UNSUPPORTED,
+                            message="the export check runs the exported model with onnxruntime's CPU provider")
+    if ops.of(case).export_layer is None:
+        return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=f"{case.op} has no export check")
+    try:
+        output, note = exporter(backend)(case)
+    except (NotExportable, RuntimeRejected) as exc:
+        status = Status.UNSUPPORTED if isinstance(exc, NotExportable) else Status.ERROR
+        return VerifyResult(case, backend.name, status, message=str(exc), elapsed_s=time.perf_counter() - start)
+    except Exception as exc:  # the kernel or the worker failed: an error row, and the run goes on
+        return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
+    if (case, "Z") not in ref_cache:
+        ref_cache[(case, "Z")] = reference(case, "Z")
+    ref, _ = ref_cache[(case, "Z")]
+    err = dtype_checked(compare("output", output, ref.output, case.dtype), output, case.dtype)
+    status = Status.PASS if err.ok else Status.FAIL
+    return VerifyResult(case, backend.name, status, (err,), note, time.perf_counter() - start)
 
 
 def _mode_note(backend: Backend, device: str) -> str:

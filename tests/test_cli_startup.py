@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "scipy", "matplotlib", "numpy")
+HEAVY = ("torch", "scipy", "matplotlib", "numpy", "pandas")
 
 PROBE = """
 import sys

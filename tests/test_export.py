@@ -10,7 +10,8 @@ import torch
 
 from dcnbench.backends import get
 from dcnbench.backends.ext import onnx as ext_onnx
-from dcnbench.onnx_export import check_module, exporter_reason, run_exported
+from dcnbench.export_check import check_module
+from dcnbench.onnx_export import exporter_reason, run_exported
 from dcnbench.verify import default_suite, run_verify, select_cases
 from tests.conftest import PLANTED, invoke
 

@@ -194,7 +194,7 @@ def test_the_model_exports_and_runs_in_onnxruntime(tmp_path):
     import onnx
 
     from dcnbench.models.deformable_detr import exported_model
-    from dcnbench.onnx_export import check_module
+    from dcnbench.export_check import check_module
 
     module, inputs = exported_model()
     result = check_module(module, inputs, onnx_path=tmp_path / "detr.onnx")

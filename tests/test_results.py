@@ -5,7 +5,7 @@ import pytest
 
 from dcnbench.errors import ResultsFileError
 from dcnbench.backends import get
-from dcnbench.results import SCHEMA_VERSION, environment, load_json, speed_rows, verify_rows, write_csv, write_json
+from dcnbench.results import SCHEMA_VERSION, environment, load_json, write_csv, write_json
 from dcnbench.speed import SpeedCase, run_speed
 from dcnbench.verify import default_suite
 from dcnbench.verify import run_verify
@@ -32,7 +32,7 @@ def test_environment_metadata(verified):
 def test_verify_csv_has_a_row_per_case_backend_quantity(verified, tmp_path):
     results, env = verified
     path = tmp_path / "v.csv"
-    write_csv(path, verify_rows(results, env))
+    write_csv(path, "verify", results, env)
     rows = list(csv.DictReader(path.open()))
     expected = sum(max(1, len(r.quantities)) for r in results)
     assert len(rows) == expected
@@ -61,7 +61,7 @@ def test_speed_json_keeps_raw_samples(tmp_path):
     write_json(tmp_path / "s.json", "speed", env, results)
     doc = load_json(tmp_path / "s.json")
     assert [len(r["samples_ms"]) for r in doc["records"]] == [3, 3]
-    write_csv(tmp_path / "s.csv", speed_rows(results, env))
+    write_csv(tmp_path / "s.csv", "speed", results, env)
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
     assert [r["backend"] for r in rows] == ["pytorch", "conv2d"] and rows[1]["ratio_to_baseline"] == "1.0"
 

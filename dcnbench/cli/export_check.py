@@ -20,10 +20,11 @@ def export_check(*, factory: str, backends: list[str] | None = None, onnx: Path 
 
     if rtol is not None and not (math.isfinite(rtol) and rtol > 0):
         raise UsageError(f"--rtol {rtol} is not a positive number", hint="e.g. --rtol 1e-5")
+    from dcnbench import export_check as check
     from dcnbench import onnx_export, outputs
 
     check_isolation(isolate=False, in_process=in_process, timeout=timeout)
-    onnx_export.check_factory_spec(factory)
+    check.check_factory_spec(factory)
 
     outputs.claim([("--onnx", onnx)])  # a folder, a missing folder, another run's file: exit 2 before the export
 
@@ -39,10 +40,10 @@ def export_check(*, factory: str, backends: list[str] | None = None, onnx: Path 
                              hint="only backends built on custom torch ops need one (ext)")
         translations.update(backend.onnx_translations())
     if in_process:
-        module, inputs = onnx_export.made_by(onnx_export.load_factory(factory))
-        found = onnx_export.check_module(module, inputs, translations, rtol, onnx)
+        module, inputs = check.made_by(check.load_factory(factory))
+        found = check.check_module(module, inputs, translations, rtol, onnx)
     else:
-        found = onnx_export.check_in_worker(factory, backends or [], rtol, onnx)
+        found = check.check_in_worker(factory, backends or [], rtol, onnx)
 
     if found.graph:
         console.print(f"exported graph (opset {onnx_export.OPSET}): {found.graph}", highlight=False)

@@ -82,7 +82,7 @@ def _exporter(client_of, backend_name: str | None = None):
         params = {"op": case.op, "case": case.definition(), "backend": backend_name}
         reply, out = client_of().request({"cmd": "export", "params": params})
         if reply.get("unsupported"):
-            from dcnbench.onnx_export import NotExportable
+            from dcnbench.errors import NotExportable
 
             raise NotExportable(reply["unsupported"])
         return unpack(out)["output"], reply.get("note", "")

@@ -143,14 +143,14 @@ def export(header, arrays):
 
 def _made_by(factory):
     """(module, inputs) from export-check's PATH.py:FACTORY; its own errors keep their message and hint."""
-    from dcnbench.onnx_export import load_factory, made_by
+    from dcnbench.export_check import load_factory, made_by
 
     return made_by(load_factory(factory))  # UsageError (message and hint) for a factory that exits or raises
 
 
 def export_check(header, arrays):
-    """`dcnbench export-check` on the factory's model, here (dcnbench/onnx_export.py: check_module)."""
-    from dcnbench.onnx_export import check_module
+    """`dcnbench export-check` on the factory's model, here (dcnbench/export_check.py: check_module)."""
+    from dcnbench.export_check import check_module
 
     params = header["params"]
     translations = {}

@@ -324,7 +324,10 @@ void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, con
 at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
                    const std::optional<at::Tensor>& mask_, const std::optional<at::Tensor>& bias_, int64_t sh,
                    int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t og) {
-  const at::Tensor weight = weight_.contiguous(), offset = offset_.contiguous();
+  // Detached: the GEMMs below write into buffers (mm_out), which autograd refuses for a weight that
+  // requires grad when this kernel runs on a thread where grad mode is on (at::parallel_for's workers
+  // do not inherit the caller's dispatch state). The op's gradient is its own backward, not autograd's.
+  const at::Tensor weight = weight_.detach().contiguous(), offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const at::Tensor bias = bias_.has_value() ? bias_->contiguous() : at::Tensor();
   const Geo g = checked(conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og));
@@ -348,7 +351,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_, const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& offset_,
     const std::optional<at::Tensor>& mask_, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
     int64_t groups, int64_t og, bool /*deterministic: the CPU kernels always are*/) {
-  const at::Tensor grad = grad_.contiguous(), weight = weight_.contiguous(), offset = offset_.contiguous();
+  const at::Tensor grad = grad_.detach().contiguous(), weight = weight_.detach().contiguous();  // as in forward
+  const at::Tensor offset = offset_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const Geo g = checked(conv_geometry(input_, weight, sh, sw, ph, pw, dh, dw, groups, og));
   at::Tensor grad_offset = at::zeros_like(offset);
