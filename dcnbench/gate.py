@@ -132,7 +132,7 @@ def _verify_records(docs: list[dict]):
     rows = frame(expand(docs), exact=True)
     rows = rows[rows.kind == "verify"].reindex(columns=rows.columns.union(["case_digest", "message", "ok", "quantity"]))
     failing = rows[rows.ok.eq(False)].groupby("record").quantity.agg(", ".join)
-    return rows.drop_duplicates("record").assign(failing=lambda d: d.record.map(failing).fillna(""))
+    return rows.drop_duplicates("record").assign(failing=lambda d: d.record.map(lambda r: failing.get(r, "")))
 
 
 def compare_correctness(baseline: list[dict], candidate: list[dict]) -> tuple[list[CorrectnessChange], list[CorrectnessChange], int]:

@@ -116,3 +116,25 @@ def test_report_and_gate_of_a_run_without_any_quantity(tmp_path):
     md = report.to_markdown(report.build([doc]), "t")
     assert "| torchvision | not verified |" not in md and "| torchvision | correct | 0 | 0 | 0 | 0 | 2 | 0 | – |" in md
     assert gate.compare_correctness([_verify()], [doc]) == ([], [], 0)
+
+
+def _train() -> dict:
+    run = {"backend": "ext", "status": "fail", "message": "diverged", "rule": "Z", "dtype": "float32", "role": "backend",
+           "losses": [2.3, 2.2, 2.5], "reference_losses": [2.3, 2.2, 2.1], "loss_diff": [0.0, 1e-7, 0.4],
+           "loss_bound": [1e-6, 1e-6, 1e-6], "weight_diff": [1e-8, 2e-8], "weight_bound": [1e-6, 1e-6],
+           "first_failing_step": 3, "settings": {"dcn": "v1"}, "step_ms": 4.0}
+    crashed = run | {"status": "error", "losses": [], "reference_losses": [], "loss_diff": [], "loss_bound": [],
+                     "weight_diff": [], "weight_bound": [], "first_failing_step": None}
+    return {"schema": results.SCHEMA, "schema_version": 2, "kind": "train", "environment": _env("AMD"),
+            "records": [run, crashed]}
+
+
+def test_train_a_row_per_backend_step(tmp_path):
+    results.save(tmp_path / "t.json", _train())
+    df = results.read(tmp_path / "t.json")
+    assert df.record.tolist() == [0, 0, 0, 1]  # three steps, and one row for the run that took none
+    assert df.step.tolist()[:3] == [1, 2, 3] and math.isnan(df.step.tolist()[3])
+    assert df.loss.tolist()[:3] == [2.3, 2.2, 2.5] and df.loss_diff[2] == 0.4
+    # A list shorter than the losses (weights compared at fewer steps) leaves the later steps empty.
+    assert df.weight_diff[1] == 2e-8 and math.isnan(df.weight_diff[2])
+    assert df["settings.dcn"].tolist() == ["v1"] * 4 and set(df.env_cpu_model) == {"AMD"}
