@@ -81,11 +81,11 @@ docs: $(SYNCED)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The docs site first (seconds: a broken link fails fast), then the CUDA library built exactly as a
-# GPU user's first run builds it (compiled and linked for sm_80 and sm_90; no GPU here, so it is not run: a build that fails for a user fails CI), the tests
-# (they run the CUDA kernels emulated on the CPU, under ThreadSanitizer too; the browser test of the HTML
-# report must run, not skip), then the project's
-# own gate against the committed baseline: correctness is hard, performance is printed only (a
-# shared machine is too noisy to fail CI on).
+# GPU user's first run builds it (compiled and linked for sm_80 and sm_90; no GPU here, so it is not
+# run: a build that fails for a user fails CI), the tests (they run the CUDA kernels emulated on the
+# CPU, under ThreadSanitizer too; the browser test of the HTML report must run, not skip), then the
+# project's own gate against the committed baseline: correctness is hard, performance is printed
+# only (a shared machine is too noisy to fail CI on).
 test: $(SYNCED) $(WORKER_SYNCED) $(CHROMIUM)
 	$(MAKE) --no-print-directory docs
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
