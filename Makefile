@@ -26,12 +26,13 @@ CHROMIUM ?= /usr/bin/chromium
 NARROW_CPU := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
 ANY_CPU_TESTS = $(shell grep -l 'mark.any_cpu' tests/test_*.py)
 
-.PHONY: help env envs $(foreach e,$(WORKER_ENVS),$(e)-env) chromium demo test example-report gpu-check clean
+.PHONY: help env envs $(foreach e,$(WORKER_ENVS),$(e)-env) chromium demo test docs example-report gpu-check clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   create the environment, run dcnbench verify and short dcnbench speed runs (convolution, RoI pooling)"
 	@echo "make test   create the environment and run the tests"
+	@echo "make docs   build the reference site (docs/, mkdocs.yml) strictly into results/site"
 	@echo "make gpu-check   on a GPU machine: build ext for CUDA, verify on CUDA, time the presets (to \$$OUT)"
 	@echo "make envs   create every framework backend's own environment: $(WORKER_ENVS)"
 	@echo "make mxnet-env   create .venv-mxnet (mxnet 1.9.1, numpy 1.23.5) for the mxnet backend"
@@ -73,13 +74,22 @@ demo: $(SYNCED) $(WORKER_SYNCED)
 	$(DCNBENCH) speed --preset dcn-56 --repeat 5 --warmup 0.3
 	$(DCNBENCH) speed --preset faster-rcnn --repeat 3 --warmup 0.3
 
-# The CUDA library built exactly as a GPU user's first run builds it (compiled and linked for sm_80
-# and sm_90; no GPU here, so it is not run: a build that fails for a user fails CI), the tests
-# (they run the CUDA kernels emulated on the CPU, under ThreadSanitizer too; the browser test of the HTML
-# report must run, not skip), then the project's
-# own gate against the committed baseline: correctness is hard, performance is printed only (a
-# shared machine is too noisy to fail CI on).
+# The reference site, built strictly (mkdocs.yml): a broken link, a missing page or a page left out of
+# the nav fails. MkDocs and its Material theme are dev dependencies in uv.lock, so .venv has them.
+# (NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0 is not about this site.) Never --quiet: it
+# drops warnings before strict mode counts them, and a broken link then builds (mkdocs#4126, open;
+# measured by tests/test_docs.py); nor -v, which skips the anchor checks (mkdocs#3991).
+docs: $(SYNCED)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The docs site first (seconds: a broken link fails fast), then the CUDA library built exactly as a
+# GPU user's first run builds it (compiled and linked for sm_80 and sm_90; no GPU here, so it is not
+# run: a build that fails for a user fails CI), the tests (they run the CUDA kernels emulated on the
+# CPU, under ThreadSanitizer too; the browser test of the HTML report must run, not skip), then the
+# project's own gate against the committed baseline: correctness is hard, performance is printed
+# only (a shared machine is too noisy to fail CI on).
 test: $(SYNCED) $(WORKER_SYNCED) $(CHROMIUM)
+	$(MAKE) --no-print-directory docs
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
 	DCNBENCH_REQUIRE_BROWSER=1 DCNBENCH_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest
 	$(NARROW_CPU) $(VENV)/bin/pytest -n 0 -p no:cacheprovider -m any_cpu $(ANY_CPU_TESTS)
