@@ -72,7 +72,11 @@ def test_base_and_head_alternate_and_the_gate_decides(tmp_path):
     r = invoke("gate", "--against", "HEAD", "--impl", SLOWABLE, "--backend", "conv2d", "--no-correctness",
                "--shape", "1,4,8,8:4,3,3", "--rounds", "2", "--repeat", "4", "--warmup", "0", "--summary", str(summary))
     assert r.returncode in (0, 3, 4), r.stdout + r.stderr  # a decision, not an error
-    assert re.search(r"\| 1,4,8,8:4,3,3\S* \| kernel \| conv2d \| [\d.]+ \| [\d.]+ \|", summary.read_text())
+    text = summary.read_text()
+    if r.returncode == 4:  # timed on an oversubscribed machine (this suite's own load may make it one): no ratio judged
+        assert re.search(r"- 1,4,8,8:4,3,3\S* · kernel: the (baseline|candidate) was timed on an oversubscribed", text), text
+    else:
+        assert re.search(r"\| 1,4,8,8:4,3,3\S* \| kernel \| conv2d \| [\d.]+ \| [\d.]+ \|", text), text
     rounds = [ln for ln in r.stderr.splitlines() if ln.startswith("round ")]
     assert [re.findall(r"(base|head) \d+ s", ln) for ln in rounds[:2]] == [["base", "head"], ["head", "base"]]
     scratch = ROOT / re.search(r"every run's results in `([^`]+)`", r.stdout).group(1)

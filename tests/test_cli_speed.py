@@ -17,10 +17,10 @@ def test_speed_table_files_and_reference_row(tmp_path):
     for name in ("pytorch", "torchvision", "conv2d", "median ms", "x conv2d", "GFLOP/s", "peak mem"):
         assert name in out.stdout
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-    assert [r["backend"] for r in rows] == ["pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "ext",
-                                            "conv2d"]  # roi_align: no conv
+    assert [r["backend"] for r in rows] == ["pytorch", "torchvision", "mxnet", "paddle", "onnxruntime", "openvino",
+                                            "ext", "conv2d", "transformers"]  # roi_align, grid_sample: no conv
     ok = [r for r in rows if r["status"] == "ok"]
-    # MXNet: no DCNv2 backward on the CPU; onnxruntime: inference only
+    # MXNet: no DCNv2 backward on the CPU; onnxruntime and openvino: inference only; transformers: no conv
     assert [r["backend"] for r in ok] == ["pytorch", "torchvision", "paddle", "ext", "conv2d"]
     assert all(int(r["peak_bytes"]) >= 0 for r in ok) and {r["env_threads"] for r in rows} == {"1"}
     doc = json.loads((tmp_path / "s.json").read_text())

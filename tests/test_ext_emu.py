@@ -279,11 +279,14 @@ def planted_launches(tmp_path_factory):
     return replace(get("ext-cuda-emu"), name="planted-launches", ops=OpLibrary(lambda: target).op_table())
 
 
-GRID_CASES = [c for c in default_suite() if "-grid-" in c.name or c.name.startswith("grid-")]
+# The grid-limit cases (grid-tall-image-..., roi-grid-...-rois): not ms_deform_attn's grid_sample identities.
+GRID_CASES = [c for c in default_suite() if re.match(r"(\w+-)?grid-(tall|\d)", c.name)]
 
 
 def test_the_grid_cases_drive_past_every_grid_dimension_a_row_or_roi_launch_would_use():
-    assert {c.op for c in GRID_CASES} == set(EMULATED_OPS)
+    # ms_deform_attn's launches are one-dimensional and capped (blocks_for), whatever its size: no grid
+    # dimension of it grows with the input (test_msda_verify runs one past the cap).
+    assert {c.op for c in GRID_CASES} == set(EMULATED_OPS) - {"ms_deform_attn"}
     for c in GRID_CASES:
         assert (c.geometry.ho if c.op == "deform_conv2d" else c.geometry.rois) > 65535
 

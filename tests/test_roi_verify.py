@@ -129,7 +129,10 @@ def test_mxnet_runs_the_psroi_suite_and_declines_mmcv_pooling_with_a_reason():
     assert mx.unavailable is None, mx.unavailable
     found = run_verify(backends=[mx], cases=SUITE)
     psroi = [r for r in found if r.case.op == OP_DEFORM_PSROI_POOL and r.case.check != "compile"]
-    assert psroi and all(r.status == "pass" for r in psroi), [(r.case.case_id, r.status, r.message) for r in psroi if r.status != "pass"]
+    # Every case in the dtypes it runs passes; the covering array's float16/bfloat16 cases are declined.
+    ran = [r for r in psroi if r.case.dtype in ("float64", "float32")]
+    assert ran and all(r.status == "pass" for r in ran), [(r.case.case_id, r.status, r.message) for r in ran if r.status != "pass"]
+    assert all(r.status == "unsupported" and "MXNet" in r.message for r in psroi if r not in ran)
     assert any(q.quantity == "grad_offset" for r in psroi for q in r.quantities)  # the CPU backward is checked
     roi = [r for r in found if r.case.op == OP_DEFORM_ROI_POOL]
     assert roi and all(r.status == "unsupported" and "no mmcv-style deform_roi_pool" in r.message for r in roi)

@@ -76,6 +76,10 @@ def planted():
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
     # The grid-limit case (65599 rows) tests launches, not arithmetic a planted bug gets wrong: left out.
     cases = [c for c in SUITE if c.check != "export" and not c.name.startswith("grid-")]
+    # The bugs wrap torchvision: a case torchvision itself declares unsupported (its float16 offset
+    # gradient overflowing on the large-values cases) fails them for torchvision's reason, not theirs.
+    tv = get("torchvision")
+    cases = [c for c in cases if tv.case_unsupported is None or not tv.case_unsupported(c, "cpu")]
     # The two large cases (past ext's column chunk) are the only ones that catch the chunk bug: only
     # that bug runs them (the other bugs are caught by the small cases; they would cost them minutes).
     large = [c for c in cases if c.name in PAST_CHUNK]

@@ -67,13 +67,19 @@ _GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
 }
 
 # One image past ext's CPU column chunk (2^23 column elements: 14 images of 64x9x32x32): the
-# batch runs as 14 + 1. Large, so float32 only (the reference is float64 either way).
+# batch runs as 14 + 1. Large, so one dtype each (the reference is float64 either way): float32,
+# except where float32 itself cannot meet verify's fixed tolerance (_LARGE_FLOAT64).
 _LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch15-past-column-chunk": (30000, _geo(n=15, c=64, h=32, w=32, o=8), {"offset_scale": 2.0}),
     # A second, independent geometry past the chunk: 3.6M column elements an image, so chunks of 2
     # images and a last chunk of 1 (asymmetric 2x3 kernel, 251x300 map).
     "batch3-past-column-chunk-2x3": (30500, _geo(n=3, c=8, h=251, w=300, o=4, kh=2, kw=3, pad=(0, 1)), {"offset_scale": 2.0}),
 }
+# Its weight gradient sums 3 x 75300 products per element: under the expanded cotangent (one
+# cotangent repeated over the batch, so the roundoff adds up coherently) every float32 formulation
+# misses the fixed 1e-5 by a hair (measured: the float32 oracle, torchvision and ext all 1.03e-5).
+# Its point is the chunk boundary, which float64 shows as well.
+_LARGE_FLOAT64 = ("batch3-past-column-chunk-2x3",)
 
 # Failure class "grid limits" (float64 only: past 2^16 rows a float32 kernel's sampling coordinates
 # are 2^-7 apart, and the float32 oracle itself misses 1e-5 there, by 9e-4): more output rows than a
@@ -132,7 +138,8 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
         base = ConvCase(name=name, geometry=geo, seed=seed + offset, **opts)
         cases += [replace(base, dtype=d) for d in dtypes]
     for name, (offset, geo, opts) in _LARGE.items():
-        cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
+        dtype = "float64" if name in _LARGE_FLOAT64 else "float32"
+        cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype=dtype, **opts))
     for name, (offset, geo, opts) in _GRID.items():
         cases.append(ConvCase(name=name, geometry=geo, seed=seed + offset, dtype="float64", **opts))
     for name, (offset, geo, opts) in _LARGE_VALUES.items():
