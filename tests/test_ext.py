@@ -147,3 +147,26 @@ def test_the_cpu_library_targets_this_machine_and_its_instruction_set_keys_the_c
     key = build.target_dir(here)
     monkeypatch.setattr(build, "native_isa", lambda: "x86-64 baseline, another CPU")
     assert build.target_dir(build.native(False)) != key
+
+
+def test_depthwise_weight_trains_when_its_tiles_run_on_other_threads():
+    """One channel per group: the weight's GEMM layout is a view of the weight itself, which requires
+    grad. The forward's tiles run on at::parallel_for's threads, where autograd's dispatch state is
+    not the caller's: an out= GEMM on it raised there (the seeded fuzz found it; 20 of 20 calls)."""
+    from torchvision.ops import deform_conv2d as tv
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        args = [torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((2, 4, 64, 64), (2, 18, 64, 64), (4, 1, 3, 3))]
+        grads = []
+        for fn in (ext.deform_conv2d, tv):
+            leaves = [a.clone().requires_grad_() for a in args]
+            x, off, w = leaves
+            fn(x, off, w, padding=(1, 1)).square().sum().backward()
+            grads.append([t.grad for t in leaves])
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(*grads):
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-9)
