@@ -64,11 +64,11 @@ def env(**more) -> dict:
 
 def table(out: Path, runs: list[dict]) -> str:
     """One markdown row per workload x threads x direction: each backend's ratio and % of the bound."""
-    from dcnbench import roofline
+    from dcnbench.timing import roofline
     from dcnbench.results import load_json
-    from dcnbench.speed import SpeedCase, SpeedResult
+    from dcnbench.timing.speed import SpeedCase, SpeedResult
     from dcnbench.status import Status
-    from dcnbench.timing import Measurement
+    from dcnbench.timing.measure import Measurement
 
     lines = ["| workload | threads | direction | load | backend: × reference (% of roofline) |", "|---|---|---|---|---|"]
     for run in runs:
@@ -102,7 +102,7 @@ def profile(out: Path) -> str:
     if shutil.which("perf") is None:
         return "(perf is not installed: no profile by phase)"
     script = ("import torch; torch.set_num_threads(1)\n"
-              "from dcnbench.backends import get\nfrom dcnbench import ops\nfrom dcnbench.speed import SpeedCase, make_call\n"
+              "from dcnbench.backends import get\nfrom dcnbench import ops\nfrom dcnbench.timing.speed import SpeedCase, make_call\n"
               "case = SpeedCase(ops.preset('dcn-56', None)[0], direction='fwdbwd')\n"
               "setup, call = make_call(get('ext'), case.bench_case(), 'fwdbwd', 'cpu')\n"
               "[call() for _ in range(3)]\nimport time\nt = time.time()\nwhile time.time() - t < 20: call()\n")

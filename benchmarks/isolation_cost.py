@@ -22,8 +22,8 @@ from dcnbench.backends import get
 from dcnbench.ops import preset
 from dcnbench.ops.case import cotangent
 from dcnbench.plugins import load_plugin
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import _run, default_suite, run_verify, select_cases
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.runs import run_call as _run, default_suite, run_verify, select_cases
 from dcnbench.worker import isolation
 
 PLUGIN = "tests/plugins/planted_bugs.py:swapped_offsets"

@@ -46,7 +46,7 @@ def in_its_own_dtype():
 
 
 def _records(results) -> list[dict]:
-    from dcnbench.results import _verify_record, dumps, load_text
+    from dcnbench.results.files import _verify_record, dumps, load_text
 
     return [load_text(dumps(_verify_record(r))) for r in results]
 
@@ -57,7 +57,7 @@ def collect(out: Path, op_names: list[str] | None) -> None:
     from dcnbench import ops
     from dcnbench.backends import Backend
     from dcnbench.plugins import load_plugin
-    from dcnbench.verify import default_suite, run_verify
+    from dcnbench.checking.verify import default_suite, run_verify
 
     heavy = ("batch15", "past-column", "grid-")  # minutes each, and no planted bug is about tolerance there
     cases = [c for c in default_suite(op_names=op_names) if c.check not in ("export", "compile", "gradcheck")

@@ -7,6 +7,8 @@ code. Anything else that escapes is our bug and keeps its traceback.
 
 from __future__ import annotations
 
+import traceback
+
 # Documented exit codes (README "Exit codes"); `gate` uses 3 and 4 as well.
 EXIT_OK = 0
 EXIT_FAILED = 1  # a case failed, errored or was nondeterministic; the gate: a correctness regression
@@ -49,3 +51,13 @@ class ResultsFileError(DcnbenchError):
 class NotExportable(Exception):
     """torch.onnx.export could not export the module; the message is the exporter's own reason.
     Here, below both the export check (onnx_export.py) and the worker client that re-raises it."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type, its first line and where it was raised."""
+    if hasattr(exc, "one_line"):  # from a worker: its own line (the remote error, or how the worker died)
+        return exc.one_line()
+    text = str(exc).strip().splitlines()
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    loc = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {text[0] if text else ''}{loc}"

@@ -14,9 +14,9 @@
 The callable takes the operator's signature (`dcnbench verify --help`, README). It runs exactly
 what `dcnbench verify --impl PATH.py:FUNC` runs: the same probe call, the same default cases
 (filtered by `dtypes` and `cases` as `--dtype` and `--case` filter them), the same engine
-(`dcnbench.verify.run_verify`: output and every gradient against the oracle or identity, bitwise
+(`dcnbench.checking.verify.run_verify`: output and every gradient against the oracle or identity, bitwise
 determinism, no writes to the caller's tensors, gradcheck), the same tolerances, and the same
-verdict (`dcnbench.verify.failed`). A failure raises AssertionError with one line per failing
+verdict (`dcnbench.checking.verify.failed`). A failure raises AssertionError with one line per failing
 case and quantity: the case id, the quantity, the error and the tolerance (or the reason).
 """
 
@@ -36,7 +36,7 @@ def oracle_cases(op: str = DEFAULT_OP, *, dtypes: Sequence[str] | None = None, c
     `cases` holds text a case id must contain (as `--case`), or Case objects taken as they are.
     """
     from dcnbench import ops
-    from dcnbench.verify import default_suite, select_cases
+    from dcnbench.checking.verify import default_suite, select_cases
 
     ops.get(op)
     given = [c for c in cases or [] if isinstance(c, Case)]
@@ -57,10 +57,10 @@ def case_params(op: str = DEFAULT_OP, *, dtypes: Sequence[str] | None = None, ca
 def verify_callable(fn: Callable, *, op: str | None = None, dtypes: Sequence[str] | None = None,
                     cases: Sequence[str | Case] | None = None, device: str = "cpu", seed: int = 0,
                     name: str | None = None) -> list:
-    """The verify results (dcnbench.verify.VerifyResult) of `fn` on the selected cases, as `verify --impl` gets them."""
+    """The verify results (dcnbench.checking.verify.VerifyResult) of `fn` on the selected cases, as `verify --impl` gets them."""
     from dcnbench.errors import PluginError
     from dcnbench.plugins import callable_backend, probe_backend
-    from dcnbench.verify import run_verify
+    from dcnbench.checking.verify import run_verify
 
     label = name or getattr(fn, "__name__", "kernel")
     try:
@@ -83,8 +83,8 @@ def assert_op_matches_oracle(fn: Callable, op: str | None = None, *, dtypes: Seq
     `op` defaults to `fn.dcnbench_op`, else deform_conv2d; `fn.dcnbench_dtypes` limits the dtypes
     it is asked to run (others are `unsupported`, which does not fail), as for `--impl`.
     """
-    from dcnbench.problems import FAILING, one_line, problems
-    from dcnbench.verify import failed
+    from dcnbench.checking.problems import FAILING, one_line, problems
+    from dcnbench.checking.verify import failed
 
     results = verify_callable(fn, op=op, dtypes=dtypes, cases=cases, device=device, seed=seed, name=name)
     if not failed(results, allow_nondeterministic):

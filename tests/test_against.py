@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from dcnbench import against
+from dcnbench.results import against
 from dcnbench.errors import EXIT_FAILED, EXIT_USAGE
 from tests.conftest import PLANTED, ROOT, invoke
 
@@ -57,10 +57,10 @@ def test_bad_against_options_are_exit_2(args, message):
 
 
 def test_the_head_is_gated_on_its_oracle(monkeypatch):
-    import dcnbench.verify
+    import dcnbench.checking.verify
 
-    suite = dcnbench.verify.default_suite
-    monkeypatch.setattr(dcnbench.verify, "default_suite", lambda *a, **k: [c for c in suite() if c.case_id == "v2/float64"])
+    suite = dcnbench.checking.verify.default_suite
+    monkeypatch.setattr(dcnbench.checking.verify, "default_suite", lambda *a, **k: [c for c in suite() if c.case_id == "v2/float64"])
     r = invoke("gate", "--against", "HEAD", "--impl", f"{PLANTED}:missing_mask_grad", "--performance", "off")
     assert r.returncode == EXIT_FAILED, r.stdout + r.stderr
     assert "| v2/float64 | missing_mask_grad | oracle | **fail** | grad_mask, grad_mask@expanded," in r.stdout

@@ -1,9 +1,9 @@
-"""Oversubscription detection (dcnbench/contention.py): each sign on its own, and a watched block."""
+"""Oversubscription detection (dcnbench/timing/contention.py): each sign on its own, and a watched block."""
 
 import os
 
-from dcnbench import contention
-from dcnbench.contention import Contention
+from dcnbench.timing import contention
+from dcnbench.timing.contention import Contention
 
 
 def test_each_sign_alone_makes_the_machine_oversubscribed():

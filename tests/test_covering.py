@@ -1,10 +1,10 @@
-"""The covering-array generator (dcnbench/covering.py): every valid pair (triple) covered, nothing
+"""The covering-array generator (dcnbench/checking/covering.py): every valid pair (triple) covered, nothing
 invalid generated, the same rows every time; and every operator's declared table."""
 
 import pytest
 
 from dcnbench import ops
-from dcnbench.covering import Constraint, Option, complete, covering_array, generate, uncovered
+from dcnbench.checking.covering import Constraint, Option, complete, covering_array, generate, uncovered
 
 TOY = (Option("a", (1, 2, 3)), Option("b", ("x", "y")), Option("c", (0, 1, 2, 3)), Option("d", (True, False)))
 NO_A3_WITH_C0 = Constraint(("a", "c"), lambda a, c: not (a == 3 and c == 0), "a toy rule")
@@ -47,7 +47,7 @@ def test_each_operators_table_is_covered_pairwise_by_valid_asymmetric_cases(op):
 
 
 def test_the_suite_carries_each_covering_array_and_thorough_covers_triples():
-    from dcnbench.verify import default_suite
+    from dcnbench.checking.verify import default_suite
 
     built = []
     suite = default_suite(op_names=["dcnv4"], built=built)

@@ -12,7 +12,8 @@ from dcnbench.backends import get
 from dcnbench.ops.dcnv3.oracle import positions
 from dcnbench.ops.dcnv4.oracle import unpack
 from dcnbench.plugins import load_plugin
-from dcnbench.verify import compare, default_suite, failed, run_verify
+from dcnbench.checking.compare import compare
+from dcnbench.checking.verify import default_suite, failed, run_verify
 from tests.conftest import invoke
 from tests.plugins.planted_dcnv34_bugs import BUGS, IM2COL_BUGS, ISSUE_BUGS
 

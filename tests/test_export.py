@@ -10,9 +10,9 @@ import torch
 
 from dcnbench.backends import get
 from dcnbench.backends.ext import onnx as ext_onnx
-from dcnbench.export_check import check_module
-from dcnbench.onnx_export import exporter_reason, run_exported
-from dcnbench.verify import default_suite, run_verify, select_cases
+from dcnbench.checking.export_check import check_module
+from dcnbench.checking.onnx_export import exporter_reason, run_exported
+from dcnbench.checking.verify import default_suite, run_verify, select_cases
 from tests.conftest import PLANTED, invoke
 
 EXPORT = select_cases(default_suite(), ["export-"], None)

@@ -10,8 +10,8 @@ from dcnbench.backends import ext
 from dcnbench.backends.ext import build
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry
 from dcnbench.backends import get
-from dcnbench.verify import default_suite
-from dcnbench.verify import failed, run_verify
+from dcnbench.checking.verify import default_suite
+from dcnbench.checking.verify import failed, run_verify
 from dcnbench.ops.deform_conv2d.workloads import ConvCase
 from tests.conftest import invoke, run_cli
 

@@ -14,7 +14,7 @@ from dcnbench.ops.dcnv3.suite import group_geometry
 from dcnbench.ops.dcnv3.workloads import Dcnv3Case, grid
 from dcnbench.ops.dcnv4.contract import Dcnv4Geometry
 from dcnbench.ops.dcnv4.oracle import dcnv4 as oracle_v4
-from dcnbench.verify import compare
+from dcnbench.checking.compare import compare
 from dcnbench.ops.dcnv4.oracle import pack
 from dcnbench.ops.dcnv4.workloads import Dcnv4Case
 from tests.conftest import invoke

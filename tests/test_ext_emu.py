@@ -17,7 +17,7 @@ from dcnbench.backends import get
 from dcnbench.backends.ext import build, emu
 from dcnbench.backends.ext.library import OpLibrary
 from dcnbench.errors import UsageError
-from dcnbench.verify import default_suite, run_verify, verify_case
+from dcnbench.checking.verify import default_suite, run_verify, verify_case
 from tests.conftest import invoke
 
 # Two settings in the words: the grid capped at 1 block with blocks and threads shuffled,

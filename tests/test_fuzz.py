@@ -4,11 +4,13 @@ import json
 
 import pytest
 
-from dcnbench import fuzz, ops
+from dcnbench import ops
+
+from dcnbench.checking import fuzz
 from dcnbench.backends import get
-from dcnbench.fuzz import case_from_json, case_json, run_fuzz
+from dcnbench.checking.fuzz import case_from_json, case_json, run_fuzz
 from dcnbench.plugins import load_plugin
-from dcnbench.verify import default_suite
+from dcnbench.checking.verify import default_suite
 from tests.conftest import PLANTED, invoke, run_cli
 
 PLANTED_DCNV34 = PLANTED.with_name("planted_dcnv34_bugs.py")
@@ -97,8 +99,7 @@ def test_the_time_bound_stops_drawing_problems(monkeypatch):
     # that passes the bound after a few problems counts the draws made past it: no wall-clock limit.
     from types import SimpleNamespace
 
-    from dcnbench import fuzz
-
+    from dcnbench.checking import fuzz
     reads = {"n": 0, "late": 0}
 
     def monotonic():

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from dcnbench import gate as g
+from dcnbench.results import gate as g
 from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
 from dcnbench.results import SCHEMA, SCHEMA_VERSION
 from tests.conftest import invoke

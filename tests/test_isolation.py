@@ -11,8 +11,8 @@ from dcnbench.backends import get
 from dcnbench.errors import PluginError
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 from dcnbench.plugins import load_plugin, probe_backend
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import default_suite, run_verify, select_cases
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.verify import default_suite, run_verify, select_cases
 from dcnbench.worker import isolation
 from tests.conftest import PLANTED, ROOT, run_cli
 from tests.test_worker import alive

@@ -2,8 +2,8 @@
 
 import textwrap
 
-from dcnbench import memory
-from dcnbench.speed import SpeedCase
+from dcnbench.timing import memory
+from dcnbench.timing.speed import SpeedCase
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dcnbench.errors import UsageError
-from dcnbench.limits import default_max_bytes
+from dcnbench.timing.limits import default_max_bytes
 from dcnbench.ops import get, preset
 from dcnbench.ops.contract import ContractError
 from dcnbench.ops.ms_deform_attn.contract import MsdaGeometry, parse_shape

@@ -18,7 +18,7 @@ import torch
 from dcnbench.backends import get
 from dcnbench.plugins import load_plugin
 from dcnbench.status import Status
-from dcnbench.verify import default_suite, failed, run_verify, verify_case
+from dcnbench.checking.verify import default_suite, failed, run_verify, verify_case
 from tests.plugins.planted_msda_bugs import BUGS
 
 OP = "ms_deform_attn"
@@ -194,7 +194,7 @@ def test_the_model_exports_and_runs_in_onnxruntime(tmp_path):
     import onnx
 
     from dcnbench.models.deformable_detr import exported_model
-    from dcnbench.export_check import check_module
+    from dcnbench.checking.export_check import check_module
 
     module, inputs = exported_model()
     result = check_module(module, inputs, onnx_path=tmp_path / "detr.onnx")

@@ -14,9 +14,9 @@ import dcnbench.backends.mxnet as mxb
 from dcnbench.backends.mxnet.client import WorkerClient, WorkerError
 from dcnbench.backends.mxnet.protocol import decode_arrays, encode
 from dcnbench.backends import get
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import default_suite
-from dcnbench.verify import run_verify
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.verify import default_suite
+from dcnbench.checking.verify import run_verify
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 from tests.conftest import invoke, run_cli
 
@@ -187,7 +187,7 @@ def test_output_channels_that_the_deformable_groups_do_not_divide_are_unsupporte
     # the operator does not, and MXNet's DCNv1 does not either (it matches rule C there).
     from dcnbench.ops.deform_conv2d.contract import ConvGeometry
     from dcnbench.ops.deform_conv2d.workloads import ConvCase
-    from dcnbench.verify import run_verify, verify_case
+    from dcnbench.checking.verify import run_verify, verify_case
 
     geo = ConvGeometry(n=1, c=4, h=6, w=6, o=3, kh=2, kw=2, padding=(1, 1), offset_groups=2)
     v2, v1 = (ConvCase(name="fuzz", geometry=geo, mask=mask, offsets="border", seed=9) for mask in (True, False))

@@ -8,8 +8,8 @@ from torchvision.ops import deform_conv2d as tv
 from dcnbench.backends import get
 from dcnbench.ops.deform_conv2d import onnx as dconv_onnx
 from dcnbench.ops.deform_conv2d.contract import parse_shape
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import default_suite, run_verify
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.verify import default_suite, run_verify
 from tests.roundoff import deform_conv2d_bound
 
 SUITE = {c.case_id: c for c in default_suite()}

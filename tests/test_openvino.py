@@ -11,8 +11,8 @@ import torch
 from dcnbench.backends import get
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 from dcnbench.ops.deform_conv2d.oracle import deform_conv2d as oracle
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import default_suite, failed, run_verify
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.verify import default_suite, failed, run_verify
 
 SUITE = {c.case_id: c for c in default_suite(op_names=["deform_conv2d"])}
 BANDS = [f"{c}/float32" for c in ("band-low-v1", "band-high-v1", "band-low-v2", "band-high-v2", "border-heavy")]

@@ -12,8 +12,8 @@ from dcnbench.ops.deform_conv2d.contract import parse_shape
 from dcnbench.ops.deform_conv2d.oracle import deform_conv2d as oracle
 from dcnbench.ops.deform_conv2d.suite import _geo
 from dcnbench.ops.deform_conv2d.workloads import ConvCase
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import _run, default_suite, run_verify
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.runs import run_call as _run, default_suite, run_verify
 from tests.conftest import invoke
 from tests.roundoff import deform_conv2d_bound
 

@@ -4,9 +4,9 @@ import pytest
 
 from dcnbench.backends import get
 from dcnbench.results import document, environment, save
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.verify import default_suite
-from dcnbench.verify import run_verify
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.checking.verify import default_suite
+from dcnbench.checking.verify import run_verify
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 from tests.conftest import invoke
 

@@ -97,7 +97,7 @@ def test_read_refuses_what_load_json_refuses(tmp_path):
 def test_csv_of_results_without_any_quantity(tmp_path):
     # Every case unsupported: the quantity columns exist all the same, empty.
     from dcnbench.status import Status
-    from dcnbench.verify import VerifyResult, default_suite
+    from dcnbench.checking.verify import VerifyResult, default_suite
 
     case = default_suite()[0]
     env = _env("AMD") | {"python_version": "3.11"}
@@ -109,8 +109,8 @@ def test_csv_of_results_without_any_quantity(tmp_path):
 
 def test_report_and_gate_of_a_run_without_any_quantity(tmp_path):
     # Every case unsupported (e.g. the export cases of a backend that cannot export): no error columns at all.
-    from dcnbench import gate, report
-
+    from dcnbench.results import gate
+    from dcnbench.results import report
     doc = _verify()
     doc["records"] = [dict(r, status="unsupported", quantities=[]) for r in doc["records"]]
     md = report.to_markdown(report.build([doc]), "t")

@@ -9,8 +9,9 @@ from dcnbench.ops.deform_psroi_pool.points import psroi_pool_samples
 from dcnbench.ops.deform_roi_pool.points import roi_pool_samples
 
 OP_DEFORM_ROI_POOL, OP_DEFORM_PSROI_POOL = "deform_roi_pool", "deform_psroi_pool"
-from dcnbench.verify import cotangents, default_suite
-from dcnbench.verify import failed, run_verify
+from dcnbench.checking.runs import cotangents
+from dcnbench.checking.verify import default_suite
+from dcnbench.checking.verify import failed, run_verify
 from tests.plugins.planted_roi_bugs import BUGS
 
 SUITE = default_suite(op_names=["deform_roi_pool", "deform_psroi_pool"])

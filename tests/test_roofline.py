@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
-from dcnbench import roofline
+from dcnbench.timing import roofline
 from dcnbench.ops.dcnv3.contract import parse_shape as dcnv3_shape
 from dcnbench.ops.dcnv4.contract import parse_shape as dcnv4_shape
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry

@@ -2,7 +2,7 @@ import pytest
 
 from dcnbench.errors import UsageError
 from dcnbench.shard import parse_shard, take_shard
-from dcnbench.verify import default_suite
+from dcnbench.checking.verify import default_suite
 from tests.conftest import invoke
 
 

@@ -2,8 +2,8 @@ import pytest
 
 OP_DEFORM_CONV2D = "deform_conv2d"
 from dcnbench.backends import Backend, get
-from dcnbench.speed import SpeedCase, run_speed
-from dcnbench.timing import Timer
+from dcnbench.timing.speed import SpeedCase, run_speed
+from dcnbench.timing.measure import Timer
 from dcnbench.ops.deform_conv2d.contract import parse_shape
 
 SMALL = parse_shape("2,8,12,12:8,3,3")

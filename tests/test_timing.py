@@ -1,6 +1,6 @@
 import pytest
 
-from dcnbench.timing import Measurement, Timer
+from dcnbench.timing.measure import Measurement, Timer
 
 
 class FakeClock:

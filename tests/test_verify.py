@@ -9,9 +9,10 @@ import torch
 OP_DEFORM_CONV2D = "deform_conv2d"
 from dcnbench.plugins import load_plugin
 from dcnbench.backends import Backend, get
-from dcnbench.verify import default_suite, select_cases
+from dcnbench.checking.verify import default_suite, select_cases
 from dcnbench import ops
-from dcnbench.verify import compare, failed, run_verify, tolerance
+from dcnbench.checking.compare import compare, tolerance
+from dcnbench.checking.verify import failed, run_verify
 from tests.conftest import PLANTED
 from tests.plugins.planted_bugs import BUGS
 

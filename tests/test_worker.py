@@ -16,7 +16,7 @@ import pytest
 from dcnbench.worker import client as worker_client
 from dcnbench.worker.client import WorkerClient, WorkerEnv, WorkerError
 from dcnbench.worker.protocol import ProtocolError, read_message
-from dcnbench.verify import default_suite
+from dcnbench.checking.verify import default_suite
 from tests.conftest import invoke, run_cli
 
 

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from dcnbench.errors import UsageError
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry
-from dcnbench.verify import default_suite
+from dcnbench.checking.verify import default_suite
 from dcnbench import ops
 from dcnbench.ops.deform_conv2d.contract import PRESETS, format_shape, parse_shape
 from dcnbench.ops.deform_conv2d.workloads import make_inputs

@@ -80,7 +80,7 @@ class Backend:
     # (op, geometry) -> images per internal batch chunk, for a backend that processes the batch in
     # chunks (None where it does not): the suite must hold a batch one image past a chunk.
     batch_chunk: Callable[[str, object], int | None] | None = None
-    # Settings that must not change its results (dcnbench.knobs), besides the thread count every
+    # Settings that must not change its results (dcnbench.checking.knobs), besides the thread count every
     # in-process backend has; `verify --knobs` checks them. device -> knobs.
     knobs: Callable[[str], tuple] | None = None
     # device -> whether its results are bitwise independent of the thread count (a claim verify

@@ -20,9 +20,9 @@ def export_check(*, factory: str, backends: list[str] | None = None, onnx: Path 
 
     if rtol is not None and not (math.isfinite(rtol) and rtol > 0):
         raise UsageError(f"--rtol {rtol} is not a positive number", hint="e.g. --rtol 1e-5")
-    from dcnbench import export_check as check
-    from dcnbench import onnx_export, outputs
-
+    from dcnbench.checking import export_check as check
+    from dcnbench import outputs
+    from dcnbench.checking import onnx_export
     check_isolation(isolate=False, in_process=in_process, timeout=timeout)
     check.check_factory_spec(factory)
 

@@ -32,8 +32,9 @@ def _backends(names: list[str] | None, plugins, kinds) -> list:
 
 
 def _measure_speed(cases: list, backends, repeat: int, warmup_s: float, reference: str | None) -> dict:
-    from dcnbench import contention, results
-    from dcnbench.speed import run_speed
+    from dcnbench import results
+    from dcnbench.timing import contention
+    from dcnbench.timing.speed import run_speed
 
     with contention.watch() as seen:
         found = run_speed(backends=backends, cases=cases, repeat=repeat, warmup_s=warmup_s, baseline=reference,
@@ -49,11 +50,11 @@ def write_baseline(*, path: Path, shapes: list[str] | None, presets: list[str] |
     conv = ops.get("deform_conv2d")
     geos = [conv.parse_shape(s) for s in shapes or []] + [geo for p in presets or [] for geo in ops.preset(p)]
     from dcnbench import backends as registry
-    from dcnbench import gate as g
+    from dcnbench.results import gate as g
     from dcnbench import results
     from dcnbench.plugins import load_plugins
-    from dcnbench.speed import SpeedCase
-    from dcnbench.verify import default_suite, run_verify
+    from dcnbench.timing.speed import SpeedCase
+    from dcnbench.checking.verify import default_suite, run_verify
 
     plugins = load_plugins(impls)
     verify_backends = [b for b in _backends(backends, plugins, ("deformable",)) if b.kind == "deformable"]
@@ -72,9 +73,9 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
              settings, performance: str, correctness: bool, summary: Path | None, allow_missing: bool = False) -> int:
     if performance not in PERFORMANCE_MODES:
         raise UsageError(f"unknown --performance '{performance}'", hint=f"choose from: {', '.join(PERFORMANCE_MODES)}")
-    from dcnbench import gate as g
+    from dcnbench.results import gate as g
     from dcnbench import results
-    from dcnbench.summary import gate_markdown
+    from dcnbench.results.summary import gate_markdown
 
     base_doc = results.load_json(baseline, kinds=(g.BASELINE_KIND,))
     base_docs = results.expand([base_doc])
@@ -90,8 +91,8 @@ def run_gate(*, baseline: Path, candidates: list[Path], backends: list[str] | No
 
         from dcnbench import backends as registry
         from dcnbench.plugins import load_plugins
-        from dcnbench.speed import SpeedCase
-        from dcnbench.verify import default_suite, run_verify
+        from dcnbench.timing.speed import SpeedCase
+        from dcnbench.checking.verify import default_suite, run_verify
 
         plugins = load_plugins(impls)
         wanted = {r["backend"] for d in base_docs for r in d["records"]}
@@ -198,7 +199,7 @@ def command(
             raise UsageError("--against measures both revisions now: it takes no results files",
                              hint="drop the files, or gate them with --baseline FILE instead")
         _check_settings(factor, alpha, noise)
-        from dcnbench import gate as g
+        from dcnbench.results import gate as g
         from dcnbench.cli.gate_against import gate_against
 
         settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
@@ -209,8 +210,7 @@ def command(
     if baseline is None:
         raise UsageError("no --baseline given", hint="pass --baseline FILE, or create one with --write-baseline FILE")
     _check_settings(factor, alpha, noise)
-    from dcnbench import gate as g
-
+    from dcnbench.results import gate as g
     settings = g.Settings(reference=reference, factor=factor, overrides=_overrides(factor_for), alpha=alpha, noise=noise)
     raise typer.Exit(run_gate(baseline=baseline, candidates=candidates or [], backends=backend, impls=impl,
                               settings=settings, performance=performance, correctness=correctness, summary=summary,

@@ -2,7 +2,7 @@
 
 Correctness: the working tree's backends against their oracle (and against a stored baseline with
 --baseline), hard. Performance: base and head timed in alternating short runs on this machine
-(dcnbench.against), judged by the gate's statistics (dcnbench.gate); suspects are measured again
+(dcnbench.results.against), judged by the gate's statistics (dcnbench.results.gate); suspects are measured again
 and the second measurement decides. Exit codes as `gate`.
 """
 
@@ -46,8 +46,7 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
         raise UsageError(f"--rounds {rounds}, --repeat {repeat}, --warmup {warmup_s}: need at least 2 rounds, at least one "
                          "sample per round and a warm-up >= 0", hint="e.g. --rounds 5 --repeat 20 --warmup 1")
     args = workload_args(shapes or [], presets or [], backends or [], dcn, default_shape)
-    from dcnbench import against as a
-
+    from dcnbench.results import against as a
     root = a.project_root()
     commit = a.resolve(root, rev)
     uv = a.find_uv(root)
@@ -55,10 +54,10 @@ def gate_against(*, rev: str, shapes: list[str] | None, presets: list[str] | Non
     import torch
 
     from dcnbench import backends as registry
-    from dcnbench import gate as g
+    from dcnbench.results import gate as g
     from dcnbench import results
     from dcnbench.plugins import load_plugins
-    from dcnbench.summary import gate_markdown
+    from dcnbench.results.summary import gate_markdown
 
     def log(text: str) -> None:
         err_console.print(text, style="dim", highlight=False, soft_wrap=True)
@@ -125,10 +124,10 @@ def _head_correctness(backends: list[str] | None, plugins: list, baseline_docs: 
     """(regressions, not run, results checked): the head's failures against its oracle, and against
     the stored baseline when one is given."""
     from dcnbench import backends as registry
-    from dcnbench import gate as g
+    from dcnbench.results import gate as g
     from dcnbench import results
-    from dcnbench.problems import FAILING, problems
-    from dcnbench.verify import default_suite, run_verify
+    from dcnbench.checking.problems import FAILING, problems
+    from dcnbench.checking.verify import default_suite, run_verify
 
     chosen = [b for b in registry.select(backends, plugins, ("deformable",))[0] if b.kind == "deformable"]
     log(f"correctness: the default suite on {', '.join(b.name for b in chosen)} against the oracle")

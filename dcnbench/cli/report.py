@@ -15,7 +15,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     """Before reading anything: --out is a folder (created), holds no report unless --overwrite, and no
     other run is writing one there."""
     from dcnbench import outputs
-    from dcnbench.report import FILES
+    from dcnbench.results.report import FILES
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} is a file, expected a folder for {' and '.join(FILES)}",
@@ -39,7 +39,7 @@ def command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a report already in --out.")] = False,
 ) -> None:
     """Write a comparison report: correctness error matrix, speed ratios, peak memory, environment."""
-    from dcnbench.report import write_report
+    from dcnbench.results.report import write_report
     from dcnbench.results import load_many
 
     check_out(out, overwrite)

@@ -21,7 +21,7 @@ SHOWN_COMMANDS = 20
 def save_repro_bundles(found: list, directory: Path, *, device: str, env: dict, impls: list[str] | None) -> list[Path]:
     """Write a bundle per failing result of a verify run and print the command that re-runs each."""
     from dcnbench.plugins import parse_impl
-    from dcnbench.repro import repro_command, save_failures
+    from dcnbench.results.repro import repro_command, save_failures
 
     specs = {}
     for spec in impls or []:
@@ -47,7 +47,7 @@ def repro(*, file: Path, impl: str | None = None, device: str | None = None, iso
     from dcnbench import backends as registry
     from dcnbench.cli.common import check_device
     from dcnbench.plugins import load_plugin
-    from dcnbench.repro import load_bundle, quantity_lines, rerun, stored_case
+    from dcnbench.results.repro import load_bundle, quantity_lines, rerun, stored_case
     from dcnbench.status import PASSING
 
     isolate_plugins = check_isolation(isolate=isolate, in_process=in_process, timeout=timeout)

@@ -12,11 +12,11 @@ from dcnbench.cli.common import (BackendOpt, CsvOpt, DeviceOpt, DtypeOpt, ImplOp
                                  SeedOpt, ShardOpt, TimeoutOpt, check_count, check_device, check_dtype, check_isolation,
                                  check_seconds, check_seed, console, err_console, output_paths, run_writing, user_errors)
 from dcnbench.errors import EXIT_FAILED, EXIT_OK, UsageError
-from dcnbench.limits import DEFAULT_MAX_SAMPLES_PER_BIN, Limits, default_max_bytes, parse_size
-from dcnbench.limits import check as check_limits
+from dcnbench.timing.limits import DEFAULT_MAX_SAMPLES_PER_BIN, Limits, default_max_bytes, parse_size
+from dcnbench.timing.limits import check as check_limits
 from dcnbench.status import Status
 from dcnbench.shard import parse_shard, take_shard
-from dcnbench.timing import DIRECTIONS
+from dcnbench.timing.measure import DIRECTIONS
 
 DEFAULT_OP = "deform_conv2d"
 
@@ -69,9 +69,11 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dcnbench import backends as registry
-    from dcnbench import contention, render, results
+    from dcnbench import results
+    from dcnbench.timing import contention
+    from dcnbench.results import render
     from dcnbench.plugins import load_plugins
-    from dcnbench.speed import SpeedCase, run_speed
+    from dcnbench.timing.speed import SpeedCase, run_speed
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -111,8 +113,7 @@ def speed(*, shapes: list[str] | None = None, presets: list[str] | None = None, 
             raise UsageError("--roofline probes the CPU only", hint="drop --roofline for --device cuda")
         from dataclasses import asdict
 
-        from dcnbench import roofline as roofline_module
-
+        from dcnbench.timing import roofline as roofline_module
         roof = roofline_module.machine(torch.get_num_threads())
     writer = results.ResultsWriter(kind="speed", env=env, csv_path=csv_path, json_path=json_path,
                                    expected=len(cases) * len(chosen),

@@ -100,7 +100,8 @@ def experiment(*, name: str, backends: list[str] | None = None, impls: list[str]
         raise UsageError(f"--out '{out}': the folder {out.parent} does not exist", hint="create it first")
 
     from dcnbench import backends as registry
-    from dcnbench import plots, results
+    from dcnbench import results
+    from dcnbench.results import plots
     from dcnbench.cli.progress import LateProgress
     from dcnbench.plugins import load_plugins
     from dcnbench.train import experiment as exp

@@ -22,7 +22,7 @@ DEFAULT_FUZZ_TIME_S = 60.0
 
 
 def check_show(show: str) -> str:
-    from dcnbench.render import SHOW_CHOICES
+    from dcnbench.results.render import SHOW_CHOICES
 
     if show not in SHOW_CHOICES:
         raise UsageError(f"unknown --show '{show}'", hint=f"choose from: {', '.join(SHOW_CHOICES)}")
@@ -61,12 +61,13 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
                                 isolate=isolate_plugins)
 
     from dcnbench import backends as registry
-    from dcnbench import render, results
+    from dcnbench import results
+    from dcnbench.results import render
     from dcnbench.plugins import load_plugins
-    from dcnbench.verify import default_suite, failed, run_verify, select_cases
+    from dcnbench.checking.verify import default_suite, failed, run_verify, select_cases
 
     if case_json:
-        from dcnbench.fuzz import case_from_json
+        from dcnbench.checking.fuzz import case_from_json
 
         chosen_cases = [case_from_json(case_json)]
     else:
@@ -126,7 +127,7 @@ def run_fuzz_command(*, backends, impls, device, op_names, examples, seconds, se
 
     from dcnbench import backends as registry
     from dcnbench import results
-    from dcnbench.fuzz import case_json, repro_command, run_fuzz
+    from dcnbench.checking.fuzz import case_json, repro_command, run_fuzz
     from dcnbench.plugins import load_plugins
 
     plugins = load_plugins(impls, device, plugin_op(op_names), isolate=isolate)

@@ -167,7 +167,7 @@ def check_backend(model, reference: Run, backend, dtype: str, tolerance: float) 
     try:
         got = run(with_kernel(model, backend.ops["ms_deform_attn"]), getattr(torch, dtype), backward=not no_backward)
     except Exception as exc:
-        from dcnbench.verify import one_line
+        from dcnbench.errors import one_line
 
         return ModelCheck(backend.name, dtype, "error", one_line(exc))
     encoder = rel_err(got.outputs["encoder"], reference.outputs["encoder"])
@@ -186,7 +186,7 @@ def check(backends, dtypes=("float64", "float32")) -> list[ModelCheck]:
     """Every backend in every dtype, against the model in float64 with the oracle, within verify's
     tolerance for the dtype (the whole float32 model, backbone included, measured 1.2e-6 here)."""
     from dcnbench.ops.ms_deform_attn.oracle import ms_deform_attn as oracle
-    from dcnbench.verify import tolerance
+    from dcnbench.checking.compare import tolerance
 
     model = build()
     reference = run(with_kernel(model, oracle), torch.float64)

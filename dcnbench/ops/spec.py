@@ -77,7 +77,7 @@ class OpSpec:
     probe_cases: Callable | None = None  # (dtype) -> tiny cases a --impl plugin must pass before it runs
     flops: Callable = lambda geometry: None  # forward FLOPs of the equivalent plain layer; None if meaningless
     # (geometry, direction, itemsize, mask) -> (FLOPs, bytes): the least one call must compute and
-    # move, the roofline's inputs (dcnbench.roofline); None where the work depends on values (RoIs).
+    # move, the roofline's inputs (dcnbench.timing.roofline); None where the work depends on values (RoIs).
     work: Callable | None = None
     cost: Callable | None = None  # (case) -> limits.Cost: what one call needs, estimated before it runs
     fuzz: Callable | None = None  # () -> a hypothesis strategy of small valid float64 cases (verify --fuzz)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from dcnbench.render import STATUS_STYLE
+from dcnbench.results.render import STATUS_STYLE
 
 if TYPE_CHECKING:
     from dcnbench.train.experiment import ExperimentResult

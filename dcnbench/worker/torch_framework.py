@@ -112,7 +112,7 @@ def time(params, arrays, direction, device):
     """The same (setup, timed) pair as an in-process backend gets (speed.make_call), on the same seeded case."""
     import torch
 
-    from dcnbench.speed import make_call
+    from dcnbench.timing.speed import make_call
 
     setup, run = make_call(_backend, _case(params), direction, device)
     if device != "cuda":
@@ -128,8 +128,8 @@ def time(params, arrays, direction, device):
 
 
 def export(header, arrays):
-    """The ONNX export check of one case, run here where the callable lives (dcnbench/onnx_export.py)."""
-    from dcnbench.onnx_export import NotExportable, run_exported
+    """The ONNX export check of one case, run here where the callable lives (dcnbench/checking/onnx_export.py)."""
+    from dcnbench.checking.onnx_export import NotExportable, run_exported
     from dcnbench.worker.bridge import pack
 
     params = header["params"]
@@ -143,14 +143,14 @@ def export(header, arrays):
 
 def _made_by(factory):
     """(module, inputs) from export-check's PATH.py:FACTORY; its own errors keep their message and hint."""
-    from dcnbench.export_check import load_factory, made_by
+    from dcnbench.checking.export_check import load_factory, made_by
 
     return made_by(load_factory(factory))  # UsageError (message and hint) for a factory that exits or raises
 
 
 def export_check(header, arrays):
-    """`dcnbench export-check` on the factory's model, here (dcnbench/export_check.py: check_module)."""
-    from dcnbench.export_check import check_module
+    """`dcnbench export-check` on the factory's model, here (dcnbench/checking/export_check.py: check_module)."""
+    from dcnbench.checking.export_check import check_module
 
     params = header["params"]
     translations = {}

@@ -126,7 +126,7 @@ CPU_COLUMN_BUDGET = 1 << 23
 def knobs(device: str) -> tuple:
     """The CPU column budget (the backward's batch chunk): chunking the batch differently must not change a
     bit of the result."""
-    from dcnbench.knobs import env_knob
+    from dcnbench.checking.knobs import env_knob
 
     if device != "cpu":
         return ()

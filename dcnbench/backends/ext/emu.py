@@ -117,7 +117,7 @@ def backend() -> Backend:
 def knobs(device: str) -> tuple:
     """The order the emulator runs blocks and threads in (reversed, shuffled): results must stay
     within tolerance, and bitwise the same in deterministic mode (what a GPU's scheduler varies)."""
-    from dcnbench.knobs import env_knob
+    from dcnbench.checking.knobs import env_knob
 
     return (env_knob("block_order", "DCNBENCH_EMU_ORDER", ("reverse", "shuffle"), bitwise=deterministic()),)
 

@@ -32,7 +32,7 @@ CONV_SIDE = 1940  # 64 * 9 * 1940^2 = 2.17e9 column elements, past 2^31
 
 def conv_past_int32(ops) -> int:
     """deform_conv2d's emulated forward on one image past 2^31 column elements; returns that count."""
-    from dcnbench.knobs import environment
+    from dcnbench.checking.knobs import environment
 
     c, side = 64, CONV_SIDE
     x = torch.empty(1, c, side, side)  # never written: address space only

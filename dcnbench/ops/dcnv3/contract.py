@@ -131,7 +131,7 @@ class GroupGeometry:
         channel and point for the interpolation (the mask folded into the weights), as many again in
         the backward for the input gradient's scatter and for the four corner dot products the offset
         and mask gradients need; every tensor read once, every result written once. DCNv3/DCNv4 have
-        no dense weight, so this is memory-bound (the roofline: dcnbench.roofline)."""
+        no dense weight, so this is memory-bound (the roofline: dcnbench.timing.roofline)."""
         q = self.n * self.ho * self.wo
         x, y, side = self.n * self.h * self.w * self.c, q * self.c, self.side_elements
         sample = 8 * q * self.c * self.points

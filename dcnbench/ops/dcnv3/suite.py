@@ -101,7 +101,7 @@ def default_suite(seed: int = 0) -> list[Dcnv3Case]:
 # and 256 (so some steps do not divide the batch). Nothing is excluded: H and W follow the row so the
 # output is at least 4x5 (deform_conv2d's `fitted`).
 def pair_options():
-    from dcnbench.covering import Option, Options
+    from dcnbench.checking.covering import Option, Options
 
     return Options(options=_group_pair_options(kernels=((3, 5), (5, 3), (2, 4), (1, 3)), channels=(3, 5, 8),
                                                masks=("softmax", "uniform")),
@@ -110,7 +110,7 @@ def pair_options():
 
 def _group_pair_options(kernels: tuple, channels: tuple, masks: tuple, extra: tuple = ()) -> tuple:
     """The options DCNv3 and DCNv4 share (DCNv4 narrows the kernels and channels, adds its own)."""
-    from dcnbench.covering import Option
+    from dcnbench.checking.covering import Option
 
     return (
         Option("kernel", kernels),

@@ -66,7 +66,7 @@ def default_suite(seed: int = 0) -> list[Dcnv4Case]:
 # the softmax flag (its mask then holds logits), the packed padding lanes (NaN or zeros) and an
 # offset_mask 8 lanes wider than the module's.
 def pair_options():
-    from dcnbench.covering import Constraint, Option, Options
+    from dcnbench.checking.covering import Constraint, Option, Options
     from dcnbench.ops.dcnv3.suite import _group_pair_options
 
     own = (Option("softmax", (False, True)), Option("pad_lanes", ("nan", "zero")), Option("wider", (False, True)))

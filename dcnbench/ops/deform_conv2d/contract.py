@@ -62,7 +62,7 @@ class ConvGeometry:
         (2 per multiply-add), four multiply-adds per sampled value (N*C*K*L of them) for the
         interpolation, and three more per sampled value in the backward (the offset gradient's two
         slopes and the mask's value) besides the input gradient's scatter; every tensor read once
-        and every result written once, nothing recomputed. The roofline's inputs (dcnbench.roofline)."""
+        and every result written once, nothing recomputed. The roofline's inputs (dcnbench.timing.roofline)."""
         taps_l, og = self.taps * self.ho * self.wo, self.offset_groups
         x, y = self.n * self.c * self.h * self.w, self.n * self.o * self.ho * self.wo
         side = self.n * og * taps_l * (3 if mask else 2)  # offsets and mask

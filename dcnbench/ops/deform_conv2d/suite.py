@@ -162,7 +162,7 @@ def default_suite(seed: int = 0) -> list[ConvCase]:
 # divides them, O by the offset groups too, as MXNet and paddle require). No stride is 3 across
 # (with dilation 2 down that is the corner only `verify --fuzz` must find, tests/test_fuzz.py).
 def pair_options():
-    from dcnbench.covering import Option, Options
+    from dcnbench.checking.covering import Option, Options
 
     return Options(
         options=(

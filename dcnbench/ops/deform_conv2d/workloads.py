@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from dcnbench.errors import UsageError
-from dcnbench.limits import Cost
+from dcnbench.timing.limits import Cost
 from dcnbench.ops.case import DTYPES, Case, non_finite_like
 from dcnbench.ops.contract import ITEMSIZE
 from dcnbench.ops.deform_conv2d.contract import ConvGeometry

@@ -64,7 +64,7 @@ def default_suite(seed: int = 0) -> list[PSRoIPoolCase]:
 # lines -0.5 and size-0.5, where no sample may sit: the hand-written cases cover them). Excluded: position-sensitive groups finer than the bins (group > pooled) and offset parts
 # finer than the bins (part > pooled), which MXNet's operator does not define.
 def pair_options():
-    from dcnbench.covering import Constraint, Option, Options
+    from dcnbench.checking.covering import Constraint, Option, Options
 
     return Options(
         options=(

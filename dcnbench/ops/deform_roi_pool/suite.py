@@ -57,7 +57,7 @@ def default_suite(seed: int = 0) -> list[RoIPoolCase]:
 # ---- the covering array (covering.py): every pair of these option values in some case --------------
 # On a 10x13 map with 3 channels (H != W, bins never square); nothing is excluded.
 def pair_options():
-    from dcnbench.covering import Option, Options
+    from dcnbench.checking.covering import Option, Options
 
     return Options(
         options=(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dcnbench import ops, plots
+from dcnbench import ops
+
+from dcnbench.results import plots
 from dcnbench.results import expand, frame, partial_note, worst
 from dcnbench.status import VERIFY_STATUSES
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dcnbench.gate import UNTRUSTWORTHY, Decision, Settings
+from dcnbench.results.gate import UNTRUSTWORTHY, Decision, Settings
 
 VERDICTS = ("improved", "same", "worse", "noisy", UNTRUSTWORTHY, "not comparable", "not run")
 # How many not-run rows to list before summarising the rest.

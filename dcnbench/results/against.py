@@ -9,7 +9,7 @@ the code still runs; both build `ext` into one cache keyed by the kernels' conte
 in even ones (ABBA...), so a drift of a shared machine (another job, throttling) lands on both;
 each run interleaves its backends round-robin as `speed` always does, so every sample has a
 reference sample from the same moment. The samples of all runs of a side are then merged into
-one speed document per side, which the existing statistics (dcnbench.gate) judge.
+one speed document per side, which the existing statistics (dcnbench.results.gate) judge.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 def project_root() -> Path:
     """The git checkout this dcnbench runs from (the head)."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     out = _git(here, "rev-parse", "--show-toplevel", check=False)
     if out.returncode != 0 or not (Path(out.stdout.strip()) / "pyproject.toml").is_file():
         raise AgainstError("--against needs dcnbench run from its git checkout (the working tree is the head)",
@@ -220,8 +220,8 @@ def measure(base: Side, head: Side, plan: Plan, scratch: Path, log: Callable[[st
 def merge_runs(docs: list[dict]) -> dict:
     """One speed document from several runs of one side: each workload x backend's samples in run
     order, so sample i of a backend and of its reference still come from the same round of the same run."""
-    from dcnbench.contention import oversubscribed
-    from dcnbench.timing import Measurement
+    from dcnbench.timing.contention import oversubscribed
+    from dcnbench.timing.measure import Measurement
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for doc in docs:

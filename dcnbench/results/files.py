@@ -30,9 +30,9 @@ from dcnbench.errors import ResultsFileError
 
 if TYPE_CHECKING:
     from dcnbench.backends import Backend
-    from dcnbench.speed import SpeedResult
+    from dcnbench.timing.speed import SpeedResult
     from dcnbench.train.parity import TrainResult
-    from dcnbench.verify import VerifyResult
+    from dcnbench.checking.verify import VerifyResult
 
 SCHEMA = "dcnbench-results"
 # 2: speed records name their operator (`op`); non-finite numbers are tagged objects; documents
@@ -215,7 +215,7 @@ def write_csv(path: Path, kind: str, results: list, env: dict) -> None:
 
 def verify_digest(r: VerifyResult) -> str:
     """A verify workload: the case and the tolerances it is judged by."""
-    from dcnbench.verify import TOLERANCES
+    from dcnbench.checking.compare import TOLERANCES
 
     return r.case.digest(tolerances=TOLERANCES[r.case.dtype])
 

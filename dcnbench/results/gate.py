@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from dcnbench.contention import oversubscribed
+from dcnbench.timing.contention import oversubscribed
 from dcnbench.errors import EXIT_FAILED, EXIT_NOISY, EXIT_OK, EXIT_PERFORMANCE
 from dcnbench.results import expand, frame, partial_note
 from dcnbench.status import PASSING

@@ -1,7 +1,7 @@
 """Peak memory of one call: the CUDA allocator's peak on a GPU, peak RSS growth of a fresh worker
 process on the CPU (an in-process figure would include every earlier backend's caches).
 
-The worker is its own entry module, `python -m dcnbench.memory_worker SPEC_JSON` (memory_worker.py).
+The worker is its own entry module, `python -m dcnbench.timing.memory_worker SPEC_JSON` (memory_worker.py).
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def measure_cpu_in_this_process(call) -> int | None:
 def measure_cpu(spec: dict, timeout_s: float = 600) -> tuple[int | None, str]:
     """Run the worker in a fresh interpreter; (bytes or None, message)."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the checkout, above dcnbench/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-m", "dcnbench.memory_worker", json.dumps(spec)], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "dcnbench.timing.memory_worker", json.dumps(spec)], capture_output=True,
                               text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return None, f"memory worker timed out after {timeout_s:.0f} s"

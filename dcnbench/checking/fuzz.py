@@ -72,7 +72,7 @@ def fuzz_backend(backend: Backend, spec, *, examples: int, seconds: float, seed:
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from dcnbench.verify import verify_case, why_unsupported
+    from dcnbench.checking.verify import verify_case, why_unsupported
 
     start = time.monotonic()
     state = {"tried": 0, "failure": None, "unsupported": Counter(), "no_inputs": 0, "time_up": False}

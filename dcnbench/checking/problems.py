@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from dcnbench.status import Status
 
 if TYPE_CHECKING:
-    from dcnbench.verify import QuantityError, VerifyResult
+    from dcnbench.checking.compare import QuantityError
 
 # Display order: what fails a run first, then what is merely different, then what did not run.
+    from dcnbench.checking.verify import VerifyResult
 ORDER = (Status.FAIL, Status.ERROR, Status.NONDETERMINISTIC, Status.DIALECT)
 FAILING = (Status.FAIL, Status.ERROR, Status.NONDETERMINISTIC)
 

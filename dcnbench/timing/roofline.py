@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STREAM_BYTES = 256 << 20  # per array: far past any last-level cache
 GEMM_N = 2048
 
@@ -53,7 +53,7 @@ class Machine:
 
 
 def cpu_model() -> str:
-    from dcnbench.results import _cpu_model  # the CPU a results file records
+    from dcnbench.results.files import _cpu_model  # the CPU a results file records
 
     return _cpu_model()
 

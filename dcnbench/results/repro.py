@@ -15,7 +15,7 @@
   gradients the result was compared with; empty for gradcheck cases).
 
 `dcnbench repro STEM.pt` (or `STEM.json`) runs the same engine function `verify` runs
-(`dcnbench.verify.verify_case`) on that case, with the bundle's tensors, on the recorded backend or
+(`dcnbench.checking.verify.verify_case`) on that case, with the bundle's tensors, on the recorded backend or
 on `--impl`, and prints every quantity against its tolerance.
 """
 
@@ -34,8 +34,10 @@ from dcnbench import ops
 from dcnbench.backends import Backend
 from dcnbench.errors import ResultsFileError
 from dcnbench.ops.case import Case, cotangent, noncontiguous
-from dcnbench.problems import FAILING
-from dcnbench.verify import TOLERANCES, VerifyResult, reference, tolerance, verify_case
+from dcnbench.checking.problems import FAILING
+from dcnbench.checking.compare import TOLERANCES, tolerance
+from dcnbench.checking.verify import VerifyResult, verify_case
+from dcnbench.checking.runs import reference
 
 FORMAT = "dcnbench-repro"
 FORMAT_VERSION = 1

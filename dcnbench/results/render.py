@@ -8,14 +8,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from dcnbench import problems
+from dcnbench.checking import problems
 from dcnbench.results import worst
 from dcnbench.status import VERIFY_STATUSES, Status
 
 if TYPE_CHECKING:
     from dcnbench.backends import Backend
-    from dcnbench.speed import SpeedResult
-    from dcnbench.verify import VerifyResult
+    from dcnbench.timing.speed import SpeedResult
+    from dcnbench.checking.verify import VerifyResult
 
 STATUS_STYLE = {Status.PASS: "green", Status.DIALECT: "cyan", Status.FAIL: "bold red", Status.NONDETERMINISTIC: "magenta",
                 Status.UNSUPPORTED: "dim", Status.ERROR: "bold yellow", Status.OK: "green"}

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from dcnbench.errors import NotExportable
-from dcnbench.onnx_export import RuntimeRejected, export_model, feeds_for, graph_summary, run_model
+from dcnbench.checking.onnx_export import RuntimeRejected, export_model, feeds_for, graph_summary, run_model
 from dcnbench.ops.case import DTYPES
 from dcnbench.status import Status
-from dcnbench.verify import QuantityError, compare, dtype_checked, one_line
+from dcnbench.checking.compare import QuantityError, compare, dtype_checked
+from dcnbench.errors import one_line
 
 
 @dataclass(frozen=True)

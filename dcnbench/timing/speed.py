@@ -12,14 +12,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from dcnbench import memory, ops
+from dcnbench import ops
+
+from dcnbench.timing import memory
 from dcnbench.backends import Backend
 from dcnbench.ops.case import Case, cotangent, digest_of
 from dcnbench.status import Status
-from dcnbench.timing import DIRECTIONS, Measurement, Timer  # noqa: F401 - DIRECTIONS is part of this module's interface
-from dcnbench.verify import leaves, one_line, why_unsupported
+from dcnbench.timing.measure import DIRECTIONS, Measurement, Timer  # noqa: F401 - DIRECTIONS is part of this module's interface
+from dcnbench.checking.runs import leaves
 
 # FLOPs per direction in units of the forward convolution: the backward computes the input and
+from dcnbench.errors import one_line
+from dcnbench.checking.verify import why_unsupported
 # weight gradients, each as costly as the forward.
 _FLOP_FACTOR = {"fwd": 1, "bwd": 2, "fwdbwd": 3}
 

@@ -1,4 +1,4 @@
-"""The peak-memory worker: `python -m dcnbench.memory_worker SPEC_JSON` (memory.measure_cpu starts it).
+"""The peak-memory worker: `python -m dcnbench.timing.memory_worker SPEC_JSON` (memory.measure_cpu starts it).
 
 In a fresh interpreter it rebuilds one call of one backend on one case, resets the kernel's
 peak-RSS counter (Linux `clear_refs`) once the inputs exist, makes the call and prints the growth
@@ -16,9 +16,9 @@ def main(spec: dict) -> None:
 
     from dcnbench import ops
     from dcnbench.backends import get
-    from dcnbench.memory import measure_cpu_in_this_process
+    from dcnbench.timing.memory import measure_cpu_in_this_process
     from dcnbench.plugins import load_plugin
-    from dcnbench.speed import make_call
+    from dcnbench.timing.speed import make_call
 
     torch.set_num_threads(spec["threads"])
     case = ops.get(spec["op"]).case_from_dict(spec["case"])

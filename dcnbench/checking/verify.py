@@ -1,0 +1,251 @@
+"""Verification: run a backend on a case and compare output and every gradient with a reference.
+
+References come from the case's operator (`ops.get(case.op)`): its float64 oracle, or an identity
+its spec names. Each run is repeated on identical inputs to measure determinism bitwise, and the
+caller's tensors (and the cotangent) are compared with snapshots to catch in-place writes. Nothing
+here names an operator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from functools import partial
+
+from dcnbench import ops
+from dcnbench.backends import Backend
+from dcnbench.ops.case import Case
+from dcnbench.status import Status
+from dcnbench.checking.compare import QuantityError, compare, dtype_checked, tolerance
+from dcnbench.checking.runs import Run, bitwise_equal, cotangents, reference, run_call
+from dcnbench.checking.special import CannotCompile, compiled_errors, gradcheck_errors, knob_runs
+from dcnbench.errors import one_line
+
+
+def default_suite(seed: int = 0, op_names: list[str] | None = None, thorough: bool = False,
+                  built: list | None = None) -> list[Case]:
+    """Every registered operator's default cases (of `op_names` only, when given), in registry order,
+    each op's hand-written cases followed by its covering array (pairs; triples when `thorough`).
+    `built` collects each covering array's record (covering.Generated: count and build time)."""
+    from dcnbench.checking import covering
+    found = []
+    for spec in ops.all_ops():
+        if op_names and spec.name not in op_names:
+            continue
+        found += spec.suite(seed)
+        if spec.options:
+            generated = covering.generate(spec.options(), seed, covering.level_strength(thorough), spec.name)
+            found += generated.cases
+            if built is not None:
+                built.append(generated)
+    return found
+
+
+def select_cases(cases: list[Case], patterns: list[str] | None, dtypes: list[str] | None,
+                 op_names: list[str] | None = None) -> list[Case]:
+    """Keep cases of the listed ops (all when none) whose id contains any pattern and whose dtype is listed."""
+    kept = [c for c in cases if (not dtypes or c.dtype in dtypes) and (not op_names or c.op in op_names)]
+    if patterns:
+        kept = [c for c in kept if any(p in c.case_id for p in patterns)]
+    return kept
+
+
+@dataclass(frozen=True)
+class DialectReport:
+    """How a backend that declares a non-paper boundary rule relates to the paper's rule Z."""
+
+    rule: str
+    matches_rule: bool  # every quantity within tolerance of the oracle in `rule`
+    interior_outputs: int  # outputs whose samples all avoid the border bands
+    band_outputs: int
+    interior_max_abs_vs_z: float | None  # divergence from rule Z there (~0 when the dialect holds)
+    band_max_abs_vs_z: float | None
+    interior_ok: bool
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    case: Case
+    backend: str
+    status: Status
+    quantities: tuple[QuantityError, ...] = ()
+    message: str = ""
+    elapsed_s: float = 0.0
+    dialect: DialectReport | None = None
+
+    @property
+    def failing(self) -> tuple[QuantityError, ...]:
+        """Quantities that decide a failure (for a dialect result: those against its own rule)."""
+        if self.dialect is not None and self.status == Status.DIALECT:
+            return ()
+        if self.dialect is not None and self.dialect.matches_rule is False:
+            return tuple(q for q in self.quantities if not q.ok and q.reference == self.dialect.rule)
+        return tuple(q for q in self.quantities if not q.ok)
+
+
+def _compare_runs(case: Case, run: Run, ref: Run, quantities: Iterable[str], label: str,
+                  no_backward: str | None = None) -> list[QuantityError]:
+    tol = tolerance(case.dtype, "output")
+    # A case that plants NaN/Inf holds every quantity to the reference's non-finite entries.
+    against = partial(compare, nonfinite=case.poison is not None)
+    found = []
+    for q in quantities:
+        if q == "output":
+            found.append(replace(dtype_checked(against(q, run.output, ref.output, case.dtype), run.output, case.dtype),
+                                 reference=label))
+        elif q in ref.grads and ref.grads[q] is not None:
+            if no_backward:
+                found.append(QuantityError(q, None, None, tolerance(case.dtype, q), True, reference=label, unsupported=no_backward))
+            else:
+                found.append(replace(against(q, run.grads.get(q), ref.grads[q], case.dtype), reference=label))
+    for layout, grads in run.layout_grads.items():
+        expected = ref.layout_grads["expanded"] if layout == "expanded" else ref.grads
+        for q, got in grads.items():
+            if q in quantities and expected.get(q) is not None:
+                err = against(q, got, expected[q], case.dtype)
+                found.append(replace(err, quantity=f"{q}@{layout}", reference=label))
+    for name in run.mutated:
+        found.append(QuantityError(f"unchanged:{name}", None, None, tol, False, f"the backend modified the caller's {name}", label))
+    return found
+
+
+def _dialect_report(case: Case, rule: str, run: Run, ref_z: Run, vs_rule: list[QuantityError]) -> DialectReport:
+    band = ops.of(case).band_outputs(case, case.inputs("cpu")).expand_as(ref_z.output)
+    diff = (run.output.double().cpu() - ref_z.output).abs()
+    interior, in_band = diff[~band], diff[band]
+    inner = compare("output", run.output.double().cpu()[~band], ref_z.output[~band], case.dtype)
+    channels = max(1, ref_z.output.shape[1]) if ref_z.output.dim() > 1 else 1
+    return DialectReport(
+        rule=rule,
+        matches_rule=all(q.ok for q in vs_rule),
+        interior_outputs=int((~band).sum()) // channels,
+        band_outputs=int(band.sum()) // channels,
+        interior_max_abs_vs_z=float(interior.max()) if interior.numel() else None,
+        band_max_abs_vs_z=float(in_band.max()) if in_band.numel() else None,
+        interior_ok=inner.ok,
+    )
+
+
+def why_unsupported(backend: Backend, case: Case, device: str) -> str | None:
+    """Why the backend declares that it does not run this case on `device` (verify, speed and fuzz
+    ask alike), or None."""
+    return (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
+            or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
+            or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+
+
+def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
+    start = time.perf_counter()
+    reason = why_unsupported(backend, case, device)
+    if reason:
+        return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=reason)
+    if case.check == "export":  # the ONNX export check (onnx_export.py)
+        return verify_export(backend, case, device, ref_cache)
+    no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
+    fn = backend.ops[case.op]
+    rule = backend.dialect(case) if case.check == "oracle" else "Z"
+    try:
+        if case.check == "compile":
+            try:
+                quantities = compiled_errors(fn, case, device, not no_backward)
+            except CannotCompile as exc:
+                return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=str(exc),
+                                    elapsed_s=time.perf_counter() - start)
+            status = Status.PASS if all(q.ok for q in quantities) else Status.FAIL
+            return VerifyResult(case, backend.name, status, tuple(quantities), _mode_note(backend, device),
+                                time.perf_counter() - start)
+        if case.check == "gradcheck":
+            if no_backward:
+                return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=no_backward)
+            quantities = gradcheck_errors(fn, case, device)
+            status = Status.PASS if all(q.ok for q in quantities) else Status.FAIL
+            return VerifyResult(case, backend.name, status, tuple(quantities), _mode_note(backend, device),
+                                time.perf_counter() - start)
+        for r in {"Z", rule}:
+            if (case, r) not in ref_cache:
+                ref_cache[(case, r)] = reference(case, r)
+        inputs = case.inputs(device)
+        cots = cotangents(case, next(iter(inputs.values())).device.type)
+        first = run_call(fn, case, inputs, cots, backward=not no_backward, layouts=True)
+        second = run_call(fn, case, inputs, {"random": cots["random"]}, backward=not no_backward)
+        by_knob = knob_runs(backend, fn, case, inputs, cots["random"], first, device, not no_backward) if knobs else []
+    except Exception as exc:  # a backend that raises becomes an error row; the run goes on
+        return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
+    except SystemExit as exc:  # a kernel run here (--in-process) that exits must not end the run with its code
+        return VerifyResult(case, backend.name, Status.ERROR, message=f"the kernel called sys.exit({exc.code!r})",
+                            elapsed_s=time.perf_counter() - start)
+    ref_z, covered = ref_cache[(case, "Z")]
+    label = "Z" if case.check == "oracle" else case.check
+    vs_paper = _compare_runs(case, first, ref_z, covered, label, no_backward) + by_knob
+    vs_rule, report = [], None
+    if rule != "Z":
+        vs_rule = _compare_runs(case, first, ref_cache[(case, rule)][0], covered, rule, no_backward)
+        report = _dialect_report(case, rule, first, ref_z, vs_rule)
+    quantities = vs_paper + vs_rule
+    if all(q.ok for q in vs_paper):
+        status = Status.PASS
+    elif report and report.matches_rule and report.interior_ok:
+        status = Status.DIALECT
+    else:
+        status = Status.FAIL
+    if status in (Status.PASS, Status.DIALECT) and not bitwise_equal(first, second):
+        status = Status.NONDETERMINISTIC
+    message = {
+        Status.NONDETERMINISTIC: "results differ bitwise between two runs on identical inputs",
+        Status.DIALECT: f"matches rule {rule}; differs from the paper's rule Z only at outputs with a sample in a border band",
+    }.get(status, "")
+    if no_backward and status != Status.FAIL:
+        message = "; ".join(filter(None, [message, f"gradients unsupported: {no_backward}"]))
+    message = "; ".join(filter(None, [message, _mode_note(backend, device)]))
+    return VerifyResult(case, backend.name, status, tuple(quantities), message, time.perf_counter() - start, report)
+
+
+def verify_export(backend, case, device: str, ref_cache: dict):
+    """One export case on one backend, as a VerifyResult (compared with the float64 oracle's output)."""
+    from dcnbench.checking.onnx_export import NotExportable, RuntimeRejected, exporter
+
+    start = time.perf_counter()
+    if device != "cpu":
+        return VerifyResult(case, backend.name, Status.UNSUPPORTED,
+                            message="the export check runs the exported model with onnxruntime's CPU provider")
+    if ops.of(case).export_layer is None:
+        return VerifyResult(case, backend.name, Status.UNSUPPORTED, message=f"{case.op} has no export check")
+    try:
+        output, note = exporter(backend)(case)
+    except (NotExportable, RuntimeRejected) as exc:
+        status = Status.UNSUPPORTED if isinstance(exc, NotExportable) else Status.ERROR
+        return VerifyResult(case, backend.name, status, message=str(exc), elapsed_s=time.perf_counter() - start)
+    except Exception as exc:  # the kernel or the worker failed: an error row, and the run goes on
+        return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
+    if (case, "Z") not in ref_cache:
+        ref_cache[(case, "Z")] = reference(case, "Z")
+    ref, _ = ref_cache[(case, "Z")]
+    err = dtype_checked(compare("output", output, ref.output, case.dtype), output, case.dtype)
+    status = Status.PASS if err.ok else Status.FAIL
+    return VerifyResult(case, backend.name, status, (err,), note, time.perf_counter() - start)
+
+
+def _mode_note(backend: Backend, device: str) -> str:
+    return f"mode: {backend.mode(device)}" if backend.mode else ""
+
+
+def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu", knobs: bool = False,
+               on_result: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
+    """Every case on every backend, case-major so each reference is computed once and dropped;
+    with `knobs`, each also under every knob setting (dcnbench.checking.knobs)."""
+    results = []
+    for case in cases:
+        cache: dict = {}
+        for backend in backends:
+            result = verify_case(backend, case, device, cache, knobs)
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
+
+
+def failed(results: Iterable[VerifyResult], allow_nondeterministic: bool = False) -> bool:
+    """Whether the run failed: `pass`, `dialect` and `unsupported` do not fail it."""
+    bad = {Status.FAIL, Status.ERROR} | (set() if allow_nondeterministic else {Status.NONDETERMINISTIC})
+    return any(r.status in bad for r in results)
