@@ -81,6 +81,6 @@ def test_a_worker_start_up_timeout_hints_at_the_limit_to_raise(monkeypatch):
 
 def test_the_summary_is_readable_at_any_width(tmp_path):
     out = run_cli("verify", "--backend", "pytorch", "--case", "v2/float64", *NULL, env_extra={"COLUMNS": "10"})
-    lines = out.stdout.splitlines()
+    lines = [ln for ln in out.stdout.splitlines() if "covering-array cases" not in ln]  # the suite's own lines first
     assert out.returncode == 0 and lines[0] == "summary"
     assert lines[1].startswith("backend: pytorch, pass: ") and lines[1].endswith(", unsupported: 0, error: 0")

@@ -98,7 +98,10 @@ def test_failures_come_first_one_line_each_and_the_matrix_only_on_request(tmp_pa
     assert len(unsupported) == len({" ".join(ln.split()[:3]) + ln.split("case(s):")[1].split("[")[0] for ln in unsupported})
     full = invoke(*args, "--show", "all")
     assert _sections(full.stdout) == ["summary", "not passing", "matrix"]
-    assert invoke(*args, "-v").stdout == full.stdout
+    def report(text):  # the covering-array lines say how long building the cases took: not the report
+        return [ln for ln in text.splitlines() if "covering-array cases" not in ln]
+
+    assert report(invoke(*args, "-v").stdout) == report(full.stdout)
     quiet = invoke(*args, "--show", "none")
     assert quiet.returncode == 1 and _sections(quiet.stdout) == ["summary"]
     assert invoke(*args, "--show", "everything").returncode == 2

@@ -74,8 +74,8 @@ def verify(*, backends: list[str] | None = None, impls: list[str] | None = None,
         built: list = []
         chosen_cases = take_shard(select_cases(default_suite(seed, op_names, thorough, built), cases, dtypes, op_names),
                                   shard_spec)
-        for generated in built:  # on stderr: stdout holds the run's results (and --list only cases), alike every run
-            err_console.print(generated.line, highlight=False)
+        for generated in built if not list_cases else ():  # --list prints only the cases
+            console.print(generated.line, highlight=False)
     if not chosen_cases:
         raise UsageError("no case matches the --op/--case/--dtype filters", hint="run `dcnbench verify --list` to see the cases")
     if list_cases:
