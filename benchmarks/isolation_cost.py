@@ -23,7 +23,8 @@ from dcnbench.ops import preset
 from dcnbench.ops.case import cotangent
 from dcnbench.plugins import load_plugin
 from dcnbench.timing.speed import SpeedCase, run_speed
-from dcnbench.checking.runs import run_call as _run, default_suite, run_verify, select_cases
+from dcnbench.checking.runs import run_call as _run
+from dcnbench.checking.verify import default_suite, run_verify, select_cases
 from dcnbench.worker import isolation
 
 PLUGIN = "tests/plugins/planted_bugs.py:swapped_offsets"

@@ -90,7 +90,8 @@ def suite_runs(backend):
 def test_the_emulated_cuda_kernels_pass_the_whole_suite(suite_runs, setting, mode):
     runs = suite_runs[(setting, mode)]
     expected = [c for c in SUITE if not _one_setting_per_mode(c) or (setting, mode) in PAIRS_RUN]
-    assert len(runs) == len(expected) and {r.case.op for r in runs} == set(EMULATED_OPS)
+    assert len(runs) == len(expected) and {r.case.op for r in runs} == {c.op for c in expected}
+    assert {c.op for c in SUITE} == set(EMULATED_OPS)  # and every emulated op runs under some setting of each mode
     # atomicAdd from several OS threads adds in a varying order, as on a GPU: `nondeterministic` is
     # reached only when every quantity passed. Everything else must pass, in every dtype.
     # gradcheck then fails only as "not reentrant" (two backwards differ, both match the numerical

@@ -13,7 +13,8 @@ from dcnbench.ops.deform_conv2d.oracle import deform_conv2d as oracle
 from dcnbench.ops.deform_conv2d.suite import _geo
 from dcnbench.ops.deform_conv2d.workloads import ConvCase
 from dcnbench.timing.speed import SpeedCase, run_speed
-from dcnbench.checking.runs import run_call as _run, default_suite, run_verify
+from dcnbench.checking.runs import run_call as _run
+from dcnbench.checking.verify import default_suite, run_verify
 from tests.conftest import invoke
 from tests.roundoff import deform_conv2d_bound
 
