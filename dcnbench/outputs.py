@@ -74,14 +74,24 @@ def _lock(path: Path, option: str) -> None:
     _held[lock.resolve()] = fd
 
 
+def release(paths) -> None:
+    """Give up this process's claims on `paths` (those it holds; others are ignored)."""
+    for path in paths:
+        _unlock(lock_path(Path(path)).resolve())
+
+
 def release_all() -> None:
     """Remove and unlock every claim this process holds (at exit; the kernel unlocks after a crash)."""
-    for lock, fd in list(_held.items()):
+    for lock in list(_held):
+        _unlock(lock)
+
+
+def _unlock(lock: Path) -> None:
+    if lock in _held:
         try:
             lock.unlink(missing_ok=True)
         finally:
-            os.close(fd)
-            del _held[lock]
+            os.close(_held.pop(lock))
 
 
 atexit.register(release_all)

@@ -54,3 +54,32 @@ def test_a_file_another_run_is_writing_is_refused_naming_that_run(tmp_path):
     time.sleep(0.1)
     # Killed, not finished: its lock file stays, unlocked by the kernel, and does not block the next run.
     assert invoke(*VERIFY, "--json", str(target), "--csv", os.devnull).returncode == 0 and target.exists()
+
+
+def test_runs_started_in_the_same_second_take_their_own_default_names(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from dcnbench import outputs
+    from dcnbench.cli import common
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "stamp", lambda: "20261207-051153")
+    (tmp_path / "results").mkdir()
+    finished = tmp_path / "results" / "verify-20261207-051153.csv"
+    finished.write_text("an earlier run's results")
+    running = tmp_path / "results" / "verify-20261207-051153-2.json"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from dcnbench import outputs; outputs.claim([('--json', Path(sys.argv[1]))]); "
+                               "print('held', flush=True); time.sleep(600)", str(running)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        first = common.output_paths("verify", None, None)
+        second = common.output_paths("verify", Path("mine.csv"), None)
+    finally:
+        holder.kill()
+        holder.wait()
+        outputs.release_all()
+    assert first == (Path("results/verify-20261207-051153-3.csv"), Path("results/verify-20261207-051153-3.json"))
+    assert second == (Path("mine.csv"), Path("results/verify-20261207-051153-4.json"))
+    assert finished.read_text() == "an earlier run's results"

@@ -204,15 +204,34 @@ def stamp() -> str:
 def output_paths(command: str, csv: Path | None, json: Path | None) -> tuple[Path, Path]:
     """The CSV and JSON paths a command writes, checked and claimed before any work is done (exit 2
     when one cannot be written, both are one file, or another run is writing it: dcnbench.outputs);
-    the default folder results/ is created."""
-    from dcnbench import outputs, results
+    the default folder results/ is created.
 
+    A default name carries the start time to the second; a second run started in the same second in
+    the same folder (two CI jobs, a script's loop) takes the next free name, `-2`, `-3`, ..., instead of
+    stopping on the first run's lock or replacing its finished file."""
+    from dcnbench import outputs, results
+    from dcnbench.errors import ResultsFileError
+
+    outputs.claim([("--csv", csv), ("--json", json)])
+    if csv is not None and json is not None:
+        return csv, json
+    results.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     when = stamp()
-    if csv is None or json is None:
-        results.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    paths = (csv or results.default_path(command, "csv", when), json or results.default_path(command, "json", when))
-    outputs.claim([("--csv", paths[0]), ("--json", paths[1])])
-    return paths
+    for n in range(1, 1000):
+        tag = when if n == 1 else f"{when}-{n}"
+        named = (results.default_path(command, "csv", tag), results.default_path(command, "json", tag))
+        if any(path.exists() or outputs.lock_path(path).exists() for path in named):
+            continue  # a name of a pair another run holds or wrote: this run's files keep one name
+        paths = (csv or named[0], json or named[1])
+        defaults = [("--csv", paths[0])] * (csv is None) + [("--json", paths[1])] * (json is None)
+        try:
+            outputs.claim(defaults)
+        except ResultsFileError:  # another run took this name between our look and our lock
+            outputs.release(path for _, path in defaults)
+            continue
+        return paths
+    raise ResultsFileError(f"no free results file name for {command} in {results.RESULTS_DIR}",
+                           hint="give --csv and --json paths")
 
 
 def run_writing(writer, run, describe: str):
