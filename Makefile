@@ -86,14 +86,15 @@ docs: $(SYNCED)
 # GPU user's first run builds it (compiled and linked for sm_80 and sm_90; no GPU here, so it is not
 # run: a build that fails for a user fails CI), the tests (they run the CUDA kernels emulated on the
 # CPU, under ThreadSanitizer too; the browser test of the HTML report must run, not skip), then the
-# project's own gate against the committed baseline: correctness is hard, performance is printed
-# only (a shared machine is too noisy to fail CI on).
+# project's own gate against the committed baseline, correctness only: performance on a shared
+# machine is too noisy to fail CI on, and timing it here only to print it cost 2.5 of the 20 minutes
+# (`dcnbench gate --baseline reports/baseline-cpu.json` measures it on demand).
 test: $(SYNCED) $(WORKER_SYNCED) $(CHROMIUM)
 	$(MAKE) --no-print-directory docs
 	$(DCNBENCH) build --cuda-objects build/cuda-objects
 	DCNBENCH_REQUIRE_BROWSER=1 DCNBENCH_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest
 	$(NARROW_CPU) $(VENV)/bin/pytest -n 0 -p no:cacheprovider -m any_cpu $(ANY_CPU_TESTS)
-	$(DCNBENCH) gate --baseline reports/baseline-cpu.json --performance report-only --summary results/gate-summary.md
+	$(DCNBENCH) gate --baseline reports/baseline-cpu.json --performance off --summary results/gate-summary.md
 
 # One verify run and one speed run of every available backend on every registered operator's default
 # preset, reports/example/ written from them, and the page checked in Chromium (screenshot in results/).

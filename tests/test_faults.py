@@ -140,6 +140,8 @@ def test_gate_fails_a_candidate_that_ran_almost_nothing(tmp_path):
     assert "did not run what the baseline covers" in gate.stdout and "were not run" in gate.stdout
     allowed = run_cli("gate", "--baseline", str(base), str(tmp_path / "one.json"), "--performance", "off", "--allow-missing")
     assert allowed.returncode == 0 and "still pass" in allowed.stdout and "allowed by --allow-missing" in allowed.stdout
+    # Nothing was timed: the summary says so instead of explaining verdicts it has none of.
+    assert "Performance (off)\nNot measured" in allowed.stdout and "Mann-Whitney" not in allowed.stdout
 
 
 def _children(pid: int) -> list[str]:

@@ -12,6 +12,7 @@ OP_DEFORM_ROI_POOL, OP_DEFORM_PSROI_POOL = "deform_roi_pool", "deform_psroi_pool
 from dcnbench.checking.runs import cotangents
 from dcnbench.checking.verify import default_suite
 from dcnbench.checking.verify import failed, run_verify
+from tests.conftest import one_dtype_per_geometry
 from tests.plugins.planted_roi_bugs import BUGS
 
 SUITE = default_suite(op_names=["deform_roi_pool", "deform_psroi_pool"])
@@ -105,10 +106,11 @@ def test_sampling_points_keep_their_margin_from_kinks(case):
 
 @pytest.fixture(scope="module")
 def planted():
-    """Every planted bug on its operator's suite in one run, so each case's reference is computed once."""
+    """Every planted bug on its operator's suite, each geometry in one dtype (one_dtype_per_geometry), in
+    one run, so each case's reference is computed once."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
     # The grid-limit cases (65600 RoIs) test launches, not arithmetic a planted bug gets wrong: left out.
-    return plugins, run_verify(backends=plugins, cases=[c for c in SUITE if "-grid-" not in c.name])
+    return plugins, run_verify(backends=plugins, cases=one_dtype_per_geometry([c for c in SUITE if "-grid-" not in c.name]))
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

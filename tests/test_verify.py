@@ -13,7 +13,7 @@ from dcnbench.checking.verify import default_suite, select_cases
 from dcnbench import ops
 from dcnbench.checking.compare import compare, tolerance
 from dcnbench.checking.verify import failed, run_verify
-from tests.conftest import PLANTED
+from tests.conftest import PLANTED, one_dtype_per_geometry
 from tests.plugins.planted_bugs import BUGS
 
 SUITE = [c for c in default_suite() if c.op == OP_DEFORM_CONV2D]  # pooling: test_roi_verify.py
@@ -72,7 +72,8 @@ def catching_cases(results) -> set[str]:
 
 @pytest.fixture(scope="module")
 def planted():
-    """Every planted bug on the whole suite in one run, so each case's reference is computed once.
+    """Every planted bug on the whole suite, each geometry in one dtype (one_dtype_per_geometry), in one
+    run, so each case's reference is computed once.
     The ONNX export cases are test_export.py's (they check the forward through another runtime)."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
     # The grid-limit case (65599 rows) tests launches, not arithmetic a planted bug gets wrong: left out.
@@ -83,6 +84,7 @@ def planted():
     cases = [c for c in cases if tv.case_unsupported is None or not tv.case_unsupported(c, "cpu")]
     # The two large cases (past ext's column chunk) are the only ones that catch the chunk bug: only
     # that bug runs them (the other bugs are caught by the small cases; they would cost them minutes).
+    cases = one_dtype_per_geometry(cases)
     large = [c for c in cases if c.name in PAST_CHUNK]
     small = [c for c in cases if c not in large]
     chunk_bug = [p for p in plugins if p.name == "last_column_chunk_off_by_one"]

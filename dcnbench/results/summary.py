@@ -54,7 +54,10 @@ def gate_markdown(decision: Decision, settings: Settings, baseline_name: str, ba
             lines.append(f"- … and {len(decision.correctness_not_run) - LISTED} more")
     lines.append("")
 
-    mode = {"gate": "gate", "report-only": "report only, never fails", "off": "off"}[decision.performance_mode]
+    if decision.performance_mode == "off":
+        lines += ["### Performance (off)", "Not measured: the run was asked for correctness only (--performance off)."]
+        return "\n".join(lines + [f"\n_{note}_" for note in decision.notes]) + "\n"
+    mode = {"gate": "gate", "report-only": "report only, never fails"}[decision.performance_mode]
     lines += [f"### Performance ({mode})",
               f"Each backend's time divided by {_reference(settings)}'s in the same round of the same run. "
               f"`worse`: the ratio grew by more than the factor (default {settings.factor}) and a one-sided "

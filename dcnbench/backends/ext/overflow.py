@@ -16,7 +16,8 @@ written costs address space, not RAM, and reads as zeros.
   all of it past element 2^31, with the float64 oracle on that image alone (tests/test_ext_emu.py).
 
 `python -m dcnbench.backends.ext.overflow [CSRC NAME]` runs the emulated check on the built library
-(or on the library NAME built from the tree CSRC: how the test runs a planted copy in a child process).
+(or on the library NAME built from the tree CSRC, its deform_conv2d.cu alone: how the test runs a planted
+copy in a child process).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
     if argv:
         from pathlib import Path
 
-        target = build.emulated_copy(argv[1], Path(argv[0]))
+        target = build.emulated_copy(argv[1], Path(argv[0]), ("deform_conv2d.cu",))  # the one kernel the check calls
     else:
         target = build.emulated()
     count = conv_past_int32(OpLibrary(lambda: target).ops())
