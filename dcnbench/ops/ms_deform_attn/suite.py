@@ -3,12 +3,12 @@ a way kernels (and their users) go wrong.
 
 Options covered, each at both ends of what the models use: levels L 1, 2, 4 and 5, non-square and
 of very different sizes (a 1x1 level beside a 16x24 one); points P 1, 2, 4 and 8; heads M 1, 2 and
-8; channels D 1, 4 and 32; queries Lq 1 and 513; batch N 0, 1, 2 and 5 with im2col_step 2 (not a
-multiple); locations in [0, 1], outside it (a little, and mostly a pixel or more), in the border
+8; channels D 1, 4 and 32; queries Lq 1 and 513; batch N 0, 1, 2, 5 with im2col_step 2 and 7 with
+im2col_step 3 (not multiples); locations in [0, 1], outside it (a little, and mostly a pixel or more), in the border
 bands, exactly on the edges 0 and 1 and exactly on pixel centres; attention weights softmaxed,
 unnormalised and signed (not summing to 1) and halves (+1 then -1/2); values N(0, 1) and large ones
 whose partial sums pass float16's range; non-contiguous arguments; NaN and Inf in pixels no sample
-reads, and in pixels and locations some do. Every geometry in float64 and float32, four also in
+reads, and in pixels and locations some do. Every geometry in float64 and float32, five also in
 float16 and bfloat16; every gradient under the cotangent layouts (verify's); the grid_sample and
 pixel-centre identities; gradcheck; torch.compile; the ONNX export. Seeds sit next to the cases:
 adding one never reseeds the others.
@@ -47,6 +47,9 @@ _GEOMETRIES: dict[str, tuple[int, MsdaGeometry, dict]] = {
     "ms-batch0": (61100, _geo(n=0), {}),
     "ms-batch1": (61200, _geo(n=1), {}),
     "ms-batch5-step2": (61300, _geo(n=5, step=2, lq=3), {}),
+    # A second batch past its last full chunk (7 = 2·3 + 1), on other levels and heads: a kernel that
+    # drops or misplaces the partial chunk fails two geometries, not one.
+    "ms-batch7-step3": (62500, _geo(n=7, step=3, lq=4, levels=((5, 3), (2, 4)), m=1, d=2, p=3), {}),
     "ms-outside": (61400, _geo(levels=_PYRAMID, p=3), {"offsets": "outside", "offset_scale": 0.3}),
     "ms-far-outside": (61500, _geo(), {"offsets": "outside", "offset_scale": 2.0}),
     "ms-border": (61600, _geo(levels=((5, 7), (3, 2))), {"offsets": "border"}),
@@ -60,13 +63,17 @@ _GEOMETRIES: dict[str, tuple[int, MsdaGeometry, dict]] = {
     # outside the map would make a location gradient of 3500·W per channel, past the range too.
     "ms-large-partial-sums": (62200, _geo(n=1, levels=((4, 6), (3, 4), (3, 3), (4, 3), (3, 5)), m=1, d=8, lq=5,
                                           p=8), {"values": "large", "weights": "halves", "offsets": "interior"}),
+    # The same class on another geometry: L·P = 4·12 = 48 points (partial sums to 84000, output about
+    # 42000), two heads, two images.
+    "ms-large-partial-sums-m2": (62600, _geo(n=2, levels=((5, 4), (3, 6), (2, 2), (4, 4)), m=2, d=4, lq=3, p=12),
+                                 {"values": "large", "weights": "halves", "offsets": "interior"}),
     # NaN and Inf (README "Non-finite values"): in pixels no sample reads (the result must be what
     # zeros there give), and also in pixels some samples read and in two locations.
     "nonfinite-unread": (62300, _geo(levels=((6, 8), (5, 6))), {"offsets": "fenced", "poison": "unread"}),
     "nonfinite-read": (62400, _geo(levels=((6, 8), (5, 6))), {"offsets": "fenced", "poison": "read"}),
 }
 
-_HALF_TYPES_FOR = ("ms-default", "ms-l4-m8-p4", "ms-border", "ms-large-partial-sums")
+_HALF_TYPES_FOR = ("ms-default", "ms-l4-m8-p4", "ms-border", "ms-large-partial-sums", "ms-large-partial-sums-m2")
 
 _IDENTITIES: dict[str, tuple[int, MsdaGeometry, dict]] = {
     # The direct bilinear formula and grid_sample's (mmcv's and transformers' eager code) agree.
