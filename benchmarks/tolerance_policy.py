@@ -8,11 +8,14 @@
         the Markdown table of the README: per policy, planted bugs caught and built-in false alarms
 
 Policies, per quantity compared with the float64 oracle (structural failures: missing, shape, dtype,
-NaN, overflow, non-finite leaks, mutation, nondeterminism, errors count under every policy):
+NaN, overflow, non-finite leaks, mutation, nondeterminism, errors count under every policy; float64
+rows are judged by the fixed tolerance under every policy, the formulation being the oracle there):
   fixed:       verify's per-dtype normwise tolerance (TOLERANCES)
   reference:   normwise error <= max(2 x the reference formulation's normwise error, 8 eps)
                (FlashAttention's tests allow 2x the error of their PyTorch reference in the same dtype)
   reference+elementwise: and max abs error <= 2 x the formulation's max abs error + 32 eps
+  the same two at the smallest powers of two (8x normwise, 16x elementwise) that leave no false alarm
+  on the built-in backends measured (their worst: 4.8x and 12.5x; chosen after seeing the data)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ PLANTED_SETS = {
     "planted_bugs.py": ("BUGS", "OVERFLOW_BUGS"),
     "planted_roi_bugs.py": ("BUGS",),
     "planted_dcnv34_bugs.py": ("BUGS", "ISSUE_BUGS", "IM2COL_BUGS"),
+    "planted_msda_bugs.py": ("BUGS",),
 }
 
 
@@ -85,30 +89,34 @@ def _structural(q: dict) -> bool:
     return any(q["note"].startswith(s) or s in q["note"] for s in STRUCTURAL) or ":" in q["quantity"].split("@")[0]
 
 
+# name -> (normwise factor, elementwise factor or None); None: the fixed tolerance.
+POLICIES = {"fixed": None, "reference": (2, None), "reference+elementwise": (2, 2),
+            "reference 16x": (16, None), "reference 16x + elementwise 16x": (16, 16)}
+
+
 def verdicts(record: dict, ref: dict) -> dict[str, bool]:
     """Whether the record fails under each policy (ref: quantity -> the refform's quantity record)."""
     if record["status"] in ("error", "nondeterministic"):
-        return dict.fromkeys(("fixed", "reference", "reference+elementwise"), True)
+        return dict.fromkeys(POLICIES, True)
     dtype = record["case"]["dtype"]
     eps = EPS[dtype]
-    fails = {"fixed": False, "reference": False, "reference+elementwise": False}
+    fails = dict.fromkeys(POLICIES, False)
     for q in record["quantities"]:
         if q["unsupported"] or "~" in q["quantity"]:
             continue
-        if _structural(q) or q["rel_err"] is None:
-            for k in fails:
+        r = ref.get(q["quantity"])
+        if _structural(q) or q["rel_err"] is None or dtype == "float64" or r is None or r["rel_err"] is None:
+            for k in fails:  # no formulation error to compare with: the fixed verdict
                 fails[k] |= not q["ok"]
             continue
-        fails["fixed"] |= not q["ok"]
-        r = ref.get(q["quantity"])
-        if r is None or r["rel_err"] is None:  # no formulation error to compare with: the fixed verdict
-            fails["reference"] |= not q["ok"]
-            fails["reference+elementwise"] |= not q["ok"]
-            continue
-        normwise = q["rel_err"] > max(2 * r["rel_err"], 8 * eps)
-        elementwise = q["max_abs_err"] > 2 * r["max_abs_err"] + 32 * eps
-        fails["reference"] |= normwise
-        fails["reference+elementwise"] |= normwise or elementwise
+        for name, factors in POLICIES.items():
+            if factors is None:
+                fails[name] |= not q["ok"]
+                continue
+            normwise, elementwise = factors
+            fails[name] |= q["rel_err"] > max(normwise * r["rel_err"], 8 * eps)
+            if elementwise:
+                fails[name] |= q["max_abs_err"] > elementwise * r["max_abs_err"] + 32 * eps
     return fails
 
 
@@ -122,15 +130,16 @@ def table(collected: Path, builtin: list[Path]) -> str:
     def ref_of(r):
         return refs.get(r["case_id"] + "|" + r["case"]["geometry"].get("op", ""), {})
 
-    policies = ("fixed", "reference", "reference+elementwise")
-    caught = {p: set() for p in policies}
+    caught = {p: set() for p in POLICIES}
+    low_rows = {p: 0 for p in POLICIES}  # (bug, case) pairs caught in float32, float16 or bfloat16
     bugs = set()
     for r in (r for r in data if r.get("planted") and r["status"] != "unsupported"):
         bugs.add(r["backend"])
         for p, bad in verdicts(r, ref_of(r)).items():
             if bad:
                 caught[p].add(r["backend"])
-    alarms = {p: {} for p in policies}
+                low_rows[p] += r["case"]["dtype"] != "float64"
+    alarms = {p: {} for p in POLICIES}
     rows = 0
     for path in builtin:
         for r in load_text(path.read_text())["records"]:
@@ -140,15 +149,14 @@ def table(collected: Path, builtin: list[Path]) -> str:
             for p, bad in verdicts(r, ref_of(r)).items():
                 if bad:
                     alarms[p].setdefault(r["backend"], []).append(r["case_id"])
-    lines = [f"| policy | planted bugs caught (of {len(bugs)}) | false alarms on built-in backends (of {rows} rows) |",
-             "|---|---|---|"]
-    for p in policies:
+    lines = [f"| policy | planted bugs caught (of {len(bugs)}) | bug x case rows caught below float64 | "
+             f"false alarms on built-in backends (of {rows} case x backend rows) |", "|---|---|---|---|"]
+    for p in POLICIES:
         detail = ", ".join(f"{b} {len(v)}" for b, v in sorted(alarms[p].items())) or "none"
         missed = sorted(bugs - caught[p])
         lines.append(f"| {p} | {len(caught[p])}{' (missed: ' + ', '.join(missed) + ')' if missed else ''} | "
-                     f"{sum(len(v) for v in alarms[p].values())} ({detail}) |")
+                     f"{low_rows[p]} | {sum(len(v) for v in alarms[p].values())} ({detail}) |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     if sys.argv[1] == "collect":
