@@ -22,7 +22,7 @@ import torch
 
 from dcnbench import ops
 from dcnbench.backends import ALL_DTYPES, Backend
-from dcnbench.errors import PluginError
+from dcnbench.errors import DcnbenchError, PluginError
 from dcnbench.worker.client import RemoteError, WorkerError
 
 DEFAULT_OP = "deform_conv2d"
@@ -46,25 +46,36 @@ def _exists(path: Path) -> None:
         raise PluginError(f"plugin file '{path}' does not exist", hint="check the path in --impl PATH.py:FUNC")
 
 
-def _import(path: Path):
-    _exists(path)
-    module_name = "dcnbench_plugin_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+def import_file(path: Path, module_prefix: str, error: type[DcnbenchError], what: str):
+    """The module of a user's .py file (a plugin, a model factory), imported under a name of its own;
+    anything that stops the import is `error`, one line and a hint, never a traceback or an exit."""
+    module_name = module_prefix + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise PluginError(f"plugin file '{path}' is not a Python module", hint="give a .py file")
+        raise error(f"{what}'{path}' is not a Python module", hint="give a .py file")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.resolve().parent))  # so a plugin can import its sibling modules
+    sys.path.insert(0, str(path.resolve().parent))  # so it can import its sibling modules
+    # Registered while it runs, as an import would: dataclasses look their module up in sys.modules.
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except SystemExit as exc:
-        raise PluginError(f"plugin file '{path}' called sys.exit({exc.code!r}) while it was imported",
-                          hint="guard the script part of the file with `if __name__ == \"__main__\":`") from None
-    except Exception as exc:
-        raise PluginError(f"plugin file '{path}' does not import: {type(exc).__name__}: {exc}",
-                          hint=f"run `python {path}` to see the full traceback") from None
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if isinstance(exc, SystemExit):
+            raise error(f"{what}'{path}' called sys.exit({exc.code!r}) while it was imported",
+                        hint="guard the script part of the file with `if __name__ == \"__main__\":`") from None
+        if not isinstance(exc, Exception):
+            raise
+        raise error(f"{what}'{path}' does not import: {type(exc).__name__}: {exc}",
+                    hint=f"run `python {path}` to see the full traceback") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
     return module
+
+
+def _import(path: Path):
+    _exists(path)
+    return import_file(path, "dcnbench_plugin_", PluginError, "plugin file ")
 
 
 def load_plugin(spec: str, device: str = "cpu", probe: bool = True, op: str | None = None,

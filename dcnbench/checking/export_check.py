@@ -62,33 +62,11 @@ def check_factory_spec(spec: str):
 
 def load_factory(spec: str):
     """`PATH.py:FACTORY` -> the factory callable; a usage error (exit 2) when it cannot be had."""
-    import hashlib
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from dcnbench.errors import UsageError
+    from dcnbench.plugins import import_file
 
     path, name = check_factory_spec(spec)
-    module_spec = importlib.util.spec_from_file_location(
-        "dcnbench_export_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12], path)
-    if module_spec is None or module_spec.loader is None:
-        raise UsageError(f"'{path}' is not a Python module", hint="give a .py file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(path.resolve().parent))  # so it can import its sibling modules
-    # Registered while it runs, as an import would: dataclasses look their module up in sys.modules.
-    sys.modules[module_spec.name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except SystemExit as exc:
-        raise UsageError(f"'{path}' called sys.exit({exc.code!r}) while it was imported",
-                         hint="guard the script part of the file with `if __name__ == \"__main__\":`") from None
-    except Exception as exc:
-        sys.modules.pop(module_spec.name, None)
-        raise UsageError(f"'{path}' does not import: {type(exc).__name__}: {exc}",
-                         hint=f"run `python {path}` to see the full traceback") from None
-    finally:
-        sys.path.remove(str(path.resolve().parent))
+    module = import_file(path, "dcnbench_export_", UsageError, "")
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UsageError(f"'{path}' has no callable '{name}'",
