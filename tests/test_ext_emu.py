@@ -394,3 +394,17 @@ def test_an_int32_index_is_stopped_at_its_line(tmp_path):
         assert found and found.group(2) != "0", run.stderr[-3000:]
         assert re.search(rf"{re.escape(line)}:\d+: runtime error: signed integer overflow", found.group(1)), \
             (check, found.group(1)[-2000:])
+    # Below 2^31 the planted indices are right: the copy matches ext's CPU kernels (a bug only past 2^31).
+    from dcnbench.backends.ext import LIBRARY
+    from dcnbench.backends.ext.overflow import copy_target
+
+    planted_library = OpLibrary(lambda: copy_target(csrc, "dcnbench_ext_emu_int32"))
+    gen = torch.Generator().manual_seed(3)
+    value, loc, attn = torch.randn(3, 6 + 20, 2, 5, generator=gen), torch.rand(3, 7, 2, 2, 3, 2, generator=gen), \
+        torch.rand(3, 7, 2, 2, 3, generator=gen)
+    msda = (value, torch.tensor([[2, 3], [4, 5]]), torch.tensor([0, 6]), loc, attn, 64)
+    assert torch.allclose(planted_library.ms_deform_attn(*msda), LIBRARY.ms_deform_attn(*msda), rtol=1e-5, atol=1e-6)
+    conv = (torch.randn(2, 3, 9, 8, generator=gen), torch.randn(2, 18, 9, 8, generator=gen),
+            torch.randn(4, 3, 3, 3, generator=gen))
+    got = planted_library.deform_conv2d(conv[0], conv[1], conv[2], padding=1)
+    assert torch.allclose(got, LIBRARY.deform_conv2d(conv[0], conv[1], conv[2], padding=1), rtol=1e-4, atol=1e-5)

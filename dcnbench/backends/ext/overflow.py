@@ -185,6 +185,16 @@ CHECKS = {"deform_conv2d": ("deform_conv2d.cu", _conv_check),
           "msda-output-batch": ("ms_deform_attn.cu", _msda_output_check("batch"))}
 
 
+def copy_target(csrc, name: str):
+    """The emulated library NAME built from the tree `csrc` (a planted copy), with the .cu files the
+    checks call alone: one build serves every check."""
+    from pathlib import Path
+
+    from dcnbench.backends.ext import build
+
+    return build.emulated_copy(name, Path(csrc), tuple(sorted({f for f, _ in CHECKS.values()})))
+
+
 def _in_child(run, library) -> int:
     """`run(library)` in a forked child, so that a check UBSan stops ends the child only; its exit status
     (the child's stderr holds UBSan's report). Forked after the library is loaded: one import of torch
@@ -214,11 +224,8 @@ def main(argv: list[str]) -> int:
         for _, run in CHECKS.values():
             print(run(library), flush=True)
         return 0
-    from pathlib import Path
-
     csrc, name, *names = argv
-    cuda_files = tuple(sorted({f for f, _ in CHECKS.values()}))  # one build serves every check
-    target = build.emulated_copy(name, Path(csrc), cuda_files)
+    target = copy_target(csrc, name)
     library = OpLibrary(lambda: target)
     library.ops()
     failed = 0
