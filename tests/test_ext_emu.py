@@ -330,17 +330,36 @@ def test_deterministic_mode_must_give_the_same_bits_under_every_block_order(back
 # ---- failure class: 32-bit index overflow (dcnbench/backends/ext/overflow.py) ----------------------
 
 
-def with_int32_index(csrc, dest):
-    """A copy of csrc/ whose im2col kernel keeps its element index in an int (a CUDA classic): right
-    until a launch has more than 2^31 - 1 elements."""
+# A grid-stride loop's element index in an int (a CUDA classic, the official msda kernels' CUDA_KERNEL_LOOP).
+INT64_LOOP = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
+INT32_LOOP = "const int stride = gridDim.x * blockDim.x;\n  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride)"
+# (check, file, the kernel's text and how many times the file holds it, the planted text)
+INT32_PLANTS = (
+    ("deform_conv2d", "deform_conv2d.cu", INT64_LOOP, 4, INT32_LOOP),  # im2col's, the first of four
+    ("msda-output", "ms_deform_attn.cu", INT64_LOOP, 3, INT32_LOOP),  # the forward's, the first of three
+    # The value row the forward reads, as Deformable-DETR's kernel computes it (`data_value_ptr_init_offset`
+    # = b_col * spatial_size * qid_stride in an int: Deformable-DETR#66, mmcv#1724).
+    ("msda-value", "ms_deform_attn.cu", "const T* plane = value + msda_value_row(g, n, t.starts[l], 0, m) + d;", 1,
+     "const T* plane = value + ((int(n) * int(g.s) + int(t.starts[l])) * int(g.m) + int(m)) * int(g.d) + d;"),
+)
+
+
+def with_int32_indices(csrc, dest):
+    """A copy of csrc/ with three indices in an int, each right until it passes 2^31 - 1, and the
+    file:line of each by check. Each check calls one kernel and passes 2^31 in one index only."""
     shutil.copytree(csrc, dest)
-    path = dest / "cuda" / "deform_conv2d.cu"
-    loop = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
-    text = path.read_text()
-    assert text.count(loop) == 4, "deform_conv2d.cu changed"
-    path.write_text(text.replace(loop, "const int stride = gridDim.x * blockDim.x;\n"
-                                       "  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride)", 1))
-    return dest
+    for _, name, old, count, new in INT32_PLANTS:
+        path = dest / "cuda" / name
+        text = path.read_text()
+        assert text.count(old) == count, f"{name} changed"
+        path.write_text(text.replace(old, new, 1))
+    lines = {}
+    for check, name, _, _, new in INT32_PLANTS:
+        text = (dest / "cuda" / name).read_text()
+        lines[check] = f"{name}:{text[:text.index(new.splitlines()[-1].strip())].count(chr(10)) + 1}"
+    lines["msda-batch"] = lines["msda-level"] = lines.pop("msda-value")
+    lines["msda-output-queries"] = lines["msda-output-batch"] = lines.pop("msda-output")
+    return dest, lines
 
 
 def overflow_check(*args, timeout=900):
@@ -350,11 +369,42 @@ def overflow_check(*args, timeout=900):
                           text=True, timeout=timeout, cwd=build.ROOT)
 
 
-def test_the_cuda_kernels_index_past_2_31_cleanly_and_an_int32_index_is_stopped_at_its_line(tmp_path):
+def test_the_cuda_kernels_index_past_2_31_cleanly():
     clean = overflow_check()
-    assert clean.returncode == 0 and "index arithmetic clean" in clean.stdout, clean.stdout + clean.stderr[-2000:]
-    csrc = with_int32_index(build.CSRC, tmp_path / "csrc")
-    planted = overflow_check(csrc, "dcnbench_ext_emu_int32")
-    assert planted.returncode != 0
-    assert "runtime error: signed integer overflow" in planted.stderr and "deform_conv2d.cu" in planted.stderr, \
-        planted.stderr[-2000:]
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
+    # ms_deform_attn's output past element 2^31 of value is compared with the oracle (overflow.py's bound).
+    assert [line.split(" (")[0].split(":")[0] for line in clean.stdout.splitlines()] == [
+        "deform_conv2d forward", "ms_deform_attn forward, value past 2^31 by the batch",
+        "ms_deform_attn forward, value past 2^31 by the level",
+        "ms_deform_attn forward and backward, output past 2^31 by the queries",
+        "ms_deform_attn forward and backward, output past 2^31 by the batch"], clean.stdout
+    assert "index arithmetic clean" in clean.stdout
+
+
+# The copy builds the two .cu files the checks call; the checks run in one process, each in a child of
+# its own (overflow.main). Each of ms_deform_attn's planted indices is reached two ways past 2^31: its
+# value row by the batch and by a level, its forward's loop index by the queries and by the batch and heads.
+def test_an_int32_index_is_stopped_at_its_line(tmp_path):
+    csrc, planted = with_int32_indices(build.CSRC, tmp_path / "csrc")
+    assert set(planted) == {"deform_conv2d", "msda-batch", "msda-level", "msda-output-queries", "msda-output-batch"}
+    run = overflow_check(csrc, "dcnbench_ext_emu_int32", *planted)
+    assert run.returncode != 0 and not run.stdout, run.stdout
+    for check, line in planted.items():
+        found = re.search(rf"^--- {check}\n(.*?)^--- {check}: exit (-?\d+)$", run.stderr, re.S | re.M)
+        assert found and found.group(2) != "0", run.stderr[-3000:]
+        assert re.search(rf"{re.escape(line)}:\d+: runtime error: signed integer overflow", found.group(1)), \
+            (check, found.group(1)[-2000:])
+    # Below 2^31 the planted indices are right: the copy matches ext's CPU kernels (a bug only past 2^31).
+    from dcnbench.backends.ext import LIBRARY
+    from dcnbench.backends.ext.overflow import copy_target
+
+    planted_library = OpLibrary(lambda: copy_target(csrc, "dcnbench_ext_emu_int32"))
+    gen = torch.Generator().manual_seed(3)
+    value, loc, attn = torch.randn(3, 6 + 20, 2, 5, generator=gen), torch.rand(3, 7, 2, 2, 3, 2, generator=gen), \
+        torch.rand(3, 7, 2, 2, 3, generator=gen)
+    msda = (value, torch.tensor([[2, 3], [4, 5]]), torch.tensor([0, 6]), loc, attn, 64)
+    assert torch.allclose(planted_library.ms_deform_attn(*msda), LIBRARY.ms_deform_attn(*msda), rtol=1e-5, atol=1e-6)
+    conv = (torch.randn(2, 3, 9, 8, generator=gen), torch.randn(2, 18, 9, 8, generator=gen),
+            torch.randn(4, 3, 3, 3, generator=gen))
+    got = planted_library.deform_conv2d(conv[0], conv[1], conv[2], padding=1)
+    assert torch.allclose(got, LIBRARY.deform_conv2d(conv[0], conv[1], conv[2], padding=1), rtol=1e-4, atol=1e-5)

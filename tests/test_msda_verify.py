@@ -1,11 +1,11 @@
 """ms_deform_attn on every backend that has it: the whole default suite passes on `pytorch`, `ext`,
 `transformers` and `onnxruntime` with every other row unsupported and its reason; the departures
 declared for transformers and onnxruntime are re-measured (they cannot outlive a fix); ext is
-bitwise the same on any thread count (also with torch's generic kernels); the emulated CUDA launch
-covers a grid past 65535 blocks; each planted bug is caught, the narrow ones by their case only;
-the hub-kernel decorator reaches no network; the real model passes with every backend's kernel and
-exports. The emulated CUDA kernels run the suite in tests/test_ext_emu.py, the race check in
-tests/test_race.py."""
+bitwise the same on any thread count (also with torch's generic kernels) and right on a value past
+2^31 elements; the emulated CUDA launch covers a grid past 65535 blocks; each planted bug is
+caught, the narrow ones by their case only; the hub-kernel decorator reaches no network; the real
+model passes with every backend's kernel and exports. The emulated CUDA kernels run the suite in
+tests/test_ext_emu.py, the race check in tests/test_race.py."""
 
 import socket
 import subprocess
@@ -100,6 +100,22 @@ def test_ext_is_bitwise_the_same_on_any_thread_count():
                        env=dict(os.environ, ATEN_CPU_CAPABILITY="default"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert found["here"] == p.stdout.split() == ["float64", "True", "float32", "True"], (found, p.stdout)
+
+
+@pytest.mark.parametrize("where", ["batch", "level"])
+def test_ext_reads_a_value_past_2_31_elements(where):
+    """Failure class "32-bit index overflow" (Deformable-DETR#66, mmcv#1724) on ext's CPU kernel: a value of
+    more than 2^31 elements, past by the batch or by a level, only its last part written (the rest is
+    address space that reads as zeros, backends/ext/overflow.py); that part's output against the oracle
+    on it alone. The emulated CUDA kernel runs the same check in tests/test_ext_emu.py, where a planted
+    int32 value row is stopped."""
+    from dcnbench.backends.ext.overflow import INT32_MAX, MSDA_BOUND, msda_past_int32
+    from dcnbench.checking.compare import compare
+
+    got, want, start = msda_past_int32(get("ext").ops[OP], where)
+    assert start > INT32_MAX and float(want.norm()) > 0
+    err = compare("output", got, want, "float32")
+    assert err.rel_err < MSDA_BOUND, err
 
 
 def test_the_emulated_cuda_launch_covers_more_than_65535_blocks():

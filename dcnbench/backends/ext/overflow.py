@@ -1,23 +1,37 @@
 """Index arithmetic past 2^31 elements (failure class "32-bit index overflow": torchvision #2598, #4269,
-#8744), without the memory such tensors need.
+#8744; for ms_deform_attn Deformable-DETR#66 and mmcv#1724, "illegal memory access" at large batch),
+without the memory such tensors need.
 
-Both checks lean on Linux giving memory on first write: a tensor from `torch.empty` that is never
-written costs address space, not RAM, and reads as zeros.
+Every check leans on Linux giving memory on first write: a tensor from `torch.empty` that is never
+written costs address space, not RAM, and reads as zeros. The emulated library is compiled with
+-fsanitize=signed-integer-overflow (build.py): a kernel computing an index in a 32-bit int stops with
+UBSan's "signed integer overflow" at its file and line.
 
-- CUDA kernels, emulated: `conv_past_int32(ops)` calls deform_conv2d's forward on one image whose
-  column buffer holds more than 2^31 elements (64 channels, 3x3, 1940x1940: 2.17e9, 8.7 GB of address
+- deform_conv2d, CUDA emulated: `conv_past_int32(ops)` calls the forward on one image whose column
+  buffer holds more than 2^31 elements (64 channels, 3x3, 1940x1940: 2.17e9, 8.7 GB of address
   space), with DCNBENCH_EMU_SAMPLE_BLOCKS=1: only block 0 of each launch runs, and its grid-stride
-  loop walks the whole index range. The emulated library is compiled with
-  -fsanitize=signed-integer-overflow (build.py): a kernel computing an index in a 32-bit int stops
-  with UBSan's "signed integer overflow" and its file and line. Nothing is compared: the run proves
-  the index arithmetic, not the values (block 0 writes 33 thousand of the 2.17e9 columns).
-- CPU kernels: `dcnv3_past_int32(fn)` runs DCNv3 (DCNv4 shares the kernel) on a channels-last input
-  of more than 2^31 elements whose last image alone holds values, and compares that image's output,
-  all of it past element 2^31, with the float64 oracle on that image alone (tests/test_ext_emu.py).
+  loop walks the whole index range. Nothing is compared: the run proves the index arithmetic, not
+  the values (block 0 writes 33 thousand of the 2.17e9 columns).
+- DCNv3/DCNv4, CPU: `dcnv3_past_int32(fn)` runs DCNv3 (DCNv4 shares the kernel) on a channels-last
+  input of more than 2^31 elements whose last image alone holds values, and compares that image's
+  output, all of it past element 2^31, with the float64 oracle on that image alone
+  (tests/test_ext_dcnv34.py).
+- ms_deform_attn, value past 2^31, CPU and CUDA emulated alike: `msda_past_int32(fn, where)`, by the
+  batch (66 images of four levels, M = 8, D = 32; the last alone written) or by a level (one image
+  whose first level, 8192x8704 with D = 32, holds 2.28e9 elements, so the second level's rows start
+  past 2^31; the second level alone written). The output is small, so every block runs; the written
+  part's output is compared with the float64 oracle on that part alone (the unwritten part reads
+  zeros and adds exact zeros). The index that passes 2^31 is the value row's (Deformable-DETR's
+  `data_value_ptr_init_offset`, an int).
+- ms_deform_attn, output past 2^31, CUDA emulated: `msda_output_past_int32(ops, where)`, forward and
+  backward with sampled blocks as for deform_conv2d; the index that passes 2^31 is the grid-stride
+  loop's (the official kernels' CUDA_KERNEL_LOOP, an int). Not on the CPU: its output is written
+  whole (8.7 GB).
 
-`python -m dcnbench.backends.ext.overflow [CSRC NAME]` runs the emulated check on the built library
-(or on the library NAME built from the tree CSRC, its deform_conv2d.cu alone: how the test runs a planted
-copy in a child process).
+`python -m dcnbench.backends.ext.overflow` runs every check in CHECKS on the built emulated library.
+`python -m dcnbench.backends.ext.overflow CSRC NAME CHECK...` runs the named checks on the library NAME
+built from the tree CSRC (the .cu files the checks call alone), each in a forked child process whose
+end is reported on stderr as `--- CHECK: exit CODE`: how the tests run a planted copy.
 """
 
 from __future__ import annotations
@@ -70,19 +84,157 @@ def dcnv3_past_int32(fn) -> tuple[torch.Tensor, torch.Tensor, int]:
     return got, want, (n - 1) * h * w * g * d
 
 
+# Four levels halving from 256x384 (Deformable DETR's strides 8-64 of a 2048x3072 image), its heads.
+MSDA_LEVELS = ((256, 384), (128, 192), (64, 96), (32, 48))
+MSDA_HEADS, MSDA_CHANNELS, MSDA_QUERIES, MSDA_POINTS = 8, 32, 32, 4
+LEVEL_PAST_INT32 = ((8192, 8704), (64, 96))  # 8192 * 8704 * 32 = 2.28e9 elements before the second level
+# Float32 sampling coordinates up to 384 are 3e-5 apart and the oracle's are exact: 6e-6 measured (by the
+# batch, ext's CPU kernel). A wrapped index reads zeros (the unwritten part) or faults: an error near 1.
+MSDA_BOUND = 1e-4
+
+
+def msda_past_int32(fn, where: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """ms_deform_attn (`fn`, the official signature) on a float32 value past 2^31 elements, `where` "batch"
+    (the last image alone written) or "level" (one image, its second level alone written): (the written
+    part's output, the float64 oracle's on that part alone, the value element where that part starts)."""
+    from dcnbench.ops.ms_deform_attn.oracle import ms_deform_attn as oracle
+
+    if where == "batch":
+        levels, m, d, q = MSDA_LEVELS, MSDA_HEADS, MSDA_CHANNELS, MSDA_QUERIES
+        per_image = sum(h * w for h, w in levels) * m * d
+        n, first_level = math.ceil((INT32_MAX + 1) / per_image) + 1, 0
+    elif where == "level":
+        levels, m, d, q, n, first_level = LEVEL_PAST_INT32, 1, 32, 64, 1, 1
+    else:
+        raise ValueError(f"where is {where!r}, expected 'batch' or 'level'")
+    sizes = [h * w for h, w in levels]
+    shapes = torch.tensor(levels)
+    starts = torch.tensor([sum(sizes[:i]) for i in range(len(levels))])
+    s, part = sum(sizes), sum(sizes[:first_level])  # the written part: the last image, from level first_level
+    gen = torch.Generator().manual_seed(22)
+    value = torch.empty(n, s, m, d)  # address space only, but for the written part
+    value[-1, part:] = torch.randn(s - part, m, d, generator=gen)
+    # Locations over [-0.1, 1.1] everywhere (in the unwritten levels too: their reads are zeros, and
+    # the level case's reach pixels past element 2^31 of the first level); weights that sum to 1.
+    loc = 1.2 * torch.rand(n, q, m, len(levels), MSDA_POINTS, 2, generator=gen) - 0.1
+    attn = torch.rand(n, q, m, len(levels), MSDA_POINTS, generator=gen)
+    attn = attn / attn.sum((-2, -1), keepdim=True)
+    got = fn(value, shapes, starts, loc, attn, 64)[-1]
+    written = value[-1:, part:].double()
+    want = oracle(written, shapes[first_level:], starts[first_level:] - part, loc[-1:, :, :, first_level:].double(),
+                  attn[-1:, :, :, first_level:].double(), 64)[0]
+    return got, want, ((n - 1) * s + part) * m * d
+
+
+# Outputs of 2.176e9 elements (N, Lq, M, D), past 2^31 by the queries or with the batch and heads.
+MSDA_OUTPUT_PAST_INT32 = {"queries": (1, 68_000_000, 1, 32), "batch": (4, 8_500_000, 4, 16)}
+
+
+def msda_output_past_int32(ops, where: str) -> int:
+    """ms_deform_attn's emulated forward and backward (atomicAdd mode) on an output past 2^31 elements
+    (MSDA_OUTPUT_PAST_INT32[where], one 16x16 level, one point), with DCNBENCH_EMU_SAMPLE_BLOCKS=1 as
+    for deform_conv2d: block 0's grid-stride loops walk the whole output (its 130th and last step
+    reads and writes elements 2164227840 + its thread: past 2^31) and the backward's location/weight
+    loop every point. Returns the output's element count. The deterministic value gradient is not
+    run: its threads would each walk every query (2.2e9 steps in all)."""
+    from dcnbench.checking.knobs import environment
+
+    n, q, m, d = MSDA_OUTPUT_PAST_INT32[where]
+    side = 16
+    value = torch.zeros(n, side * side, m, d)
+    shapes, starts = torch.tensor([[side, side]]), torch.tensor([0])
+    loc = torch.empty(n, q, m, 1, 1, 2)  # never written, like the output and its gradient: reads zeros
+    attn = torch.empty(n, q, m, 1, 1)
+    with environment("DCNBENCH_EMU_SAMPLE_BLOCKS", "1"):
+        out = ops.ms_deform_attn_forward(value, shapes, starts, loc, attn, 64)
+        ops.ms_deform_attn_backward(torch.empty_like(out), value, shapes, starts, loc, attn, 64, False)
+    return out.numel()
+
+
+def _msda_output_check(where: str):
+    def run(library) -> str:
+        count = msda_output_past_int32(library.ops(), where)
+        return (f"ms_deform_attn forward and backward, output past 2^31 by the {where}: {count} elements, "
+                "index arithmetic clean")
+    return run
+
+
+def _msda_check(where: str):
+    def run(library) -> str:
+        from dcnbench.checking.compare import compare
+
+        got, want, start = msda_past_int32(library.ms_deform_attn, where)
+        err = compare("output", got, want, "float32")
+        if not err.rel_err < MSDA_BOUND:
+            raise SystemExit(f"ms_deform_attn forward, value past 2^31 by the {where}: {err}")
+        return (f"ms_deform_attn forward, value past 2^31 by the {where} (its part from element {start}): "
+                f"output against the oracle {err.rel_err:.1e}")
+    return run
+
+
+def _conv_check(library) -> str:
+    count = conv_past_int32(library.ops())
+    return f"deform_conv2d forward: {count} column elements (past 2^31 = {INT32_MAX + 1}): index arithmetic clean"
+
+
+# name -> (the .cu file it calls, the check on an OpLibrary)
+CHECKS = {"deform_conv2d": ("deform_conv2d.cu", _conv_check),
+          "msda-batch": ("ms_deform_attn.cu", _msda_check("batch")),
+          "msda-level": ("ms_deform_attn.cu", _msda_check("level")),
+          "msda-output-queries": ("ms_deform_attn.cu", _msda_output_check("queries")),
+          "msda-output-batch": ("ms_deform_attn.cu", _msda_output_check("batch"))}
+
+
+def copy_target(csrc, name: str):
+    """The emulated library NAME built from the tree `csrc` (a planted copy), with the .cu files the
+    checks call alone: one build serves every check."""
+    from pathlib import Path
+
+    from dcnbench.backends.ext import build
+
+    return build.emulated_copy(name, Path(csrc), tuple(sorted({f for f, _ in CHECKS.values()})))
+
+
+def _in_child(run, library) -> int:
+    """`run(library)` in a forked child, so that a check UBSan stops ends the child only; its exit status
+    (the child's stderr holds UBSan's report). Forked after the library is loaded: one import of torch
+    and one load serve every check."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: run the check, flush, leave without the parent's exit handlers
+        code = 0
+        try:
+            print(run(library), flush=True)
+        except BaseException as exc:  # a failed comparison (SystemExit) or an error: the parent reports it
+            print(exc, file=sys.stderr, flush=True)
+            code = 1
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def main(argv: list[str]) -> int:
     from dcnbench.backends.ext import build
     from dcnbench.backends.ext.library import OpLibrary
 
-    if argv:
-        from pathlib import Path
-
-        target = build.emulated_copy(argv[1], Path(argv[0]), ("deform_conv2d.cu",))  # the one kernel the check calls
-    else:
-        target = build.emulated()
-    count = conv_past_int32(OpLibrary(lambda: target).ops())
-    print(f"deform_conv2d forward: {count} column elements (past 2^31 = {INT32_MAX + 1}): index arithmetic clean")
-    return 0
+    if not argv:
+        library = OpLibrary(build.emulated)
+        for _, run in CHECKS.values():
+            print(run(library), flush=True)
+        return 0
+    csrc, name, *names = argv
+    target = copy_target(csrc, name)
+    library = OpLibrary(lambda: target)
+    library.ops()
+    failed = 0
+    for check in names:
+        print(f"--- {check}", file=sys.stderr, flush=True)
+        code = _in_child(CHECKS[check][1], library)
+        print(f"--- {check}: exit {code}", file=sys.stderr, flush=True)
+        failed += code != 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
