@@ -43,7 +43,7 @@ GRID_CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
 }
 
 # Failure class "float16/bfloat16 overflow" (rois.py's LARGE_VALUES), in the half types only: adaptive
-# sampling on RoIs larger than the bins by far, so a bin averages hundreds of samples whose sum passes
+# sampling on RoIs much larger than the bins, so a bin averages up to 90 or 99 samples whose sum passes
 # 65504 while the average stays near 2400.
 _LARGE_VALUES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
     "roi-large-values-adaptive-2x3": (38300, _roi(n=1, c=2, h=10, w=12, k=3, out=(2, 3), sr=0, scale=1.0),
