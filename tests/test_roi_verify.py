@@ -109,8 +109,10 @@ def planted():
     """Every planted bug on its operator's suite, each geometry in one dtype (one_dtype_per_geometry), in
     one run, so each case's reference is computed once."""
     plugins = [load_plugin(f"{PLANTED}:{bug}") for bug in sorted(BUGS)]
-    # The grid-limit cases (65600 RoIs) test launches, not arithmetic a planted bug gets wrong: left out.
-    return plugins, run_verify(backends=plugins, cases=one_dtype_per_geometry([c for c in SUITE if "-grid-" not in c.name]))
+    # The grid-limit cases (65600 RoIs) test launches, not arithmetic a planted bug gets wrong, and the
+    # large-values ones the half types' range (their own test below): left out.
+    cases = [c for c in SUITE if "-grid-" not in c.name and c.values is None]
+    return plugins, run_verify(backends=plugins, cases=one_dtype_per_geometry(cases))
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

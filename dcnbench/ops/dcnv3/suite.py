@@ -60,8 +60,8 @@ _HALF_TYPES_FOR = ("v3-default", "v3-d16-g4", "v3-border-heavy")
 
 # Failure class "float16/bfloat16 overflow" (workloads.py's LARGE_VALUES), in the half types only:
 # large values and the `halves` mask take the running sum over the points past 65504 half way through
-# while the results stay in range. Interior points: a corner outside the map would make an offset
-# gradient of the order of a value per channel, past the range too.
+# while the results stay in range. Interior points: a corner outside the map reads 0 beside a pixel of
+# 2400, an offset gradient of the order of mask · value summed over the channels, past the range too.
 _LARGE_VALUES: dict[str, tuple[int, GroupGeometry, dict]] = {
     "v3-large-values-3x3": (35000, _geo(n=1, h=7, w=9, g=2, d=8), {}),
     "v3-large-values-2x4-s12-p01-d21": (35100, _geo(n=2, h=7, w=10, g=3, d=5, kh=2, kw=4, stride=(1, 2), pad=(0, 1),

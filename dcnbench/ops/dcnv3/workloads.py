@@ -46,7 +46,7 @@ LARGE_VALUES = 2400.0
 class Dcnv3Case(Case):
     geometry: GroupGeometry
     mask: str = "softmax"
-    # "large": input values near the half types' range (LARGE_VALUES); None: N(0, 1). Left out of
+    # "large": input values whose point sums pass float16's range (LARGE_VALUES); None: N(0, 1). Left out of
     # the definition when None, so older cases keep their digests.
     values: str | None = None
 
