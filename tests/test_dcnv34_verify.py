@@ -15,7 +15,7 @@ from dcnbench.plugins import load_plugin
 from dcnbench.checking.compare import compare
 from dcnbench.checking.verify import default_suite, failed, run_verify
 from tests.conftest import invoke
-from tests.plugins.planted_dcnv34_bugs import BUGS, IM2COL_BUGS, ISSUE_BUGS
+from tests.plugins.planted_dcnv34_bugs import BUGS, IM2COL_BUGS, ISSUE_BUGS, OVERFLOW_BUGS
 
 SUITE = default_suite(op_names=["dcnv3", "dcnv4"])
 PLANTED = "tests/plugins/planted_dcnv34_bugs.py"
@@ -189,6 +189,21 @@ def test_a_step_that_does_not_divide_the_batch_catches_a_dropped_remainder(plant
         geo = r.case.geometry
         step = max(1, min(geo.n, geo.im2col_step))
         assert (r.status == "fail") == bool(geo.n % step), (r.case.case_id, r.status)
+
+
+@pytest.mark.parametrize("bug", sorted(OVERFLOW_BUGS))
+def test_an_overflow_in_a_half_type_is_caught_and_named_by_the_large_values_cases_only(bug):
+    """Point sums kept in float16 pass 65504 on the two large-values geometries of the op, in float16 and
+    bfloat16, where the float64 result is finite and in range (the oracle passes them: `results`), and
+    on no other half-type case, covering array included (float32 and float64 never reach the bug)."""
+    op, expected = OVERFLOW_BUGS[bug]
+    half = [c for c in SUITE if c.op == op and c.dtype in ("float16", "bfloat16")]
+    with threads(1):
+        found = run_verify(backends=[load_plugin(f"{PLANTED}:{bug}")], cases=half)
+    caught = {r.case.case_id for r in found if r.status != "pass"}
+    large = {c.case_id for c in half if c.values == "large"}
+    assert caught == large and len({c.name for c in half if c.values == "large"}) == 2
+    assert all(expected <= {q.quantity for q in r.failing} for r in found if r.status != "pass")
 
 
 def test_the_new_ops_reach_the_report(results, tmp_path):

@@ -25,12 +25,15 @@ NO_POOLING = ("torchvision has no deformable RoI pooling; its roi_align/ps_roi_a
 # Measured (tests/test_verify.py proves it still holds): torchvision's CPU float16 backward sums the
 # offset and mask gradients over the input channels in float16, so they overflow to Inf on the
 # large-values cases (partial sums past 65504, results near 1e4), where its forward stays right.
+# DCNv3/DCNv4 through the identity pass theirs (measured: their large partial sums run over the
+# kernel's points, which its forward sums in a matrix product that stays finite; their channel sums
+# stay near the float64 result, about 2.5e4 at most).
 OVERFLOWS = (f"torchvision {torchvision.__version__}'s CPU float16 backward sums the offset and mask gradients over "
              "the channels in float16: they overflow to Inf where the float64 result is about 1e4 (measured, see the README)")
 
 
 def case_unsupported(case, device: str) -> str | None:
-    if getattr(case, "values", None) == "large" and case.dtype == "float16" and device == "cpu":
+    if case.op == "deform_conv2d" and getattr(case, "values", None) == "large" and case.dtype == "float16" and device == "cpu":
         return OVERFLOWS
     return None
 

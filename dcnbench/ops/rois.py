@@ -35,6 +35,12 @@ from dcnbench.ops.contract import ITEMSIZE
 ROI_KINDS = ("inside", "border", "outside", "tiny", "large", "mixed", "proposals")
 _MIXED_FROM = ("inside", "border", "outside", "tiny", "large")
 
+# Values whose sums pass float16's range (failure class "float16/bfloat16 overflow"): input
+# L·(1 + N(0, 1)/50), L = 2400, in both half types. A bin that averages 28 samples or more sums past
+# 65504 while its average stays near L: a kernel that keeps the bin's sum in float16 (or computes
+# bfloat16 through float16) gives Inf where the float64 result is finite.
+LARGE_VALUES = 2400.0
+
 
 def c_round(x: torch.Tensor) -> torch.Tensor:
     """C's round(): halves away from zero (torch.round rounds them to even)."""
@@ -61,6 +67,9 @@ class PoolCase(Case):
     kink_margin: float | None = 1e-4
     rois_file: str | None = None  # user RoIs (speed --rois) instead of drawn ones
     offset_file: str | None = None
+    # "large": input values whose bin sums pass float16's range (LARGE_VALUES); None: N(0, 1). Left
+    # out of the definition when None, so older cases keep their digests.
+    values: str | None = None
 
     differentiable: ClassVar[tuple[str, ...]] = ("input", "offset")
 
@@ -92,9 +101,10 @@ class PoolCase(Case):
 
     @classmethod
     def suite(cls, seed: int, cases: dict[str, tuple[int, object, dict]], once: dict[str, tuple[int, object, dict]],
-              float32_only: dict[str, tuple[int, object, dict]] | None = None) -> list:
+              float32_only: dict[str, tuple[int, object, dict]] | None = None,
+              half_only: dict[str, tuple[int, object, dict]] | None = None) -> list:
         """Each of `cases` (name -> (seed, geometry, options)) in float64 and float32, each of `once` in
-        float64 only, each of `float32_only` in float32 only."""
+        float64 only, each of `float32_only` in float32 only, each of `half_only` in float16 and bfloat16."""
         found = []
         for name, (offset, geo, opts) in cases.items():
             base = cls(name=name, geometry=geo, seed=seed + offset, **opts)
@@ -103,6 +113,9 @@ class PoolCase(Case):
             found.append(cls(name=name, geometry=geo, seed=seed + offset, **opts))
         for name, (offset, geo, opts) in (float32_only or {}).items():
             found.append(cls(name=name, geometry=geo, seed=seed + offset, dtype="float32", **opts))
+        for name, (offset, geo, opts) in (half_only or {}).items():
+            base = cls(name=name, geometry=geo, seed=seed + offset, **opts)
+            found += [replace(base, dtype=d) for d in ("float16", "bfloat16")]
         return found
 
 
@@ -189,6 +202,10 @@ def _drawn(case: PoolCase) -> dict[str, torch.Tensor]:
     dtype = DTYPES[case.dtype]
     height, width = geo.h / geo.spatial_scale, geo.w / geo.spatial_scale
     x = torch.randn(geo.n, geo.c, geo.h, geo.w, generator=gen, dtype=torch.float64)
+    if case.values == "large":
+        x = LARGE_VALUES * (1 + x / 50)
+    elif case.values is not None:
+        raise UsageError(f"unknown values '{case.values}'", hint="choose large, or leave it out")
     kinds = [case.rois] * geo.rois
     if case.rois == "mixed":  # fix each RoI's kind once, so a redraw keeps it
         kinds = [_MIXED_FROM[int(v * len(_MIXED_FROM))] for v in torch.rand(geo.rois, generator=gen, dtype=torch.float64).tolist()]

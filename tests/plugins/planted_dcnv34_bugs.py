@@ -196,11 +196,41 @@ def im2col_remainder_dropped_v4(input, offset_mask, *args, softmax=False):
     return _remainder_zeroed(oracle_v4(input, offset_mask, *args, softmax=softmax), geo.n, geo.im2col_step)
 
 
+# ---- failure class: float16/bfloat16 overflow (issue 21) -------------------------------------------
+
+
+def _point_sums_in_float16(value, y, x, weight):
+    """aggregate() one point at a time, the running sum over the points kept in float16: past 65504
+    it is infinite."""
+    total = None
+    for p in range(y.shape[-1]):
+        term = aggregate(value, y[..., p:p + 1], x[..., p:p + 1], weight[..., p:p + 1]).to(torch.float16)
+        total = term if total is None else total + term
+    return total.to(value.dtype)
+
+
+def _half(input) -> bool:
+    return input.dtype in (torch.float16, torch.bfloat16)
+
+
+def point_sums_in_float16(input, offset, mask, *args):
+    """Accumulates the sum over the kernel's points in float16 for float16 and bfloat16 inputs (a kernel
+    whose accumulator is `half`): float16's partial sums pass 65504, bfloat16's values do already."""
+    with mock.patch.object(v3_oracle, "aggregate", _point_sums_in_float16 if _half(input) else aggregate):
+        return oracle_v3(input, offset, mask, *args)
+
+
+def point_sums_in_float16_v4(input, offset_mask, *args, softmax=False):
+    with mock.patch.object(v3_oracle, "aggregate", _point_sums_in_float16 if _half(input) else aggregate):
+        return oracle_v4(input, offset_mask, *args, softmax=softmax)
+
+
 for _f in (xy_swapped, padding_axes_swapped, offset_scale_on_offset_only, softmax_twice, group_channels_interleaved,
-           remove_center_axes_swapped, centre_not_floored, chunks_reuse_first_offsets, im2col_remainder_dropped):
+           remove_center_axes_swapped, centre_not_floored, chunks_reuse_first_offsets, im2col_remainder_dropped,
+           point_sums_in_float16):
     _f.dcnbench_op = "dcnv3"
 for _f in (xy_swapped_v4, padding_lanes_read, softmax_applied_twice, group_blocks_spread, clears_padding_lanes_in_place,
-           softmax_over_all_groups, im2col_remainder_dropped_v4):
+           softmax_over_all_groups, im2col_remainder_dropped_v4, point_sums_in_float16_v4):
     _f.dcnbench_op = "dcnv4"
 
 # kernel -> (op, quantities of which at least one must fail).
@@ -230,4 +260,11 @@ ISSUE_BUGS = {
 IM2COL_BUGS = {
     "im2col_remainder_dropped": ("dcnv3", {"output"}),
     "im2col_remainder_dropped_v4": ("dcnv4", {"output"}),
+}
+
+# Failure class "float16/bfloat16 overflow", one planted bug per op: caught by the op's two large-values
+# cases in both half types, named `overflow:output`, and by nothing else.
+OVERFLOW_BUGS = {
+    "point_sums_in_float16": ("dcnv3", {"overflow:output"}),
+    "point_sums_in_float16_v4": ("dcnv4", {"overflow:output"}),
 }

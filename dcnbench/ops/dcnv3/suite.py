@@ -58,6 +58,16 @@ _GEOMETRIES: dict[str, tuple[int, GroupGeometry, dict]] = {
 
 _HALF_TYPES_FOR = ("v3-default", "v3-d16-g4", "v3-border-heavy")
 
+# Failure class "float16/bfloat16 overflow" (workloads.py's LARGE_VALUES), in the half types only:
+# large values and the `halves` mask take the running sum over the points past 65504 half way through
+# while the results stay in range. Interior points: a corner outside the map reads 0 beside a pixel of
+# 2400, an offset gradient of the order of mask · value summed over the channels, past the range too.
+_LARGE_VALUES: dict[str, tuple[int, GroupGeometry, dict]] = {
+    "v3-large-values-3x3": (35000, _geo(n=1, h=7, w=9, g=2, d=8), {}),
+    "v3-large-values-2x4-s12-p01-d21": (35100, _geo(n=2, h=7, w=10, g=3, d=5, kh=2, kw=4, stride=(1, 2), pad=(0, 1),
+                                                    dil=(2, 1)), {}),
+}
+
 # DCNv3 == depthwise torchvision.ops.deform_conv2d after the layout conversions (references.py).
 _IDENTITIES: dict[str, tuple[int, GroupGeometry, dict]] = {
     "v3-identity-deform-conv2d": (33000, _geo(), {"check": "deform_conv2d"}),
@@ -75,9 +85,10 @@ _GRADCHECK: dict[str, tuple[int, GroupGeometry, dict]] = {
 
 
 def build(case_class, geometries: dict, identities: dict, gradcheck: dict, half: tuple[str, ...], seed: int,
-          spread: float = 2.5) -> list:
+          spread: float = 2.5, large_values: dict | None = None) -> list:
     """Every geometry in float64 and float32 (the `half` ones in float16 and bfloat16 too), the
-    identities in float64 and float32, gradcheck in float64."""
+    identities in float64 and float32, gradcheck in float64, the large-values cases in float16 and
+    bfloat16 (large values, the `halves` mask, interior points)."""
     cases = []
     for name, (offset, geo, opts) in geometries.items():
         dtypes = ("float64", "float32") + (("float16", "bfloat16") if name in half else ())
@@ -88,11 +99,15 @@ def build(case_class, geometries: dict, identities: dict, gradcheck: dict, half:
         cases += [replace(base, dtype=d) for d in ("float64", "float32")]
     for name, (offset, geo, opts) in gradcheck.items():
         cases.append(case_class(name=name, geometry=geo, seed=seed + offset, **({"offset_scale": spread} | opts)))
+    for name, (offset, geo, opts) in (large_values or {}).items():
+        base = case_class(name=name, geometry=geo, seed=seed + offset,
+                          **({"offset_scale": spread, "values": "large", "mask": "halves", "offsets": "interior"} | opts))
+        cases += [replace(base, dtype=d) for d in ("float16", "bfloat16")]
     return cases
 
 
 def default_suite(seed: int = 0) -> list[Dcnv3Case]:
-    return build(Dcnv3Case, _GEOMETRIES, _IDENTITIES, _GRADCHECK, _HALF_TYPES_FOR, seed)
+    return build(Dcnv3Case, _GEOMETRIES, _IDENTITIES, _GRADCHECK, _HALF_TYPES_FOR, seed, large_values=_LARGE_VALUES)
 
 
 # ---- the covering array (covering.py): every pair of these option values in some case --------------

@@ -26,13 +26,29 @@ OFFSET_KINDS = ("uniform", "positive", "zero", "border", "interior")
 #   softmax:  a per-group softmax over the P points of N(0, 1) logits (what the DCNv3 module feeds)
 #   uniform:  U(0.2, 1.8), unnormalised (what DCNv4's linear layer gives)
 #   logits:   N(0, 1), for the DCNv4 softmax flag to normalise
-MASK_KINDS = ("softmax", "uniform", "logits")
+#   halves:   +8 for the first half of each group's points (P // 2 of them, in the op's order), -4 for
+#             the rest: unnormalised, so the running sum over the points peaks half way through
+MASK_KINDS = ("softmax", "uniform", "logits", "halves")
+HALVES = (8.0, -4.0)
+
+# Values whose sums pass float16's range (failure class "float16/bfloat16 overflow"), with the `halves`
+# mask: input L·(1 + N(0, 1)/50), L = 2400, in both half types. The four points at +8 take the running
+# sum over the points to about 78000, past 65504, while the output (about 3.1e4 for 9 points, 4.0e4
+# for 8) and every gradient stay in float16's range: a kernel that keeps the point sums in float16,
+# or computes bfloat16 through float16, gives Inf where the float64 result is finite. (Values past
+# 65504 themselves would make its terms of both signs infinite, so NaN, which names nothing.) The
+# mask is 8, not 1, so that the values stay small enough for the mask gradient (a sum over a group's
+# channels of value times cotangent) to stay in range too.
+LARGE_VALUES = 2400.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Dcnv3Case(Case):
     geometry: GroupGeometry
     mask: str = "softmax"
+    # "large": input values whose point sums pass float16's range (LARGE_VALUES); None: N(0, 1). Left out of
+    # the definition when None, so older cases keep their digests.
+    values: str | None = None
 
     differentiable: ClassVar[tuple[str, ...]] = ("input", "offset", "mask")
     geometry_type: ClassVar[type] = GroupGeometry
@@ -127,6 +143,9 @@ def mask(case: Case, gen: torch.Generator) -> torch.Tensor:
         return 0.2 + 1.6 * torch.rand(shape, generator=gen, dtype=torch.float64)
     if case.mask == "logits":
         return torch.randn(shape, generator=gen, dtype=torch.float64)
+    if case.mask == "halves":
+        high, low = HALVES
+        return torch.where(torch.arange(geo.points) < geo.points // 2, high, low).to(torch.float64).expand(shape).clone()
     raise UsageError(f"unknown mask distribution '{case.mask}'", hint=f"choose from: {', '.join(MASK_KINDS)}")
 
 
@@ -134,6 +153,10 @@ def drawn(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """input (N, H, W, C), offset (N, Ho, Wo, G·P·2) and mask (N, Ho, Wo, G·P), float64, from the seed."""
     geo = case.geometry
     x = torch.randn(geo.n, geo.h, geo.w, geo.c, generator=gen, dtype=torch.float64)
+    if case.values == "large":
+        x = LARGE_VALUES * (1 + x / 50)
+    elif case.values is not None:
+        raise UsageError(f"unknown values '{case.values}'", hint="choose large, or leave it out")
     off = offsets(case, gen).reshape(geo.n, geo.ho, geo.wo, geo.group * geo.points * 2)
     m = mask(case, gen).reshape(geo.n, geo.ho, geo.wo, geo.group * geo.points)
     return {"input": x, "offset": off, "mask": m}

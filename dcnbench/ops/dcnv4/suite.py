@@ -42,6 +42,13 @@ _GEOMETRIES: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
 
 _HALF_TYPES_FOR = ("v4-default", "v4-d32-g2", "v4-border-heavy")
 
+# Failure class "float16/bfloat16 overflow", as DCNv3's (ops/dcnv3/suite.py): 9 and 8 points.
+_LARGE_VALUES: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
+    "v4-large-values-3x3": (44000, _geo(n=1, h=7, w=9, g=2, d=8), {}),
+    "v4-large-values-2x4-s12-p01-d21": (44100, _geo(n=2, h=7, w=10, g=3, d=8, kh=2, kw=4, stride=(1, 2), pad=(0, 1),
+                                                    dil=(2, 1)), {}),
+}
+
 # DCNv4 == DCNv3 on the offsets and mask its offset_mask packs (references.py).
 _IDENTITIES: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
     "v4-identity-dcnv3": (42000, _geo(g=3, d=8, kh=3, kw=3, stride=(2, 1), pad=(1, 2), dil=(1, 2), os=0.5),
@@ -57,7 +64,7 @@ _GRADCHECK: dict[str, tuple[int, Dcnv4Geometry, dict]] = {
 
 
 def default_suite(seed: int = 0) -> list[Dcnv4Case]:
-    return build(Dcnv4Case, _GEOMETRIES, _IDENTITIES, _GRADCHECK, _HALF_TYPES_FOR, seed)
+    return build(Dcnv4Case, _GEOMETRIES, _IDENTITIES, _GRADCHECK, _HALF_TYPES_FOR, seed, large_values=_LARGE_VALUES)
 
 
 # ---- the covering array (covering.py): DCNv3's options within what DCNv4's kernels accept ----------
