@@ -34,8 +34,8 @@ EPS = {"float64": 2.220446049250313e-16, "float32": 1.1920928955078125e-07, "flo
 STRUCTURAL = ("missing", "shape", "dtype", "nan", "overflow", "inf", "zero", "the backend modified", "not bitwise")
 PLANTED_SETS = {
     "planted_bugs.py": ("BUGS", "OVERFLOW_BUGS"),
-    "planted_roi_bugs.py": ("BUGS",),
-    "planted_dcnv34_bugs.py": ("BUGS", "ISSUE_BUGS", "IM2COL_BUGS"),
+    "planted_roi_bugs.py": ("BUGS", "OVERFLOW_BUGS"),
+    "planted_dcnv34_bugs.py": ("BUGS", "ISSUE_BUGS", "IM2COL_BUGS", "OVERFLOW_BUGS"),
     "planted_msda_bugs.py": ("BUGS",),
 }
 
