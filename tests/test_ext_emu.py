@@ -333,6 +333,8 @@ def test_deterministic_mode_must_give_the_same_bits_under_every_block_order(back
 # A grid-stride loop's element index in an int (a CUDA classic, the official msda kernels' CUDA_KERNEL_LOOP).
 INT64_LOOP = "for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)"
 INT32_LOOP = "const int stride = gridDim.x * blockDim.x;\n  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride)"
+ROI_PLANE = "const T* pl = input + (box.batch * a.c + ch) * a.h * a.w;"
+INT32_PLANE = "const T* pl = input + (int(box.batch) * int(a.c) + int(ch)) * int(a.h) * int(a.w);"
 # (check, file, the kernel's text and how many times the file holds it, the planted text)
 INT32_PLANTS = (
     ("deform_conv2d", "deform_conv2d.cu", INT64_LOOP, 4, INT32_LOOP),  # im2col's, the first of four
@@ -341,11 +343,16 @@ INT32_PLANTS = (
     # = b_col * spatial_size * qid_stride in an int: Deformable-DETR#66, mmcv#1724).
     ("msda-value", "ms_deform_attn.cu", "const T* plane = value + msda_value_row(g, n, t.starts[l], 0, m) + d;", 1,
      "const T* plane = value + ((int(n) * int(g.s) + int(t.starts[l])) * int(g.m) + int(m)) * int(g.d) + d;"),
+    # The channel plane the RoI poolings' forwards read, in an int (mmcv's `offset_bottom_data`).
+    ("roi", "roi_pool.cu", "const T* off = offset ? offset + n * 2 * bins : nullptr;\n    " + ROI_PLANE, 1,
+     "const T* off = offset ? offset + n * 2 * bins : nullptr;\n    " + INT32_PLANE),
+    ("psroi", "roi_pool.cu", "group_of(j, a.group, a.pooled);\n    " + ROI_PLANE, 1,
+     "group_of(j, a.group, a.pooled);\n    " + INT32_PLANE),
 )
 
 
 def with_int32_indices(csrc, dest):
-    """A copy of csrc/ with three indices in an int, each right until it passes 2^31 - 1, and the
+    """A copy of csrc/ with five indices in an int, each right until it passes 2^31 - 1, and the
     file:line of each by check. Each check calls one kernel and passes 2^31 in one index only."""
     shutil.copytree(csrc, dest)
     for _, name, old, count, new in INT32_PLANTS:
@@ -356,9 +363,12 @@ def with_int32_indices(csrc, dest):
     lines = {}
     for check, name, _, _, new in INT32_PLANTS:
         text = (dest / "cuda" / name).read_text()
-        lines[check] = f"{name}:{text[:text.index(new.splitlines()[-1].strip())].count(chr(10)) + 1}"
+        last = text.index(new) + len(new) - len(new.splitlines()[-1])  # where the planted line starts
+        lines[check] = f"{name}:{text[:last].count(chr(10)) + 1}"
     lines["msda-batch"] = lines["msda-level"] = lines.pop("msda-value")
     lines["msda-output-queries"] = lines["msda-output-batch"] = lines.pop("msda-output")
+    for op in ("roi", "psroi"):
+        lines[f"{op}-batch"] = lines[f"{op}-channels"] = lines.pop(op)
     return dest, lines
 
 
@@ -377,16 +387,21 @@ def test_the_cuda_kernels_index_past_2_31_cleanly():
         "deform_conv2d forward", "ms_deform_attn forward, value past 2^31 by the batch",
         "ms_deform_attn forward, value past 2^31 by the level",
         "ms_deform_attn forward and backward, output past 2^31 by the queries",
-        "ms_deform_attn forward and backward, output past 2^31 by the batch"], clean.stdout
+        "ms_deform_attn forward and backward, output past 2^31 by the batch",
+        "deform_roi_pool forward, input past 2^31 by the batch", "deform_roi_pool forward, input past 2^31 by the channels",
+        "deform_psroi_pool forward, input past 2^31 by the batch",
+        "deform_psroi_pool forward, input past 2^31 by the channels"], clean.stdout
     assert "index arithmetic clean" in clean.stdout
 
 
-# The copy builds the two .cu files the checks call; the checks run in one process, each in a child of
+# The copy builds the three .cu files the checks call; the checks run in one process, each in a child of
 # its own (overflow.main). Each of ms_deform_attn's planted indices is reached two ways past 2^31: its
-# value row by the batch and by a level, its forward's loop index by the queries and by the batch and heads.
+# value row by the batch and by a level, its forward's loop index by the queries and by the batch and heads;
+# each RoI pooling's channel plane by the batch and by the channels.
 def test_an_int32_index_is_stopped_at_its_line(tmp_path):
     csrc, planted = with_int32_indices(build.CSRC, tmp_path / "csrc")
-    assert set(planted) == {"deform_conv2d", "msda-batch", "msda-level", "msda-output-queries", "msda-output-batch"}
+    assert set(planted) == {"deform_conv2d", "msda-batch", "msda-level", "msda-output-queries", "msda-output-batch",
+                            "roi-batch", "roi-channels", "psroi-batch", "psroi-channels"}
     run = overflow_check(csrc, "dcnbench_ext_emu_int32", *planted)
     assert run.returncode != 0 and not run.stdout, run.stdout
     for check, line in planted.items():
@@ -408,3 +423,8 @@ def test_an_int32_index_is_stopped_at_its_line(tmp_path):
             torch.randn(4, 3, 3, 3, generator=gen))
     got = planted_library.deform_conv2d(conv[0], conv[1], conv[2], padding=1)
     assert torch.allclose(got, LIBRARY.deform_conv2d(conv[0], conv[1], conv[2], padding=1), rtol=1e-4, atol=1e-5)
+    x, rois = torch.randn(2, 9, 8, 7, generator=gen), torch.tensor([[1.0, 0.5, 1.0, 6.0, 5.5], [0.0, 2.0, 0.0, 4.0, 7.0]])
+    offset = 0.2 * torch.rand(2, 2, 3, 3, generator=gen) - 0.1
+    for op, args in (("deform_roi_pool", (x, rois, offset, (3, 3), 1.0, 2, 0.1)),
+                     ("deform_psroi_pool", (x, rois, offset, 1.0, 1, 3, 3, 3, 2, 0.1, False))):
+        assert torch.allclose(getattr(planted_library, op)(*args), getattr(LIBRARY, op)(*args), rtol=1e-5, atol=1e-6), op

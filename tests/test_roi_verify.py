@@ -155,3 +155,18 @@ def test_mxnet_runs_the_psroi_suite_and_declines_mmcv_pooling_with_a_reason():
     assert any(q.quantity == "grad_offset" for r in psroi for q in r.quantities)  # the CPU backward is checked
     roi = [r for r in found if r.case.op == OP_DEFORM_ROI_POOL]
     assert roi and all(r.status == "unsupported" and "no mmcv-style deform_roi_pool" in r.message for r in roi)
+
+
+@pytest.mark.parametrize("op, where", [(OP_DEFORM_ROI_POOL, "batch"), (OP_DEFORM_PSROI_POOL, "channels")])
+def test_ext_reads_an_input_past_2_31_elements(op, where):
+    """Failure class "32-bit index overflow" on ext's CPU kernels: an input of more than 2^31 elements, past
+    by the batch or by the channels, only its last part written (the rest is address space that reads as
+    zeros, backends/ext/overflow.py); that part's output against the oracle on it alone. The emulated CUDA
+    kernels run all four ways in tests/test_ext_emu.py, where a planted int32 channel plane is stopped."""
+    from dcnbench.backends.ext.overflow import INT32_MAX, ROI_BOUND, roi_past_int32
+    from dcnbench.checking.compare import compare
+
+    got, want, start = roi_past_int32(get("ext").ops[op], op, where)
+    assert start > INT32_MAX and float(want.norm()) > 0
+    err = compare("output", got, want, "float32")
+    assert err.rel_err < ROI_BOUND, err

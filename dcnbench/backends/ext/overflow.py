@@ -27,6 +27,13 @@ UBSan's "signed integer overflow" at its file and line.
   backward with sampled blocks as for deform_conv2d; the index that passes 2^31 is the grid-stride
   loop's (the official kernels' CUDA_KERNEL_LOOP, an int). Not on the CPU: its output is written
   whole (8.7 GB).
+- deform_roi_pool and deform_psroi_pool, CPU and CUDA emulated alike: `roi_past_int32(fn, op, where)`
+  on an NCHW input past 2^31 elements, by the batch (257 images of 9 channels of 1024x1024; the last
+  alone written, the RoIs in it) or by the channels (one image of 2061 channels; those from 2052 on,
+  past element 2^31, alone written). The output is small, so every block runs; the written part's
+  output is compared with the float64 oracle on that part alone. The index that passes 2^31 is the
+  channel plane's ((batch * C + channel) * H * W, mmcv's `offset_bottom_data` in an int). Forward
+  only: the input gradient would be written whole (8.6 GB).
 
 `python -m dcnbench.backends.ext.overflow` runs every check in CHECKS on the built emulated library.
 `python -m dcnbench.backends.ext.overflow CSRC NAME CHECK...` runs the named checks on the library NAME
@@ -126,6 +133,52 @@ def msda_past_int32(fn, where: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     return got, want, ((n - 1) * s + part) * m * d
 
 
+# RoI pooling's input past 2^31 elements: (images, channels) of ROI_SIDE^2 pixels, and the first
+# channel written in the channels case (a whole class of psroi's 3x3 groups: 2052 = 228 * 9).
+ROI_SIDE = 1024
+ROI_PAST_INT32 = {"batch": (257, 9), "channels": (1, 2061)}
+ROI_FIRST_CHANNEL = 2052  # 2052 * 1024^2 = 2.15e9: past 2^31
+# The boxes' float32 corners near 1000 are 6e-5 apart and the oracle's are exact: 5e-5 normwise measured
+# on ext's CPU kernels. A wrapped plane index reads zeros (the unwritten part) or faults: an error near 1.
+ROI_BOUND = 1e-3
+
+
+def roi_past_int32(fn, op: str, where: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`op` (deform_roi_pool or deform_psroi_pool; `fn` has its official signature) on a float32 NCHW input
+    past 2^31 elements, `where` "batch" (the last image alone written, the RoIs in it) or "channels" (one
+    image, its channels from ROI_FIRST_CHANNEL on alone written): (the written part's output, the float64
+    oracle's on that part alone, the input element where that part starts)."""
+    from dcnbench.ops.deform_psroi_pool.oracle import deform_psroi_pool
+    from dcnbench.ops.deform_roi_pool.oracle import deform_roi_pool
+
+    n, c = ROI_PAST_INT32[where]
+    side, k, group = ROI_SIDE, 4, 3
+    first = ROI_FIRST_CHANNEL if where == "channels" else 0
+    gen = torch.Generator().manual_seed(23)
+    x = torch.empty(n, c, side, side)  # address space only, but for the written part
+    x[-1, first:] = torch.randn(c - first, side, side, generator=gen)
+    corner = 900 * torch.rand(k, 2, generator=gen)
+    size = 20 + 100 * torch.rand(k, 2, generator=gen)  # boxes of 20 to 120 pixels inside the map
+    rois = torch.cat([torch.full((k, 1), float(n - 1)), corner, corner + size], 1)
+    here = rois.clone()
+    here[:, 0] = 0  # the same boxes in the written part alone
+    if op == "deform_roi_pool":
+        offset = 0.2 * torch.rand(k, 2, group, group, generator=gen) - 0.1
+        args = ((group, group), 1.0, 2, 0.1)
+        got = fn(x, rois, offset, *args)[:, first:]
+        want = deform_roi_pool(x[-1:, first:].double(), here.double(), offset.double(), *args)
+    elif op == "deform_psroi_pool":
+        trans = 0.2 * torch.rand(k, 2, group, group, generator=gen) - 0.1
+        dims = c // (group * group)
+        args = (1.0, dims, group, group, group, 2, 0.1, False)
+        got = fn(x, rois, trans, *args)[:, first // (group * group):]
+        want = deform_psroi_pool(x[-1:, first:].double(), here.double(), trans.double(), 1.0,
+                                 dims - first // (group * group), *args[2:])
+    else:
+        raise ValueError(f"op is {op!r}, expected deform_roi_pool or deform_psroi_pool")
+    return got, want, ((n - 1) * c + first) * side * side
+
+
 # Outputs of 2.176e9 elements (N, Lq, M, D), past 2^31 by the queries or with the batch and heads.
 MSDA_OUTPUT_PAST_INT32 = {"queries": (1, 68_000_000, 1, 32), "batch": (4, 8_500_000, 4, 16)}
 
@@ -172,6 +225,19 @@ def _msda_check(where: str):
     return run
 
 
+def _roi_check(op: str, where: str):
+    def run(library) -> str:
+        from dcnbench.checking.compare import compare
+
+        got, want, start = roi_past_int32(getattr(library, op), op, where)
+        err = compare("output", got, want, "float32")
+        if not err.rel_err < ROI_BOUND:
+            raise SystemExit(f"{op} forward, input past 2^31 by the {where}: {err}")
+        return f"{op} forward, input past 2^31 by the {where} (its part from element {start}): output against the " \
+               f"oracle {err.rel_err:.1e}"
+    return run
+
+
 def _conv_check(library) -> str:
     count = conv_past_int32(library.ops())
     return f"deform_conv2d forward: {count} column elements (past 2^31 = {INT32_MAX + 1}): index arithmetic clean"
@@ -182,7 +248,11 @@ CHECKS = {"deform_conv2d": ("deform_conv2d.cu", _conv_check),
           "msda-batch": ("ms_deform_attn.cu", _msda_check("batch")),
           "msda-level": ("ms_deform_attn.cu", _msda_check("level")),
           "msda-output-queries": ("ms_deform_attn.cu", _msda_output_check("queries")),
-          "msda-output-batch": ("ms_deform_attn.cu", _msda_output_check("batch"))}
+          "msda-output-batch": ("ms_deform_attn.cu", _msda_output_check("batch")),
+          "roi-batch": ("roi_pool.cu", _roi_check("deform_roi_pool", "batch")),
+          "roi-channels": ("roi_pool.cu", _roi_check("deform_roi_pool", "channels")),
+          "psroi-batch": ("roi_pool.cu", _roi_check("deform_psroi_pool", "batch")),
+          "psroi-channels": ("roi_pool.cu", _roi_check("deform_psroi_pool", "channels"))}
 
 
 def copy_target(csrc, name: str):
