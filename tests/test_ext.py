@@ -173,3 +173,23 @@ def test_depthwise_weight_trains_when_its_tiles_run_on_other_threads():
         torch.set_num_threads(threads)
     for got, want in zip(*grads):
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_channels_last_input_past_2_31_elements_is_read_in_place():
+    """Failure class "32-bit index overflow" on ext's CPU deform_conv2d: a channels-last input of more than
+    2^31 elements whose last image alone is written (the rest is address space that reads as zeros,
+    backends/ext/overflow.py); that image's output against the oracle on it alone. The input is not copied:
+    copied (as it was, to NCHW in Python and back to channels-last in C++) it took 17 GB."""
+    import resource
+
+    from dcnbench.backends.ext.overflow import CONV_CPU_BOUND, INT32_MAX, conv_cpu_past_int32
+    from dcnbench.checking.compare import compare
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    got, want, start = conv_cpu_past_int32(get("ext").ops["deform_conv2d"])
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # the peak's growth, bytes
+    assert start > INT32_MAX and float(want.norm()) > 0
+    err = compare("output", got, want, "float32")
+    assert err.rel_err < CONV_CPU_BOUND, err
+    # Well below one copy of the input (8.6 GB): the kernel read it where it was (measured: 1 GB in all).
+    assert grown < 4 * 2**30, f"the peak grew by {grown / 2**30:.1f} GiB"

@@ -188,7 +188,10 @@ class OpLibrary:
         for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
             _same(name, t, input)
         _check_cublas(input)
-        x, o, w, m, b = _compute(input, offset, weight, mask, bias)
+        # The input keeps its layout: the CPU kernel reads it channels-last (no copy when it is so) and the
+        # CUDA kernel makes it contiguous itself; made contiguous here, a channels-last input was copied twice.
+        x = input if input.dtype in _NATIVE else input.float()
+        o, w, m, b = _compute(offset, weight, mask, bias)
         out = self.ops().deform_conv2d_forward(x, w, o, m, b, *geo.stride, *geo.padding, *geo.dilation, geo.groups,
                                                geo.offset_groups)
         return out.to(input.dtype)

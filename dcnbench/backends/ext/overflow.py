@@ -12,6 +12,10 @@ UBSan's "signed integer overflow" at its file and line.
   space), with DCNBENCH_EMU_SAMPLE_BLOCKS=1: only block 0 of each launch runs, and its grid-stride
   loop walks the whole index range. Nothing is compared: the run proves the index arithmetic, not
   the values (block 0 writes 33 thousand of the 2.17e9 columns).
+- deform_conv2d, CPU: `conv_cpu_past_int32(fn)` on a channels-last input past 2^31 elements by the
+  batch (129 images of 64 channels of 512x512; the last alone written, with its offsets and mask),
+  stride 16 (the work is the outputs'), and compares that image's output with the float64 oracle on that image alone. The
+  kernel reads channels-last, so a channels-last input is not copied (an NCHW one would be, 8.6 GB).
 - DCNv3/DCNv4, CPU: `dcnv3_past_int32(fn)` runs DCNv3 (DCNv4 shares the kernel) on a channels-last
   input of more than 2^31 elements whose last image alone holds values, and compares that image's
   output, all of it past element 2^31, with the float64 oracle on that image alone
@@ -64,6 +68,33 @@ def conv_past_int32(ops) -> int:
     with environment("DCNBENCH_EMU_SAMPLE_BLOCKS", "1"):
         ops.deform_conv2d_forward(x, weight, offset, mask, None, 1, 1, 1, 1, 1, 1, 1, 1)
     return c * 9 * side * side
+
+
+CONV_CPU_BOUND = 1e-4  # float32 against the float64 oracle; a wrapped image offset reads zeros: an error near 1
+
+
+def conv_cpu_past_int32(fn) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """deform_conv2d (`fn`, torchvision's signature) on a channels-last float32 input past 2^31 elements
+    whose last image alone holds values (DCNv2, 3x3, stride 16): (that image's output, the float64
+    oracle's on that image alone, the input element where that image starts)."""
+    from dcnbench.ops.deform_conv2d.oracle import deform_conv2d as oracle
+
+    c, side, stride = 64, 512, 16
+    n = math.ceil((INT32_MAX + 1) / (c * side * side)) + 1
+    out = (side + 2 - 3) // stride + 1
+    gen = torch.Generator().manual_seed(24)
+    x = torch.empty(n, side, side, c).permute(0, 3, 1, 2)  # channels-last; address space but the last image
+    x[-1] = torch.randn(c, side, side, generator=gen)
+    offset = torch.empty(n, 18, out, out)
+    offset[-1] = 4 * torch.rand(18, out, out, generator=gen) - 2
+    mask = torch.empty(n, 9, out, out)
+    mask[-1] = torch.rand(9, out, out, generator=gen)
+    weight = torch.randn(4, c, 3, 3, generator=gen) / 8
+    # The unwritten images' offsets and masks read zeros: every sample of theirs lands on a pixel.
+    got = fn(x, offset, weight, None, stride=(stride, stride), padding=(1, 1), mask=mask)[-1]
+    want = oracle(x[-1:].double(), offset[-1:].double(), weight.double(), None, stride=(stride, stride),
+                  padding=(1, 1), mask=mask[-1:].double())[0]
+    return got, want, (n - 1) * c * side * side
 
 
 def dcnv3_past_int32(fn) -> tuple[torch.Tensor, torch.Tensor, int]:
