@@ -31,6 +31,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env_extra
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` is alive (a zombie has exited; only its parent has not reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 class Invoked:
     def __init__(self, result):
         self.returncode = result.exit_code

@@ -17,7 +17,7 @@ from dcnbench.worker import client as worker_client
 from dcnbench.worker.client import WorkerClient, WorkerEnv, WorkerError
 from dcnbench.worker.protocol import ProtocolError, read_message
 from dcnbench.checking.verify import default_suite
-from tests.conftest import invoke, run_cli
+from tests.conftest import invoke, run_cli, running
 
 
 def alive(marker: str) -> list[int]:
@@ -225,14 +225,6 @@ def test_nonfinite_trans_never_reaches_mxnet():
 ESCAPES = Path(__file__).parent / "plugins" / "escapes.py"
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_a_process_that_leaves_the_session_still_dies_with_its_worker(tmp_path, monkeypatch):
     # A plugin's child started with start_new_session=True (setsid) has a process group of its own:
     # killing the worker's group missed it, and it ran on under init. The worker's keeper (a child
@@ -244,7 +236,7 @@ def test_a_process_that_leaves_the_session_still_dies_with_its_worker(tmp_path, 
                     "import escapes; escapes._escape()"], check=True)
     (control,) = map(int, pids.read_text().split())
     try:
-        assert _running(control)
+        assert running(control)
     finally:
         os.kill(control, signal.SIGKILL)
     pids.unlink()
@@ -255,11 +247,11 @@ def test_a_process_that_leaves_the_session_still_dies_with_its_worker(tmp_path, 
     for plugin in ("escapes", "escapes_and_crashes"):
         backend = load_plugin(f"{ESCAPES}:{plugin}", isolate=True)  # its float32 probe starts the child
         (child,) = map(int, pids.read_text().split())
-        assert _running(child)
+        assert running(child)
         if plugin == "escapes":
             isolation.close(backend)  # the run ends
         else:
             with pytest.raises(WorkerError, match="killed by SIGSEGV"):
                 case.call(backend.ops["deform_conv2d"], case.inputs())
-        assert not _running(child), plugin
+        assert not running(child), plugin
         pids.unlink()
