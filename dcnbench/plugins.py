@@ -59,13 +59,12 @@ def import_file(path: Path, module_prefix: str, error: type[DcnbenchError], what
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException as exc:
+    except SystemExit as exc:
         sys.modules.pop(module_name, None)
-        if isinstance(exc, SystemExit):
-            raise error(f"{what}'{path}' called sys.exit({exc.code!r}) while it was imported",
-                        hint="guard the script part of the file with `if __name__ == \"__main__\":`") from None
-        if not isinstance(exc, Exception):
-            raise
+        raise error(f"{what}'{path}' called sys.exit({exc.code!r}) while it was imported",
+                    hint="guard the script part of the file with `if __name__ == \"__main__\":`") from None
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
         raise error(f"{what}'{path}' does not import: {type(exc).__name__}: {exc}",
                     hint=f"run `python {path}` to see the full traceback") from None
     finally:

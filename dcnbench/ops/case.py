@@ -32,6 +32,26 @@ def non_finite_like(t: torch.Tensor) -> torch.Tensor:
     return cycle[torch.arange(t.numel(), device=t.device) % 3].reshape(t.shape)
 
 
+# Failure class "float16/bfloat16 overflow": values L·(1 + N(0, 1)/50), L = 2400, in both half types,
+# for the ops whose sums run over many samples of one sign (DCNv3/DCNv4's points under a +8/-4 mask,
+# the RoI poolings' bins): the sums pass 65504 while the results stay in range (each op's suite says
+# how), so a kernel that sums in float16, or computes bfloat16 through float16, gives Inf where the
+# float64 result is finite. (Values past 65504 themselves would give terms of both signs infinite,
+# so NaN, which names nothing.)
+LARGE_VALUES = 2400.0
+
+
+def drawn_values(x: torch.Tensor, values: str | None) -> torch.Tensor:
+    """The N(0, 1) draws `x` as the case's `values` ask: as they are (None) or "large" (LARGE_VALUES)."""
+    if values == "large":
+        return LARGE_VALUES * (1 + x / 50)
+    if values is not None:
+        from dcnbench.errors import UsageError
+
+        raise UsageError(f"unknown values '{values}'", hint="choose large, or leave it out")
+    return x
+
+
 def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values as a strided, non-contiguous view (every other element of a wider buffer)."""
     return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]

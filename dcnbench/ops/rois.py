@@ -21,7 +21,7 @@ import torch
 
 from dcnbench.errors import UsageError
 from dcnbench.timing.limits import Cost
-from dcnbench.ops.case import DTYPES, Case, non_finite_like
+from dcnbench.ops.case import DTYPES, Case, drawn_values, non_finite_like
 from dcnbench.ops.contract import ITEMSIZE
 
 # Where RoIs lie, in image coordinates (map size / spatial_scale):
@@ -34,12 +34,6 @@ from dcnbench.ops.contract import ITEMSIZE
 #   proposals: a detector's proposals: anywhere in the image, 32 px to the full image, clipped to it
 ROI_KINDS = ("inside", "border", "outside", "tiny", "large", "mixed", "proposals")
 _MIXED_FROM = ("inside", "border", "outside", "tiny", "large")
-
-# Values whose sums pass float16's range (failure class "float16/bfloat16 overflow"): input
-# L·(1 + N(0, 1)/50), L = 2400, in both half types. A bin that averages 28 samples or more sums past
-# 65504 while its average stays near L: a kernel that keeps the bin's sum in float16 (or computes
-# bfloat16 through float16) gives Inf where the float64 result is finite.
-LARGE_VALUES = 2400.0
 
 
 def c_round(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +61,7 @@ class PoolCase(Case):
     kink_margin: float | None = 1e-4
     rois_file: str | None = None  # user RoIs (speed --rois) instead of drawn ones
     offset_file: str | None = None
-    # "large": input values whose bin sums pass float16's range (LARGE_VALUES); None: N(0, 1). Left
+    # "large": input values whose bin sums pass float16's range (case.py's LARGE_VALUES); None: N(0, 1). Left
     # out of the definition when None, so older cases keep their digests.
     values: str | None = None
 
@@ -202,10 +196,7 @@ def _drawn(case: PoolCase) -> dict[str, torch.Tensor]:
     dtype = DTYPES[case.dtype]
     height, width = geo.h / geo.spatial_scale, geo.w / geo.spatial_scale
     x = torch.randn(geo.n, geo.c, geo.h, geo.w, generator=gen, dtype=torch.float64)
-    if case.values == "large":
-        x = LARGE_VALUES * (1 + x / 50)
-    elif case.values is not None:
-        raise UsageError(f"unknown values '{case.values}'", hint="choose large, or leave it out")
+    x = drawn_values(x, case.values)  # "large": a bin averaging 28 samples or more sums past 65504
     kinds = [case.rois] * geo.rois
     if case.rois == "mixed":  # fix each RoI's kind once, so a redraw keeps it
         kinds = [_MIXED_FROM[int(v * len(_MIXED_FROM))] for v in torch.rand(geo.rois, generator=gen, dtype=torch.float64).tolist()]

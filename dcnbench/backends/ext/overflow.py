@@ -243,30 +243,28 @@ def _msda_output_check(where: str):
     return run
 
 
-def _msda_check(where: str):
+def _compared(what: str, bound: float, past):
+    """A check that runs `past(library)` -> (got, want, start) and holds the output to `bound` against the
+    oracle; `what` names it in its line."""
     def run(library) -> str:
         from dcnbench.checking.compare import compare
 
-        got, want, start = msda_past_int32(library.ms_deform_attn, where)
+        got, want, start = past(library)
         err = compare("output", got, want, "float32")
-        if not err.rel_err < MSDA_BOUND:
-            raise SystemExit(f"ms_deform_attn forward, value past 2^31 by the {where}: {err}")
-        return (f"ms_deform_attn forward, value past 2^31 by the {where} (its part from element {start}): "
-                f"output against the oracle {err.rel_err:.1e}")
+        if not err.rel_err < bound:
+            raise SystemExit(f"{what}: {err}")
+        return f"{what} (its part from element {start}): output against the oracle {err.rel_err:.1e}"
     return run
+
+
+def _msda_check(where: str):
+    return _compared(f"ms_deform_attn forward, value past 2^31 by the {where}", MSDA_BOUND,
+                     lambda library: msda_past_int32(library.ms_deform_attn, where))
 
 
 def _roi_check(op: str, where: str):
-    def run(library) -> str:
-        from dcnbench.checking.compare import compare
-
-        got, want, start = roi_past_int32(getattr(library, op), op, where)
-        err = compare("output", got, want, "float32")
-        if not err.rel_err < ROI_BOUND:
-            raise SystemExit(f"{op} forward, input past 2^31 by the {where}: {err}")
-        return f"{op} forward, input past 2^31 by the {where} (its part from element {start}): output against the " \
-               f"oracle {err.rel_err:.1e}"
-    return run
+    return _compared(f"{op} forward, input past 2^31 by the {where}", ROI_BOUND,
+                     lambda library: roi_past_int32(getattr(library, op), op, where))
 
 
 def _conv_check(library) -> str:

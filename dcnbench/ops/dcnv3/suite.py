@@ -58,7 +58,7 @@ _GEOMETRIES: dict[str, tuple[int, GroupGeometry, dict]] = {
 
 _HALF_TYPES_FOR = ("v3-default", "v3-d16-g4", "v3-border-heavy")
 
-# Failure class "float16/bfloat16 overflow" (workloads.py's LARGE_VALUES), in the half types only:
+# Failure class "float16/bfloat16 overflow" (ops/case.py's LARGE_VALUES, workloads.py's `halves` mask), in the half types only:
 # large values and the `halves` mask take the running sum over the points past 65504 half way through
 # while the results stay in range. Interior points: a corner outside the map reads 0 beside a pixel of
 # 2400, an offset gradient of the order of mask · value summed over the channels, past the range too.

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from dcnbench.errors import UsageError
-from dcnbench.ops.case import DTYPES, Case, noncontiguous
+from dcnbench.ops.case import DTYPES, Case, drawn_values, noncontiguous
 from dcnbench.ops.dcnv3.contract import GroupGeometry, float32, kernel_points
 from dcnbench.ops.deform_conv2d.workloads import nudge_from_integers
 
@@ -31,22 +31,18 @@ OFFSET_KINDS = ("uniform", "positive", "zero", "border", "interior")
 MASK_KINDS = ("softmax", "uniform", "logits", "halves")
 HALVES = (8.0, -4.0)
 
-# Values whose sums pass float16's range (failure class "float16/bfloat16 overflow"), with the `halves`
-# mask: input L·(1 + N(0, 1)/50), L = 2400, in both half types. The four points at +8 take the running
-# sum over the points to about 78000, past 65504, while the output (about 3.1e4 for 9 points, 4.0e4
-# for 8) and every gradient stay in float16's range: a kernel that keeps the point sums in float16,
-# or computes bfloat16 through float16, gives Inf where the float64 result is finite. (Values past
-# 65504 themselves would make its terms of both signs infinite, so NaN, which names nothing.) The
-# mask is 8, not 1, so that the values stay small enough for the mask gradient (a sum over a group's
-# channels of value times cotangent) to stay in range too.
-LARGE_VALUES = 2400.0
+# Large values (ops/case.py's LARGE_VALUES) with the `halves` mask: the four points at +8 take the
+# running sum over the points to about 78000, past 65504, while the output (about 3.1e4 for 9 points,
+# 4.0e4 for 8) and every gradient stay in float16's range. The mask is 8, not 1, so that the values
+# stay small enough for the mask gradient (a sum over a group's channels of value times cotangent) to
+# stay in range too.
 
 
 @dataclass(frozen=True, kw_only=True)
 class Dcnv3Case(Case):
     geometry: GroupGeometry
     mask: str = "softmax"
-    # "large": input values whose point sums pass float16's range (LARGE_VALUES); None: N(0, 1). Left out of
+    # "large": input values whose point sums pass float16's range (case.py's LARGE_VALUES); None: N(0, 1). Left out of
     # the definition when None, so older cases keep their digests.
     values: str | None = None
 
@@ -153,10 +149,7 @@ def drawn(case: Case, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """input (N, H, W, C), offset (N, Ho, Wo, G·P·2) and mask (N, Ho, Wo, G·P), float64, from the seed."""
     geo = case.geometry
     x = torch.randn(geo.n, geo.h, geo.w, geo.c, generator=gen, dtype=torch.float64)
-    if case.values == "large":
-        x = LARGE_VALUES * (1 + x / 50)
-    elif case.values is not None:
-        raise UsageError(f"unknown values '{case.values}'", hint="choose large, or leave it out")
+    x = drawn_values(x, case.values)
     off = offsets(case, gen).reshape(geo.n, geo.ho, geo.wo, geo.group * geo.points * 2)
     m = mask(case, gen).reshape(geo.n, geo.ho, geo.wo, geo.group * geo.points)
     return {"input": x, "offset": off, "mask": m}

@@ -45,7 +45,7 @@ GRID_CASES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
                               {"rois": "inside"}),
 }
 
-# Failure class "float16/bfloat16 overflow" (rois.py's LARGE_VALUES), in the half types only: 8x8 and
+# Failure class "float16/bfloat16 overflow" (ops/case.py's LARGE_VALUES), in the half types only: 8x8 and
 # 7x7 samples a bin (sample_per_part), so a bin's sum passes 65504 while its average stays near 2400.
 _LARGE_VALUES: dict[str, tuple[int, PSRoIPoolGeometry, dict]] = {
     "psroi-large-values-spp8": (38400, _psroi(n=1, d=2, group=2, h=12, w=15, k=4, pooled=2, part=2, spp=8, scale=0.5),

@@ -42,7 +42,7 @@ GRID_CASES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
     "roi-grid-65600-rois": (37300, _roi(n=2, c=1, h=6, w=7, k=65600, out=(2, 1), sr=1, scale=1.0), {"rois": "inside"}),
 }
 
-# Failure class "float16/bfloat16 overflow" (rois.py's LARGE_VALUES), in the half types only: adaptive
+# Failure class "float16/bfloat16 overflow" (ops/case.py's LARGE_VALUES), in the half types only: adaptive
 # sampling on RoIs much larger than the bins, so a bin averages up to 90 or 99 samples whose sum passes
 # 65504 while the average stays near 2400.
 _LARGE_VALUES: dict[str, tuple[int, RoIPoolGeometry, dict]] = {
