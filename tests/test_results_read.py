@@ -138,3 +138,39 @@ def test_train_a_row_per_backend_step(tmp_path):
     # A list shorter than the losses (weights compared at fewer steps) leaves the later steps empty.
     assert df.weight_diff[1] == 2e-8 and math.isnan(df.weight_diff[2])
     assert df["settings.dcn"].tolist() == ["v1"] * 4 and set(df.env_cpu_model) == {"AMD"}
+
+
+def test_the_writer_rewrites_less_often_as_its_files_grow(tmp_path, monkeypatch):
+    # Every rewrite holds all the results so far: rewriting every 2 s whatever a rewrite costs made a
+    # 3872-row verify spend ~40 % of its time writing. A rewrite that takes `cost` seconds is followed
+    # by at least cost_factor * cost seconds of running; each result's record is made once.
+    from dcnbench.results import files
+    from dcnbench.status import Status
+    from dcnbench.checking.verify import VerifyResult, default_suite
+
+    now = [0.0]
+    real_write, made = files.write_text, []
+    real_record = files.record
+
+    def slow_write(path, text):  # a rewrite costs 0.01 s per result in it
+        now[0] += 0.01 * (text.count("\n") if str(path).endswith(".csv") else 0)
+        real_write(path, text)
+
+    monkeypatch.setattr(files, "write_text", slow_write)
+    monkeypatch.setattr(files, "record", lambda *a: made.append(a[2]) or real_record(*a))
+    case = default_suite()[0]
+    writer = files.ResultsWriter(kind="verify", env=_env("AMD") | {"python_version": "3.11"}, csv_path=tmp_path / "v.csv",
+                                 json_path=tmp_path / "v.json", expected=400, every_s=2.0, cost_factor=20.0,
+                                 clock=lambda: now[0])
+    flushes = []
+    for i in range(400):
+        now[0] += 0.5  # each result takes half a second
+        before = now[0]
+        writer.add(VerifyResult(case, f"b{i}", Status.UNSUPPORTED, message="no"))
+        if now[0] != before:
+            flushes.append((before, now[0]))
+    writer.flush(partial=False)
+    for (start, end), (nxt, _) in zip(flushes, flushes[1:]):
+        assert nxt - end >= 20.0 * (end - start) - 0.5, flushes  # the wait follows the last rewrite's cost
+    assert 3 <= len(flushes) <= 12  # a fixed 2 s interval: ~100 rewrites; growing costs: ~log-many
+    assert len(made) == 400 and len(results.load_json(tmp_path / "v.json")["records"]) == 400

@@ -289,3 +289,30 @@ def test_a_knob_that_changes_bits_fails_a_bitwise_claim():
                         knobs=True)
     assert honest[0].status == "pass" and claims[0].status == "fail"
     assert "not bitwise equal" in claims[0].failing[0].note
+
+
+def test_worker_backends_run_beside_the_in_process_ones_and_keep_their_order():
+    # A backend behind a worker process takes its rows on the worker lane while this process runs the
+    # others. The worker-side op below waits for the in-process op of the same case: run one after
+    # the other (the worker backend first, as listed), it would time out and be an error row.
+    import threading
+
+    pytorch = get("pytorch")
+    oracle = pytorch.ops[OP_DEFORM_CONV2D]
+    ran_in_process, threads = threading.Event(), set()
+
+    def in_process(*args, **kwargs):
+        ran_in_process.set()
+        return oracle(*args, **kwargs)
+
+    def behind_a_worker(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        if not ran_in_process.wait(timeout=30):
+            raise RuntimeError("the in-process backend did not run while this one waited")
+        return oracle(*args, **kwargs)
+
+    remote = replace(pytorch, name="remote", ops={OP_DEFORM_CONV2D: behind_a_worker}, self_timed=lambda *a: None)
+    local = replace(pytorch, name="local", ops={OP_DEFORM_CONV2D: in_process})
+    found = run_verify(backends=[remote, local], cases=cases("v2/float64"))
+    assert [(r.backend, r.status) for r in found] == [("remote", "pass"), ("local", "pass")], [r.message for r in found]
+    assert threads and threading.current_thread().name not in threads

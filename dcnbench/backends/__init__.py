@@ -99,6 +99,12 @@ class Backend:
     def devices(self) -> tuple[str, ...]:
         return tuple(self.dtypes)
 
+    @property
+    def in_worker(self) -> bool:
+        """Whether its kernels run in a worker process (its own environment's, or isolated): such a
+        backend times its samples there (`self_timed`)."""
+        return self.self_timed is not None
+
     def dialect(self, case) -> str:
         """The boundary rule this backend samples the case's variant with (DCN.md; "Z" is the paper's)."""
         return self.dialects.get(case.variant, "Z")

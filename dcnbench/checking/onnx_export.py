@@ -110,7 +110,7 @@ def exporter(backend):
     exporter refuses it at once)."""
     if backend.onnx_exporter is not None:
         return backend.onnx_exporter
-    if backend.self_timed is not None:
+    if backend.in_worker:
         return lambda case: run_exported(backend, case)
     from dcnbench.worker.isolation import exporter
 

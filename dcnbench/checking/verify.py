@@ -8,6 +8,8 @@ here names an operator.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -163,8 +165,7 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
             return VerifyResult(case, backend.name, status, tuple(quantities), _mode_note(backend, device),
                                 time.perf_counter() - start)
         for r in {"Z", rule}:
-            if (case, r) not in ref_cache:
-                ref_cache[(case, r)] = reference(case, r)
+            cached_reference(ref_cache, case, r)
         inputs = case.inputs(device)
         cots = cotangents(case, next(iter(inputs.values())).device.type)
         first = run_call(fn, case, inputs, cots, backward=not no_backward, layouts=True)
@@ -218,9 +219,7 @@ def verify_export(backend, case, device: str, ref_cache: dict):
         return VerifyResult(case, backend.name, status, message=str(exc), elapsed_s=time.perf_counter() - start)
     except Exception as exc:  # the kernel or the worker failed: an error row, and the run goes on
         return VerifyResult(case, backend.name, Status.ERROR, message=one_line(exc), elapsed_s=time.perf_counter() - start)
-    if (case, "Z") not in ref_cache:
-        ref_cache[(case, "Z")] = reference(case, "Z")
-    ref, _ = ref_cache[(case, "Z")]
+    ref, _ = cached_reference(ref_cache, case, "Z")
     err = dtype_checked(compare("output", output, ref.output, case.dtype), output, case.dtype)
     status = Status.PASS if err.ok else Status.FAIL
     return VerifyResult(case, backend.name, status, (err,), note, time.perf_counter() - start)
@@ -230,15 +229,81 @@ def _mode_note(backend: Backend, device: str) -> str:
     return f"mode: {backend.mode(device)}" if backend.mode else ""
 
 
+_REFERENCES = threading.Lock()
+
+
+def cached_reference(cache: dict, case: Case, rule: str):
+    """The case's reference under `rule`, computed once per cache (one case's, shared by run_verify's
+    threads: the lock makes the second wait for the first's instead of computing its own)."""
+    with _REFERENCES:
+        if (case, rule) not in cache:
+            cache[(case, rule)] = reference(case, rule)
+        return cache[(case, rule)]
+
+
+class _Lane:
+    """One daemon thread that runs the calls given to it in order, for the life of the process.
+
+    Worker processes (mxnet's, paddle's, an isolated backend's) are started on their first call and
+    die with the thread that started them (their keeper's parent-death signal follows the thread),
+    so their calls go to this one long-lived thread, never to a thread per call. A daemon: Ctrl-C
+    does not wait for a call in flight (the workers are stopped at exit)."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="dcnbench-worker-lane", daemon=True).start()
+
+    def _serve(self):
+        while True:
+            fn, box, done = self._jobs.get()
+            try:
+                box["result"] = fn()
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+            done.set()
+
+    def submit(self, fn: Callable[[], VerifyResult]) -> Callable[[], VerifyResult]:
+        """Queue fn(); call what this returns to wait for its result."""
+        box: dict = {}
+        done = threading.Event()
+        self._jobs.put((fn, box, done))
+
+        def wait() -> VerifyResult:
+            done.wait()
+            if "error" in box:
+                raise box["error"]
+            return box["result"]
+
+        return wait
+
+
+_LANE: list[_Lane] = []  # made on first use: a run without worker backends starts no thread
+_LANE_MADE = threading.Lock()
+
+
+def _lane() -> _Lane:
+    with _LANE_MADE:
+        if not _LANE:
+            _LANE.append(_Lane())
+        return _LANE[0]
+
+
 def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu", knobs: bool = False,
                on_result: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
     """Every case on every backend, case-major so each reference is computed once and dropped;
-    with `knobs`, each also under every knob setting (dcnbench.checking.knobs)."""
+    with `knobs`, each also under every knob setting (dcnbench.checking.knobs).
+
+    The rows of backends that run in a worker process go to a thread (`_Lane`) while this one works
+    through the others: otherwise this process would sit waiting on the workers (mxnet's and paddle's
+    rows were a fifth of the default run's time). Results come in the order of `backends` all the same."""
     results = []
     for case in cases:
         cache: dict = {}
-        for backend in backends:
-            result = verify_case(backend, case, device, cache, knobs)
+        pending = {i: _lane().submit(partial(verify_case, b, case, device, cache, knobs)) for i, b in enumerate(backends)
+                   if b.in_worker}
+        done = {i: verify_case(b, case, device, cache, knobs) for i, b in enumerate(backends) if not b.in_worker}
+        for i in range(len(backends)):
+            result = pending[i]() if i in pending else done[i]
             results.append(result)
             if on_result:
                 on_result(result)

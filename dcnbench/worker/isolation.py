@@ -103,7 +103,7 @@ def _in_worker(backend: Backend, client: WorkerClient) -> Backend:
 
 def isolate(backend: Backend) -> Backend:
     """An in-process backend moved into a worker (started on its first call); others are returned as they are."""
-    if backend.self_timed is not None or backend.unavailable or backend.worker is not None:
+    if backend.in_worker or backend.unavailable or backend.worker is not None:
         return backend
     client = WorkerClient(_env(f"backend '{backend.name}'", {"backend": backend.name}), torch.get_num_threads())
     return _in_worker(backend, client)
