@@ -313,6 +313,10 @@ def test_worker_backends_run_beside_the_in_process_ones_and_keep_their_order():
 
     remote = replace(pytorch, name="remote", ops={OP_DEFORM_CONV2D: behind_a_worker}, self_timed=lambda *a: None)
     local = replace(pytorch, name="local", ops={OP_DEFORM_CONV2D: in_process})
-    found = run_verify(backends=[remote, local], cases=cases("v2/float64"))
-    assert [(r.backend, r.status) for r in found] == [("remote", "pass"), ("local", "pass")], [r.message for r in found]
+    chosen = cases("v2/float64", "v2-nobias/float64", "groups2/float64")
+    emitted = []
+    found = run_verify(backends=[remote, local], cases=chosen, on_result=emitted.append)
+    assert [(r.case, r.backend, r.status) for r in found] == [(c, b, "pass") for c in chosen for b in ("remote", "local")], \
+        [r.message for r in found]
+    assert emitted == found  # as they come, in the same order
     assert threads and threading.current_thread().name not in threads

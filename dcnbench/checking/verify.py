@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -229,63 +230,86 @@ def _mode_note(backend: Backend, device: str) -> str:
     return f"mode: {backend.mode(device)}" if backend.mode else ""
 
 
-_REFERENCES = threading.Lock()
+_CACHE_LOCK = object()  # a cache's key for its lock
 
 
 def cached_reference(cache: dict, case: Case, rule: str):
-    """The case's reference under `rule`, computed once per cache (one case's, shared by run_verify's
-    threads: the lock makes the second wait for the first's instead of computing its own)."""
-    with _REFERENCES:
+    """The case's reference under `rule`, computed once per cache (one case's, which run_verify's
+    threads share: its lock makes the second wait for the first's instead of computing its own).
+    dict.setdefault is atomic, so two threads get the same lock."""
+    with cache.setdefault(_CACHE_LOCK, threading.Lock()):
         if (case, rule) not in cache:
             cache[(case, rule)] = reference(case, rule)
         return cache[(case, rule)]
 
 
+class _Pending:
+    """A row queued on a lane: done() says whether it has finished, result() waits for it."""
+
+    def __init__(self, fn: Callable[[], VerifyResult]):
+        self.fn, self._finished, self._box = fn, threading.Event(), {}
+
+    def run(self) -> None:
+        try:
+            self._box["result"] = self.fn()
+        except BaseException as exc:  # handed to the waiting thread
+            self._box["error"] = exc
+        self._finished.set()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def result(self) -> VerifyResult:
+        self._finished.wait()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["result"]
+
+
 class _Lane:
-    """One daemon thread that runs the calls given to it in order, for the life of the process.
+    """One daemon thread that runs the rows given to it in order, for the life of the process.
 
-    Worker processes (mxnet's, paddle's, an isolated backend's) are started on their first call and
-    die with the thread that started them (their keeper's parent-death signal follows the thread),
-    so their calls go to this one long-lived thread, never to a thread per call. A daemon: Ctrl-C
-    does not wait for a call in flight (the workers are stopped at exit)."""
+    Worker processes (mxnet's, paddle's, an isolated backend's, the export worker) are started on
+    their first call and die with the thread that started them (their keeper's parent-death signal
+    follows the thread), so each worker's calls go to one long-lived thread, never to a thread per
+    call. A daemon: Ctrl-C does not wait for a call in flight (the workers are stopped at exit)."""
 
-    def __init__(self):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="dcnbench-worker-lane", daemon=True).start()
+    def __init__(self, name: str):
+        self._rows: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=f"dcnbench-lane-{name}", daemon=True).start()
 
     def _serve(self):
         while True:
-            fn, box, done = self._jobs.get()
-            try:
-                box["result"] = fn()
-            except BaseException as exc:  # handed to the waiting thread
-                box["error"] = exc
-            done.set()
+            self._rows.get().run()
 
-    def submit(self, fn: Callable[[], VerifyResult]) -> Callable[[], VerifyResult]:
-        """Queue fn(); call what this returns to wait for its result."""
-        box: dict = {}
-        done = threading.Event()
-        self._jobs.put((fn, box, done))
-
-        def wait() -> VerifyResult:
-            done.wait()
-            if "error" in box:
-                raise box["error"]
-            return box["result"]
-
-        return wait
+    def submit(self, fn: Callable[[], VerifyResult]) -> _Pending:
+        row = _Pending(fn)
+        self._rows.put(row)
+        return row
 
 
-_LANE: list[_Lane] = []  # made on first use: a run without worker backends starts no thread
-_LANE_MADE = threading.Lock()
+_LANES: dict[str, _Lane] = {}  # made on first use: a run without worker rows starts no thread
+_LANES_MADE = threading.Lock()
 
 
-def _lane() -> _Lane:
-    with _LANE_MADE:
-        if not _LANE:
-            _LANE.append(_Lane())
-        return _LANE[0]
+def _lane(name: str) -> _Lane:
+    with _LANES_MADE:
+        if name not in _LANES:
+            _LANES[name] = _Lane(name)
+        return _LANES[name]
+
+
+def lane_of(backend: Backend, case: Case) -> str | None:
+    """Which worker process runs this row, if any: the backend's own, or (an export case of a backend
+    that runs here) the export worker (onnx_export.exporter); None for a row run in this process."""
+    if backend.in_worker:
+        return backend.name
+    return "export" if case.check == "export" else None
+
+
+# Cases whose worker rows may still be running while this process goes on: a bound on the memory
+# their inputs and references hold.
+BACKLOG = 16
 
 
 def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu", knobs: bool = False,
@@ -293,20 +317,31 @@ def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu
     """Every case on every backend, case-major so each reference is computed once and dropped;
     with `knobs`, each also under every knob setting (dcnbench.checking.knobs).
 
-    The rows of backends that run in a worker process go to a thread (`_Lane`) while this one works
-    through the others: otherwise this process would sit waiting on the workers (mxnet's and paddle's
-    rows were a fifth of the default run's time). Results come in the order of `backends` all the same."""
-    results = []
-    for case in cases:
-        cache: dict = {}
-        pending = {i: _lane().submit(partial(verify_case, b, case, device, cache, knobs)) for i, b in enumerate(backends)
-                   if b.in_worker}
-        done = {i: verify_case(b, case, device, cache, knobs) for i, b in enumerate(backends) if not b.in_worker}
-        for i in range(len(backends)):
-            result = pending[i]() if i in pending else done[i]
+    Rows that wait on a worker process (mxnet's and paddle's, the ONNX exports) go to that worker's
+    lane thread, while this process runs the other rows and goes on to the next cases: otherwise it
+    would sit waiting on the workers, about a third of the default run's time. The results come
+    (to `on_result` and in the list) in the order of the cases and of `backends` all the same."""
+    results: list[VerifyResult] = []
+    backlog: deque[list] = deque()  # per case, its rows in backend order: results, or rows on a lane
+
+    def emit(rows: list) -> None:
+        for row in rows:
+            result = row.result() if isinstance(row, _Pending) else row
             results.append(result)
             if on_result:
                 on_result(result)
+
+    for case in cases:
+        cache: dict = {}
+        lanes = [lane_of(b, case) for b in backends]
+        rows: list = [_lane(lane).submit(partial(verify_case, b, case, device, cache, knobs)) if lane else None
+                      for b, lane in zip(backends, lanes)]
+        rows = [row or verify_case(b, case, device, cache, knobs) for b, row in zip(backends, rows)]
+        backlog.append(rows)
+        while backlog and (len(backlog) > BACKLOG or all(not isinstance(r, _Pending) or r.done() for r in backlog[0])):
+            emit(backlog.popleft())
+    while backlog:
+        emit(backlog.popleft())
     return results
 
 
