@@ -8,6 +8,7 @@ here names an operator.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
@@ -276,11 +277,16 @@ class _Lane:
 
     def __init__(self, name: str):
         self._rows: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name=f"dcnbench-lane-{name}", daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name=f"dcnbench-lane-{name}", daemon=True)
+        self.thread.start()
 
     def _serve(self):
-        while True:
-            self._rows.get().run()
+        while (row := self._rows.get()) is not None:
+            row.run()
+
+    def stop(self) -> None:
+        """End the thread once its queued rows are done."""
+        self._rows.put(None)
 
     def submit(self, fn: Callable[[], VerifyResult]) -> _Pending:
         row = _Pending(fn)
@@ -294,9 +300,31 @@ _LANES_MADE = threading.Lock()
 
 def _lane(name: str) -> _Lane:
     with _LANES_MADE:
+        if not _LANES:
+            atexit.register(_stop_lanes)
         if name not in _LANES:
             _LANES[name] = _Lane(name)
         return _LANES[name]
+
+
+def _stop_lanes() -> None:
+    """At exit, end the lane threads before the interpreter does: a thread that ran torch code and
+    is still alive while the interpreter shuts down can crash it (measured: a segfault after a whole
+    default run). A lane still in a call (Ctrl-C) has its workers stopped, which ends the call."""
+    for lane in _LANES.values():
+        lane.stop()
+    busy = [lane for lane in _LANES.values() if _still_running(lane, 1.0)]
+    if busy:
+        from dcnbench.worker.client import close_all
+
+        close_all()
+        for lane in busy:
+            _still_running(lane, 10.0)
+
+
+def _still_running(lane: _Lane, timeout_s: float) -> bool:
+    lane.thread.join(timeout_s)
+    return lane.thread.is_alive()
 
 
 def lane_of(backend: Backend, case: Case) -> str | None:
