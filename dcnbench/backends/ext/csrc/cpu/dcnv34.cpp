@@ -314,9 +314,12 @@ template <typename T>
 void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, const T* mask, bool softmax, T os,
                   T* grad_x, T* grad_off, T* grad_mask) {
   const TapGrid<T> grid(g);
+  // D of 16, 32 or 64 runs backward_point's fused loop and is never sliced: which loop computes the
+  // dot products must not depend on the thread count, or their rounding would.
+  const bool fused = g.d == 16 || g.d == 32 || g.d == 64;
   const int64_t threads = at::get_num_threads();
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(g.d / kMinChannelSlice, 1),
-                                                                (threads + g.n * g.group - 1) / (g.n * g.group)));
+  const int64_t wanted = (threads + g.n * g.group - 1) / (g.n * g.group);
+  const int64_t slices = fused ? 1 : std::max<int64_t>(1, std::min(std::max<int64_t>(g.d / kMinChannelSlice, 1), wanted));
   auto run = [&](auto width) {
     constexpr int64_t N = decltype(width)::value;
     at::parallel_for(0, g.n * g.group * slices, 1, [&](int64_t begin, int64_t end) {
@@ -369,7 +372,6 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
       }
     });
   };
-  if (slices > 1) return run(std::integral_constant<int64_t, 0>{});  // N > 0 takes the whole group per task
   switch (g.d) {
     case 16: run(std::integral_constant<int64_t, 16>{}); break;
     case 32: run(std::integral_constant<int64_t, 32>{}); break;
