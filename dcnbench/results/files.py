@@ -368,12 +368,13 @@ class ResultsWriter:
 
     def add(self, result) -> None:
         self.results.append(result)
-        self.records.append(record(self.kind, self.env, result))
         if self.clock() - self._last >= self._wait:
             self.flush(partial=True)
 
     def flush(self, partial: bool) -> None:
         start = self.clock()
+        # The records of the results added (or assigned to `results`) since the last rewrite.
+        self.records += [record(self.kind, self.env, r) for r in self.results[len(self.records):]]
         progress = {"partial": partial, "expected_results": self.expected, "completed_results": len(self.results)}
         write_text(self.csv_path, csv_text(self.kind, self.results, self.env, assemble(self.kind, self.env, self.records)))
         save(self.json_path, assemble(self.kind, self.env, self.records, self.extra | progress))
