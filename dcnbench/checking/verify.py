@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -136,7 +137,13 @@ def why_unsupported(backend: Backend, case: Case, device: str) -> str | None:
     ask alike), or None."""
     return (backend.support(case.op, device, case.dtype, case.geometry) or case.unsupported_by(backend.ops[case.op])
             or (backend.case_unsupported(case, device) if backend.case_unsupported else None)
-            or (backend.unsupported_reasons.get("export") if case.check == "export" else None))
+            or (backend.unsupported_reasons.get("export") if case.check == "export" else None)
+            # Dynamo took 5 s per case to find that out for mxnet and paddle.
+            or (IN_WORKER_NOT_COMPILED if case.check == "compile" and backend.in_worker else None))
+
+
+IN_WORKER_NOT_COMPILED = ("torch.compile cannot trace it: its kernel runs in a worker process, nothing in this one "
+                          "for Dynamo to trace")
 
 
 def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knobs: bool = False) -> VerifyResult:
@@ -149,9 +156,6 @@ def verify_case(backend: Backend, case: Case, device: str, ref_cache: dict, knob
     no_backward = backend.backward_unsupported(case, device) if backend.backward_unsupported else None
     fn = backend.ops[case.op]
     rule = backend.dialect(case) if case.check == "oracle" else "Z"
-    if case.check == "compile" and backend.in_worker:  # Dynamo took 5 s to find that out for mxnet and paddle
-        return VerifyResult(case, backend.name, Status.UNSUPPORTED, message="torch.compile cannot trace it: its kernel "
-                            "runs in a worker process, nothing in this one for Dynamo to trace")
     try:
         if case.check == "compile":
             try:
@@ -247,29 +251,6 @@ def cached_reference(cache: dict, case: Case, rule: str):
         return cache[(case, rule)]
 
 
-class _Pending:
-    """A row queued on a lane: done() says whether it has finished, result() waits for it."""
-
-    def __init__(self, fn: Callable[[], VerifyResult]):
-        self.fn, self._finished, self._box = fn, threading.Event(), {}
-
-    def run(self) -> None:
-        try:
-            self._box["result"] = self.fn()
-        except BaseException as exc:  # handed to the waiting thread
-            self._box["error"] = exc
-        self._finished.set()
-
-    def done(self) -> bool:
-        return self._finished.is_set()
-
-    def result(self) -> VerifyResult:
-        self._finished.wait()
-        if "error" in self._box:
-            raise self._box["error"]
-        return self._box["result"]
-
-
 class _Lane:
     """One daemon thread that runs the rows given to it in order, for the life of the process.
 
@@ -284,16 +265,20 @@ class _Lane:
         self.thread.start()
 
     def _serve(self):
-        while (row := self._rows.get()) is not None:
-            row.run()
+        while (job := self._rows.get()) is not None:
+            fn, row = job
+            try:
+                row.set_result(fn())
+            except BaseException as exc:  # handed to the thread that waits on the row
+                row.set_exception(exc)
 
     def stop(self) -> None:
         """End the thread once its queued rows are done."""
         self._rows.put(None)
 
-    def submit(self, fn: Callable[[], VerifyResult]) -> _Pending:
-        row = _Pending(fn)
-        self._rows.put(row)
+    def submit(self, fn: Callable[[], VerifyResult]) -> Future:
+        row: Future = Future()
+        self._rows.put((fn, row))
         return row
 
 
@@ -358,7 +343,7 @@ def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu
 
     def emit(rows: list) -> None:
         for row in rows:
-            result = row.result() if isinstance(row, _Pending) else row
+            result = row.result() if isinstance(row, Future) else row
             results.append(result)
             if on_result:
                 on_result(result)
@@ -370,7 +355,7 @@ def run_verify(*, backends: list[Backend], cases: list[Case], device: str = "cpu
                       for b, lane in zip(backends, lanes)]
         rows = [row or verify_case(b, case, device, cache, knobs) for b, row in zip(backends, rows)]
         backlog.append(rows)
-        while backlog and (len(backlog) > BACKLOG or all(not isinstance(r, _Pending) or r.done() for r in backlog[0])):
+        while backlog and (len(backlog) > BACKLOG or all(not isinstance(r, Future) or r.done() for r in backlog[0])):
             emit(backlog.popleft())
     while backlog:
         emit(backlog.popleft())
