@@ -20,59 +20,21 @@ import torch
 
 from dcnbench.backends import Backend, local_devices
 from dcnbench.backends.ext import build
-from dcnbench.backends.ext.library import OpLibrary, _compute, _same, check_environment, deterministic
-from dcnbench.ops.dcnv3.contract import check_call as check_dcnv3_call
-from dcnbench.ops.dcnv4.contract import check_call as check_dcnv4_call
+from dcnbench.backends.ext.library import OpLibrary, check_environment, deterministic
 
 NAME = "ext"
 LIBRARY = OpLibrary(lambda: build.native(build.with_cuda()))
 deform_conv2d = LIBRARY.deform_conv2d
 deform_roi_pool = LIBRARY.deform_roi_pool
 deform_psroi_pool = LIBRARY.deform_psroi_pool
+dcnv3 = LIBRARY.dcnv3
+dcnv4 = LIBRARY.dcnv4
 
 
 def mode(device: str) -> str:
     if device == "cpu":
         return "deterministic (CPU kernels always are)"
     return "deterministic (per-channel accumulation)" if deterministic() else "atomicAdd accumulation (nondeterministic)"
-
-
-def _ops():
-    return LIBRARY.ops()
-
-
-# ---- DCNv3 and DCNv4 (csrc/cpu/dcnv34.cpp; CPU only) ---------------------------------------------
-
-
-def _group_params(geo) -> tuple:
-    return (geo.kh, geo.kw, *geo.stride, *geo.padding, *geo.dilation, geo.group, geo.group_channels, geo.offset_scale,
-            geo.remove_center)
-
-
-def dcnv3(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-          group_channels, offset_scale, im2col_step, remove_center):
-    """DCNv3 (DCNv3Function.apply's arguments). im2col_step is checked and otherwise unused: the
-    kernel has no column buffer to bound."""
-    geo = check_dcnv3_call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                           dilation_w, group, group_channels, offset_scale, im2col_step, remove_center)
-    for name, t in (("offset", offset), ("mask", mask)):
-        _same(name, t, input)
-    if input.device.type != "cpu":
-        raise ValueError(f"ext has DCNv3 kernels for the CPU only, got input on {input.device}")
-    out = _ops().dcnv3_forward(*_compute(input, offset, mask), *_group_params(geo))
-    return out.to(input.dtype)
-
-
-def dcnv4(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-          group_channels, offset_scale, im2col_step, remove_center, softmax=False):
-    """DCNv4 (DCNv4Function.apply's arguments and the extension's softmax flag)."""
-    geo = check_dcnv4_call(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                           dilation_w, group, group_channels, offset_scale, im2col_step, remove_center, softmax=softmax)
-    _same("offset_mask", offset_mask, input)
-    if input.device.type != "cpu":
-        raise ValueError(f"ext has DCNv4 kernels for the CPU only, got input on {input.device}")
-    out = _ops().dcnv4_forward(*_compute(input, offset_mask), *_group_params(geo), geo.softmax)
-    return out.to(input.dtype)
 
 
 def _group_ops_unsupported(geometry, device: str) -> str | None:

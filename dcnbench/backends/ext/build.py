@@ -109,6 +109,15 @@ def native_isa() -> str:
     return out.stderr if out.returncode == 0 else ""
 
 
+def native_copy(name: str, csrc: Path) -> Target:
+    """ext's CPU library built from another tree (a planted copy of csrc/, in the tests) as the op
+    namespace `name`, beside dcnbench_ext: hidden visibility keeps the copy's template kernels and
+    inline helpers from binding to dcnbench_ext's of the same name. At -O0: the checks a copy runs are
+    small, and the build is most of their cost (2 min against 2 min 53 s at -O3, measured here)."""
+    flags = ("-O0", "-fopenmp", f"-DDCN_LIBRARY={name}", "-fvisibility=hidden", "-fvisibility-inlines-hidden")
+    return Target("cpu", name, (csrc / "ext.cpp", *sorted((csrc / "cpu").glob("*.cpp"))), flags, csrc=csrc)
+
+
 # The .cu files as C++ (`-x c++` precedes them on the compiler's command line), through the
 # emulation header, into a library of their own registered for the CPU dispatch key. Hidden
 # visibility keeps its copies of the inline helpers (sampling.h) from binding to dcnbench_ext's.

@@ -19,9 +19,11 @@ import torch
 from dcnbench.backends.ext import build, fake
 from dcnbench.errors import UsageError
 from dcnbench.ops.contract import ContractError
+from dcnbench.ops.dcnv3.contract import check_call as check_dcnv3_call
 from dcnbench.ops.deform_conv2d.contract import check_call
 from dcnbench.ops.deform_psroi_pool.contract import check_call as check_psroi_pool_call
 from dcnbench.ops.deform_roi_pool.contract import check_call as check_roi_pool_call
+from dcnbench.ops.dcnv4.contract import check_call as check_dcnv4_call
 from dcnbench.ops.ms_deform_attn.contract import geometry_of as msda_geometry_of
 
 _NATIVE = (torch.float64, torch.float32)
@@ -163,8 +165,18 @@ def _compute(*tensors):
     return tuple(None if t is None else (t if t.dtype in _NATIVE else t.float()).contiguous() for t in tensors)
 
 
+def _group_params(geo) -> tuple:
+    return (geo.kh, geo.kw, *geo.stride, *geo.padding, *geo.dilation, geo.group, geo.group_channels, geo.offset_scale,
+            geo.remove_center)
+
+
+def _cpu_only(op: str, input: torch.Tensor) -> None:
+    if input.device.type != "cpu":
+        raise ValueError(f"ext has {op} kernels for the CPU only, got input on {input.device}")
+
+
 class OpLibrary:
-    """An ext op library by its build target, with the three ops in torchvision's signatures."""
+    """An ext op library by its build target, its ops in their official signatures (torchvision's for deform_conv2d)."""
 
     def __init__(self, target: Callable[[], build.Target]):
         self._target = target
@@ -224,6 +236,31 @@ class OpLibrary:
         out = self.ops().ms_deform_attn_forward(v, value_spatial_shapes.contiguous(), value_level_start_index.contiguous(),
                                                 loc, attn, im2col_step)
         return out.to(value.dtype)
+
+    # DCNv3 and DCNv4 (csrc/cpu/dcnv34.cpp) have CPU kernels only: not in op_table, which the emulated
+    # CUDA library shares; ext's backend adds them.
+    def dcnv3(self, input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+              group, group_channels, offset_scale, im2col_step, remove_center):
+        """DCNv3 (DCNv3Function.apply's arguments). im2col_step is checked and otherwise unused: the
+        kernel has no column buffer to bound."""
+        geo = check_dcnv3_call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                               dilation_w, group, group_channels, offset_scale, im2col_step, remove_center)
+        for name, t in (("offset", offset), ("mask", mask)):
+            _same(name, t, input)
+        _cpu_only("DCNv3", input)
+        out = self.ops().dcnv3_forward(*_compute(input, offset, mask), *_group_params(geo))
+        return out.to(input.dtype)
+
+    def dcnv4(self, input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+              group, group_channels, offset_scale, im2col_step, remove_center, softmax=False):
+        """DCNv4 (DCNv4Function.apply's arguments and the extension's softmax flag)."""
+        geo = check_dcnv4_call(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                               dilation_w, group, group_channels, offset_scale, im2col_step, remove_center,
+                               softmax=softmax)
+        _same("offset_mask", offset_mask, input)
+        _cpu_only("DCNv4", input)
+        out = self.ops().dcnv4_forward(*_compute(input, offset_mask), *_group_params(geo), geo.softmax)
+        return out.to(input.dtype)
 
     def op_table(self) -> dict[str, Callable]:
         return {"deform_conv2d": self.deform_conv2d, "deform_roi_pool": self.deform_roi_pool,

@@ -42,7 +42,8 @@ UBSan's "signed integer overflow" at its file and line.
 `python -m dcnbench.backends.ext.overflow` runs every check in CHECKS on the built emulated library.
 `python -m dcnbench.backends.ext.overflow CSRC NAME CHECK...` runs the named checks on the library NAME
 built from the tree CSRC (the .cu files the checks call alone), each in a forked child process whose
-end is reported on stderr as `--- CHECK: exit CODE`: how the tests run a planted copy.
+end is reported on stderr as `--- CHECK: exit CODE`: how the tests run a planted copy. With `--cpu`
+first, NAME is ext's CPU library built from CSRC (build.native_copy) and the checks are CPU_CHECKS'.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def conv_cpu_past_int32(fn) -> tuple[torch.Tensor, torch.Tensor, int]:
     want = oracle(x[-1:].double(), offset[-1:].double(), weight.double(), None, stride=(stride, stride),
                   padding=(1, 1), mask=mask[-1:].double())[0]
     return got, want, (n - 1) * c * side * side
+
+
+# Sampling coordinates up to 1024 in float32 are 6e-5 apart (the offsets are drawn without the kink margin):
+# 2.5e-5 measured. A wrapped index reads another image (zeros here) or faults: an error near 1.
+DCNV3_BOUND = 1e-3
 
 
 def dcnv3_past_int32(fn) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -272,6 +278,12 @@ def _conv_check(library) -> str:
     return f"deform_conv2d forward: {count} column elements (past 2^31 = {INT32_MAX + 1}): index arithmetic clean"
 
 
+_conv_cpu_check = _compared("deform_conv2d forward, channels-last input past 2^31 by the batch", CONV_CPU_BOUND,
+                            lambda library: conv_cpu_past_int32(library.deform_conv2d))
+_dcnv3_check = _compared("dcnv3 forward, input past 2^31 by the batch", DCNV3_BOUND,
+                         lambda library: dcnv3_past_int32(library.dcnv3))
+
+
 # name -> (the .cu file it calls, the check on an OpLibrary)
 CHECKS = {"deform_conv2d": ("deform_conv2d.cu", _conv_check),
           "msda-batch": ("ms_deform_attn.cu", _msda_check("batch")),
@@ -284,13 +296,22 @@ CHECKS = {"deform_conv2d": ("deform_conv2d.cu", _conv_check),
           "psroi-channels": ("roi_pool.cu", _roi_check("deform_psroi_pool", "channels"))}
 
 
-def copy_target(csrc, name: str):
-    """The emulated library NAME built from the tree `csrc` (a planted copy), with the .cu files the
-    checks call alone: one build serves every check."""
+# The checks of ext's CPU kernels, on the real library's CPU build (tests/test_ext.py and the other op tests
+# call the functions above) or on a planted copy's (`--cpu`). The value and RoI checks are the emulated ones.
+CPU_CHECKS = {"deform_conv2d": _conv_cpu_check, "dcnv3": _dcnv3_check,
+              **{name: CHECKS[name][1] for name in ("msda-batch", "msda-level", "roi-batch", "roi-channels",
+                                                    "psroi-batch", "psroi-channels")}}
+
+
+def copy_target(csrc, name: str, cpu: bool = False):
+    """The library NAME built from the tree `csrc` (a planted copy): ext's CPU library (`cpu`), or the
+    emulated one with the .cu files the checks call alone. One build serves every check."""
     from pathlib import Path
 
     from dcnbench.backends.ext import build
 
+    if cpu:
+        return build.native_copy(name, Path(csrc))
     return build.emulated_copy(name, Path(csrc), tuple(sorted({f for f, _ in CHECKS.values()})))
 
 
@@ -323,14 +344,15 @@ def main(argv: list[str]) -> int:
         for _, run in CHECKS.values():
             print(run(library), flush=True)
         return 0
-    csrc, name, *names = argv
-    target = copy_target(csrc, name)
+    cpu = argv[0] == "--cpu"
+    csrc, name, *names = argv[cpu:]
+    target = copy_target(csrc, name, cpu)
     library = OpLibrary(lambda: target)
     library.ops()
     failed = 0
     for check in names:
         print(f"--- {check}", file=sys.stderr, flush=True)
-        code = _in_child(CHECKS[check][1], library)
+        code = _in_child(CPU_CHECKS[check] if cpu else CHECKS[check][1], library)
         print(f"--- {check}: exit {code}", file=sys.stderr, flush=True)
         failed += code != 0
     return 1 if failed else 0

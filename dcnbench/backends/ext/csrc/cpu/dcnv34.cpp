@@ -18,10 +18,11 @@
 #include <utility>
 #include <vector>
 
+#include "../library.h"
 #include "../group_sampling.h"
 
 // The schemas live here rather than in ext.cpp: this file is the whole of the DCNv3/DCNv4 ops.
-TORCH_LIBRARY_FRAGMENT(dcnbench_ext, m) {
+TORCH_LIBRARY_FRAGMENT(DCN_LIBRARY, m) {
   m.def("dcnv3_forward(Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, int stride_h, "
         "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, int group_channels, "
         "float offset_scale, bool remove_center) -> Tensor");
@@ -451,7 +452,7 @@ std::tuple<at::Tensor, at::Tensor> dcnv4_backward(const at::Tensor& grad, const 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcnbench_ext, CPU, m) {
+TORCH_LIBRARY_IMPL(DCN_LIBRARY, CPU, m) {
   m.impl("dcnv3_forward", &dcnv3_forward);
   m.impl("dcnv3_backward", &dcnv3_backward);
   m.impl("dcnv4_forward", &dcnv4_forward);

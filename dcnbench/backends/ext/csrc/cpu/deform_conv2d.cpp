@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "../library.h"
 #include "../geometry.h"
 #include "../sampling.h"
 
@@ -400,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcnbench_ext, CPU, m) {
+TORCH_LIBRARY_IMPL(DCN_LIBRARY, CPU, m) {
   m.impl("deform_conv2d_forward", &forward);
   m.impl("deform_conv2d_backward", &backward);
 }

@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "../library.h"
 #include "../ms_deform_attn.h"
 
 namespace dcnbench_ext {
@@ -232,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcnbench_ext, CPU, m) {
+TORCH_LIBRARY_IMPL(DCN_LIBRARY, CPU, m) {
   m.impl("ms_deform_attn_forward", &forward);
   m.impl("ms_deform_attn_backward", &backward);
 }

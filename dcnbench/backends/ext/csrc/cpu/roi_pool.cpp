@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../library.h"
 #include "../sampling.h"
 #include "../rois.h"
 
@@ -328,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor> psroi_backward(const at::Tensor& grad_, const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dcnbench_ext, CPU, m) {
+TORCH_LIBRARY_IMPL(DCN_LIBRARY, CPU, m) {
   m.impl("roi_pool_forward", &roi_forward);
   m.impl("roi_pool_backward", &roi_backward);
   m.impl("psroi_pool_forward", &psroi_forward);
