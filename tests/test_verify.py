@@ -12,6 +12,7 @@ from dcnbench.backends import Backend, get
 from dcnbench.checking.verify import default_suite, select_cases
 from dcnbench import ops
 from dcnbench.checking.compare import compare, tolerance
+from dcnbench.checking.runs import cotangents
 from dcnbench.checking.verify import failed, run_verify
 from tests.conftest import PLANTED, one_dtype_per_geometry
 from tests.plugins.planted_bugs import BUGS
@@ -236,6 +237,14 @@ def test_every_gradient_is_checked_under_every_cotangent_layout(builtin_results)
     names = {q.quantity for q in r.quantities}
     for layout in ("expanded", "transposed", "channels_last"):
         assert {f"{q}@{layout}" for q in ops.get("deform_conv2d").quantities if q != "output"} <= names
+    # Every case but the two past the column chunk (cotangent_layouts=False: the random cotangent alone,
+    # every gradient still compared) runs each layout its output allows.
+    for r in builtin_results:
+        if r.backend == "torchvision" and r.status == "pass" and r.case.check == "oracle":
+            names = {q.quantity for q in r.quantities}
+            layouts = {q.partition("@")[2] for q in names if "@" in q}
+            assert {"grad_input", "grad_offset", "grad_weight"} <= names, r.case.case_id
+            assert layouts == (set() if r.case.name in PAST_CHUNK else set(cotangents(r.case)) - {"random"}), r.case.case_id
 
 
 def test_the_suite_holds_a_batch_one_image_past_every_declared_chunk():

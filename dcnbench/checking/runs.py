@@ -38,7 +38,7 @@ def cotangents(case: Case, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The cotangent of every layout this case's output shape allows, "random" (contiguous) first."""
     base = cotangent(case, device)
     found = {"random": base}
-    if base.dim() < 2 or not base.numel():
+    if base.dim() < 2 or not base.numel() or case.cotangent_layouts is False:
         return found
     gen = torch.Generator().manual_seed(case.seed + 7919)
     small = torch.randn((1, *base.shape[1:]), generator=gen, dtype=torch.float64).to(base.dtype).to(device)

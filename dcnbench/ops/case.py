@@ -80,6 +80,10 @@ class Case:
     # sample reads, "read" also in a few that some samples read. None (no poison) is left out of the
     # definition.
     poison: str | None = None
+    # False: the backward runs under the random cotangent alone, not also under the other layouts
+    # (checking/runs.py). For the largest cases, whose point is elsewhere (a batch chunk): every
+    # other case runs the layouts, and three more backwards there cost 40 % of their rows.
+    cotangent_layouts: bool | None = None
 
     differentiable: ClassVar[tuple[str, ...]] = ()
     geometry_type: ClassVar[type]  # the op's geometry dataclass
