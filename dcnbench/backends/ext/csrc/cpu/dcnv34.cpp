@@ -16,10 +16,15 @@
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../group_sampling.h"
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 // The schemas live here rather than in ext.cpp: this file is the whole of the DCNv3/DCNv4 ops.
 TORCH_LIBRARY_FRAGMENT(dcnbench_ext, m) {
@@ -122,14 +127,15 @@ template <typename T>
 struct Lanes {
   int64_t cap;
   std::vector<T> px, py, kx, ky;  // the lane's origin and tap: x = px + (kx + dx)·os, as group_position
-  std::vector<int32_t> src;       // where the lane's offset pair is, from the run's first offset
+  std::vector<T> pair;            // the lane's offsets (dx, dy) at 2j, 2j + 1, copied in by the caller
   std::vector<int32_t> pix, ok, live;
   std::vector<T> w, dy, dx;
   explicit Lanes(int64_t n)
-      : cap(n), px(n), py(n), kx(n), ky(n), src(n), pix(4 * n), ok(n), live(n), w(4 * n), dy(4 * n), dx(4 * n) {}
+      : cap(n), px(n), py(n), kx(n), ky(n), pair(2 * n), pix(4 * n), ok(n), live(n), w(4 * n), dy(4 * n), dx(4 * n) {}
 };
 
-// Plans lanes [0, n) whose offset pairs are at off + src[j]; the same operations per lane as
+// Plans lanes [0, n) (their offsets copied into ln.pair: reading them in place took gathers, the
+// plan's main cost on Zen 3); the same operations per lane as
 // group_position and group_point, in the same order, whichever iteration of the vector loop (or its
 // remainder) takes a lane. Pixel indices are int32: the callers check that h·w + 4 fits.
 //
@@ -143,18 +149,18 @@ struct Lanes {
 #endif
 
 template <typename T>
-DCN_NO_TRAPS void plan_lanes(const T* off, T os, int64_t h, int64_t w, int32_t spare, int64_t n, Lanes<T>& ln) {
+DCN_NO_TRAPS void plan_lanes(T os, int64_t h, int64_t w, int32_t spare, int64_t n, Lanes<T>& ln) {
   const int64_t cap = ln.cap;
   const int32_t h32 = static_cast<int32_t>(h), w32 = static_cast<int32_t>(w);
   const T hf = T(h), wf = T(w);
   const T *px = ln.px.data(), *py = ln.py.data(), *kx = ln.kx.data(), *ky = ln.ky.data();
-  const int32_t* src = ln.src.data();
+  const T* pair = ln.pair.data();
   int32_t *pix = ln.pix.data(), *ok = ln.ok.data();
   T *wt = ln.w.data(), *sy = ln.dy.data(), *sx = ln.dx.data();
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
-    const T x = px[j] + (kx[j] + off[src[j]]) * os;
-    const T y = py[j] + (ky[j] + off[src[j] + 1]) * os;
+    const T x = px[j] + (kx[j] + pair[2 * j]) * os;
+    const T y = py[j] + (ky[j] + pair[2 * j + 1]) * os;
     const bool in_map = (y > T(-1)) & (x > T(-1)) & (y < hf) & (x < wf);  // & not &&: no branches
     // floor by truncation, as group_point; a lane that fails the pre-test (NaN, huge) converts 0
     const T yc = in_map ? y : T(0), xc = in_map ? x : T(0);
@@ -221,6 +227,17 @@ void prefetch_sides(const GroupGeo& g, const T* off, const T* mask, int64_t pos,
 #endif
 }
 
+// Asks for n values from p ahead of use. The forward plans a position's offsets with gathers,
+// which wait for each line (and, being gathers, do not set the hardware prefetcher going).
+template <typename T>
+void prefetch_span(const T* p, int64_t n) {
+#if defined(__GNUC__)
+  const char* b = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < int64_t(n * sizeof(T)); i += 64) __builtin_prefetch(b + i);
+  __builtin_prefetch(b + n * sizeof(T) - 1);
+#endif
+}
+
 // The backward task's copy of one (image, group) of the map: rows of D, then four rows of zeros
 // that the plans' out-of-map corners read (pixel index `pixels + slot`). In (N, H, W, C) a group's
 // rows lie C apart, and with C a multiple of 1024 (dcnv4-bench's 7x7 stage: 32 x 32) every pixel
@@ -246,8 +263,9 @@ void forward_group(const Lanes<T>& ln, int64_t count, int64_t first, const T* m,
   const int64_t lanes = ln.cap;
   for (int64_t lo = 0; lo < d; lo += cap) {
     const int64_t len = N ? N : std::min(cap, d - lo);
+    // acc starts as the first point's terms, not as zeros: GCC made the zeroing a memset (rep stos,
+    // ~30 cycles a group).
     T acc[cap];
-    for (int64_t k = 0; k < cap; ++k) acc[k] = T(0);
     for (int64_t i = 0; i < count; ++i) {
       DCN_SCALAR_LOOP();
       const int64_t j = ln.live[i];
@@ -260,10 +278,15 @@ void forward_group(const Lanes<T>& ln, int64_t count, int64_t first, const T* m,
       const T *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3];
       const T w0 = ln.w[j] * mk, w1 = ln.w[lanes + j] * mk, w2 = ln.w[2 * lanes + j] * mk,
               w3 = ln.w[3 * lanes + j] * mk;
+      if (i == 0) {
 #pragma omp simd
-      for (int64_t k = 0; k < len; ++k) acc[k] += w0 * r0[k] + w1 * r1[k] + w2 * r2[k] + w3 * r3[k];
+        for (int64_t k = 0; k < len; ++k) acc[k] = w0 * r0[k] + w1 * r1[k] + w2 * r2[k] + w3 * r3[k];
+      } else {
+#pragma omp simd
+        for (int64_t k = 0; k < len; ++k) acc[k] += w0 * r0[k] + w1 * r1[k] + w2 * r2[k] + w3 * r3[k];
+      }
     }
-    for (int64_t k = 0; k < len; ++k) dst[lo + k] = acc[k];
+    for (int64_t k = 0; k < len; ++k) dst[lo + k] = count ? acc[k] : T(0);
   }
 }
 
@@ -283,7 +306,6 @@ void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, boo
         const int64_t gi = j / g.p, k = j % g.p;
         ln.kx[j] = grid.kx[k];
         ln.ky[j] = grid.ky[k];
-        ln.src[j] = static_cast<int32_t>(gi * g.off_group + 2 * k);
       }
       for (int64_t pos = begin; pos < end; ++pos) {
         const int64_t n = pos / g.q, q = pos % g.q;
@@ -292,7 +314,15 @@ void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, boo
         origin(g, q / g.wo, q % g.wo, os, p0y, p0x);
         std::fill(ln.px.begin(), ln.px.end(), p0x);
         std::fill(ln.py.begin(), ln.py.end(), p0y);
-        plan_lanes(off + pos * g.off_row, os, g.h, g.w, -4, lanes, ln);
+        if (pos + 1 < end) {
+          prefetch_span(off + (pos + 1) * g.off_row, g.group * g.off_group);
+          if (mask != off) prefetch_span(mask + (pos + 1) * g.mask_row, g.group * g.mask_group);
+        }
+        for (int64_t gi = 0; gi < g.group; ++gi) {
+          const T* o = off + pos * g.off_row + gi * g.off_group;
+          std::copy(o, o + 2 * g.p, ln.pair.data() + gi * 2 * g.p);
+        }
+        plan_lanes(os, g.h, g.w, -4, lanes, ln);
         for (int64_t gi = 0; gi < g.group; ++gi) {
           load_mask(g, mask, pos, gi, softmax, m.data());
           const int64_t count = gather_live(ln, gi * g.p, (gi + 1) * g.p, 0);
@@ -321,6 +351,27 @@ void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, boo
 // One point's share, over the channels [lo, hi) of the group (the scatter) and, with `dots`, the
 // four corner dot products over all D: N > 0 is D at compile time (then [lo, hi) is all of it and
 // both run in one loop), 0 any D.
+// a[i] = the sum of s[i]'s L lanes, for four accumulators at once: with AVX, float's eight lanes
+// by three horizontal adds and one add (the tree ((0+1)+(2+3)) + ((4+5)+(6+7)) for each), else in
+// order. Which path runs depends on the build only, never on the thread count.
+template <typename T, int64_t L>
+void sum4(const T (&s)[4][L], T a[4]) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && L == 8) {
+    const __m256 h01 = _mm256_hadd_ps(_mm256_loadu_ps(s[0]), _mm256_loadu_ps(s[1]));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_loadu_ps(s[2]), _mm256_loadu_ps(s[3]));
+    const __m256 h = _mm256_hadd_ps(h01, h23);
+    _mm_storeu_ps(a, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    return;
+  }
+#endif
+  for (int i = 0; i < 4; ++i) {
+    T t = s[i][0];
+    for (int64_t l = 1; l < L; ++l) t += s[i][l];
+    a[i] = t;
+  }
+}
+
 template <typename T, int64_t N>
 void backward_point(const T* go, const T* xs, T* gxs, const Lanes<T>& ln, int64_t j, int64_t d, T mk, int64_t lo,
                     int64_t hi, bool dots, T a[4]) {
@@ -330,21 +381,27 @@ void backward_point(const T* go, const T* xs, T* gxs, const Lanes<T>& ln, int64_
   const T w0 = ln.w[j] * mk, w1 = ln.w[lanes + j] * mk, w2 = ln.w[2 * lanes + j] * mk, w3 = ln.w[3 * lanes + j] * mk;
   T *g0 = gxs + o0, *g1 = gxs + o1, *g2 = gxs + o2, *g3 = gxs + o3;
   if (N && dots) {
+    // The dot products as four accumulators of one vector register each, summed by sum4's tree
+    // (omp simd's reduction would reduce each one across its register on its own).
+    constexpr int64_t L = 32 / sizeof(T);
     const T *x0 = xs + o0, *x1 = xs + o1, *x2 = xs + o2, *x3 = xs + o3;
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-    for (int64_t k = 0; k < N; ++k) {
-      const T v = go[k];
-      a0 += v * x0[k];
-      a1 += v * x1[k];
-      a2 += v * x2[k];
-      a3 += v * x3[k];
-      g0[k] += w0 * v;
-      g1[k] += w1 * v;
-      g2[k] += w2 * v;
-      g3[k] += w3 * v;
+    T s[4][L] = {};
+    for (int64_t k0 = 0; k0 < N; k0 += L) {
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t k = k0 + l;
+        const T v = go[k];
+        s[0][l] += v * x0[k];
+        s[1][l] += v * x1[k];
+        s[2][l] += v * x2[k];
+        s[3][l] += v * x3[k];
+        g0[k] += w0 * v;
+        g1[k] += w1 * v;
+        g2[k] += w2 * v;
+        g3[k] += w3 * v;
+      }
     }
-    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3;
+    sum4(s, a);
     return;
   }
   if (dots) {
@@ -391,7 +448,6 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
         const int64_t b = j / g.p, k = j % g.p;
         ln.kx[j] = grid.kx[k];
         ln.ky[j] = grid.ky[k];
-        ln.src[j] = static_cast<int32_t>(b * g.off_row + 2 * k);
       }
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / (g.group * slices), gi = (t / slices) % g.group, s = t % slices;
@@ -407,9 +463,10 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
             origin(g, (q0 + b) / g.wo, (q0 + b) % g.wo, os, p0y, p0x);
             std::fill(ln.px.begin() + b * g.p, ln.px.begin() + (b + 1) * g.p, p0x);
             std::fill(ln.py.begin() + b * g.p, ln.py.begin() + (b + 1) * g.p, p0y);
+            const T* o = off + (n * g.q + q0 + b) * g.off_row + gi * g.off_group;
+            std::copy(o, o + 2 * g.p, ln.pair.data() + b * 2 * g.p);
           }
-          plan_lanes(off + (n * g.q + q0) * g.off_row + gi * g.off_group, os, g.h, g.w, static_cast<int32_t>(pixels),
-                     block * g.p, ln);
+          plan_lanes(os, g.h, g.w, static_cast<int32_t>(pixels), block * g.p, ln);
           for (int64_t b = 0; b < block; ++b) {
             const int64_t q = q0 + b, pos = n * g.q + q;
             if (q + kBlock < g.q) prefetch_sides(g, off, mask, pos + kBlock, gi);
