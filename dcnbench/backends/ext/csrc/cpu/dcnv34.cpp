@@ -63,10 +63,17 @@ GroupGeo group_geometry(const at::Tensor& input, int64_t kh, int64_t kw, int64_t
   return g;
 }
 
+// The lanes' pixel indices are int32 (plan_lanes): checked before any output is allocated.
+GroupGeo check_lane_indices(const GroupGeo& g) {
+  TORCH_CHECK(g.h * g.w + 4 <= INT32_MAX, "DCNv3/DCNv4 on the CPU takes maps of at most ", INT32_MAX - 4,
+              " pixels (H*W), got ", g.h, "x", g.w, " = ", g.h * g.w);
+  return g;
+}
+
 GroupGeo dcnv3_layout(GroupGeo g) {
   g.off_row = g.group * g.p * 2; g.off_group = g.p * 2;
   g.mask_row = g.group * g.p; g.mask_group = g.p; g.mask_shift = 0;
-  return g;
+  return check_lane_indices(g);
 }
 
 GroupGeo dcnv4_layout(GroupGeo g, int64_t cpad) {
@@ -74,7 +81,7 @@ GroupGeo dcnv4_layout(GroupGeo g, int64_t cpad) {
               " lanes, expected a multiple of 8 >= G*P*3 = ", g.group * g.p * 3);
   g.off_row = cpad; g.off_group = g.p * 3;
   g.mask_row = cpad; g.mask_group = g.p * 3; g.mask_shift = g.p * 2;
-  return g;
+  return check_lane_indices(g);
 }
 
 // (i, j) of each point in the op's order: x-major, y fastest, the centre tap left out when asked.
@@ -519,18 +526,10 @@ T float_scale(double offset_scale) {
   return T(static_cast<float>(offset_scale));
 }
 
-// The lanes' pixel and offset indices are int32 (plan_lanes).
-void check_lane_indices(const GroupGeo& g) {
-  TORCH_CHECK(g.h * g.w + 4 <= INT32_MAX && kBlock * g.off_row <= INT32_MAX, "DCNv3/DCNv4 on the CPU takes maps of at most ",
-              INT32_MAX - 4, " pixels and ", INT32_MAX / kBlock, " offset lanes per position, got ", g.h * g.w, " and ",
-              g.off_row);
-}
-
 at::Tensor forward(const GroupGeo& g, const at::Tensor& x, const at::Tensor& off, const at::Tensor& mask, bool softmax,
                    double offset_scale) {
   at::Tensor out = at::empty({g.n, g.ho, g.wo, g.c}, x.options());  // forward_cpu writes every element
   if (g.n == 0 || g.q == 0) return out;
-  check_lane_indices(g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dcnv34_forward_cpu", [&] {
     forward_cpu<scalar_t>(g, x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), mask.data_ptr<scalar_t>(), softmax,
                           float_scale<scalar_t>(offset_scale), out.data_ptr<scalar_t>());
@@ -543,7 +542,6 @@ void backward(const GroupGeo& g, const at::Tensor& grad, const at::Tensor& x, co
               const at::Tensor& mask, bool softmax, double offset_scale, at::Tensor& grad_x, at::Tensor& grad_off,
               at::Tensor& grad_mask) {
   if (g.n == 0 || g.q == 0) return;
-  check_lane_indices(g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dcnv34_backward_cpu", [&] {
     const scalar_t os = float_scale<scalar_t>(offset_scale);
     backward_cpu<scalar_t>(g, grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(),
