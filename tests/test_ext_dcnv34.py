@@ -125,3 +125,21 @@ def test_the_cpu_kernel_indexes_an_input_past_2_31_elements():
     assert start > INT32_MAX and float(want.norm()) > 0
     err = compare("output", got, want, "float32")
     assert err.rel_err < DCNV3_BOUND, err
+
+
+@pytest.mark.parametrize("call", ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"])
+def test_a_map_of_more_pixels_than_the_plans_int32_indices_is_refused_before_any_work(call):
+    """The CPU kernels plan pixel indices y·W + x in int32 lanes (dcnv34.cpp plan_lanes): a map of
+    2^31 - 4 pixels or more is refused, before any output is allocated (the input is address space
+    only, backends/ext/overflow.py: 46341 x 46341 x 1 float32, 8.6 GB never written)."""
+    x = torch.empty(1, 46341, 46341, 1)
+    geo = (1, 1, 46340, 46340, 0, 0, 1, 1, 1, 1, 1.0, False)  # 1x1 taps, stride 46340: 2x2 outputs
+    ops = ext.LIBRARY.ops()
+    if call.startswith("dcnv3"):
+        off, mask = torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2, 1)
+        args = (x, off, mask, *geo) if call.endswith("forward") else (torch.ones(1, 2, 2, 1), x, off, mask, *geo)
+    else:
+        om = torch.zeros(1, 2, 2, 8)
+        args = (x, om, *geo, False) if call.endswith("forward") else (torch.ones(1, 2, 2, 1), x, om, *geo, False)
+    with pytest.raises(RuntimeError, match=r"at most 2147483643 pixels \(H\*W\), got 46341x46341"):
+        getattr(ops, call)(*args)

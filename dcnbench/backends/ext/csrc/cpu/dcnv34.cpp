@@ -15,11 +15,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../library.h"
 #include "../group_sampling.h"
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 // The schemas live here rather than in ext.cpp: this file is the whole of the DCNv3/DCNv4 ops.
 TORCH_LIBRARY_FRAGMENT(DCN_LIBRARY, m) {
@@ -42,6 +48,7 @@ namespace {
 
 constexpr int64_t kPositionsPerTask = 16;
 constexpr int64_t kMinChannelSlice = 8;
+constexpr int64_t kBlock = 8;  // output positions a backward task plans together
 
 GroupGeo group_geometry(const at::Tensor& input, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                         int64_t pw, int64_t dh, int64_t dw, int64_t group, int64_t d, bool remove_center) {
@@ -57,10 +64,17 @@ GroupGeo group_geometry(const at::Tensor& input, int64_t kh, int64_t kw, int64_t
   return g;
 }
 
+// The lanes' pixel indices are int32 (plan_lanes): checked before any output is allocated.
+GroupGeo check_lane_indices(const GroupGeo& g) {
+  TORCH_CHECK(g.h * g.w + 4 <= INT32_MAX, "DCNv3/DCNv4 on the CPU takes maps of at most ", INT32_MAX - 4,
+              " pixels (H*W), got ", g.h, "x", g.w, " = ", g.h * g.w);
+  return g;
+}
+
 GroupGeo dcnv3_layout(GroupGeo g) {
   g.off_row = g.group * g.p * 2; g.off_group = g.p * 2;
   g.mask_row = g.group * g.p; g.mask_group = g.p; g.mask_shift = 0;
-  return g;
+  return check_lane_indices(g);
 }
 
 GroupGeo dcnv4_layout(GroupGeo g, int64_t cpad) {
@@ -68,7 +82,7 @@ GroupGeo dcnv4_layout(GroupGeo g, int64_t cpad) {
               " lanes, expected a multiple of 8 >= G*P*3 = ", g.group * g.p * 3);
   g.off_row = cpad; g.off_group = g.p * 3;
   g.mask_row = cpad; g.mask_group = g.p * 3; g.mask_shift = g.p * 2;
-  return g;
+  return check_lane_indices(g);
 }
 
 // (i, j) of each point in the op's order: x-major, y fastest, the centre tap left out when asked.
@@ -108,53 +122,94 @@ void origin(const GroupGeo& g, int64_t ho, int64_t wo, T os, T& p0y, T& p0x) {
   p0y = T(cy - g.ph + ho * g.sh) - T(cy) * os;
 }
 
-// One point's bilinear read as four fixed corner slots, (y0, x0), (y0, x0 + 1), (y0 + 1, x0),
-// (y0 + 1, x0 + 1): group_point's in-map corners with their weights and slopes, each at its
-// slot, and an out-of-map corner as weight 0 at pixel `spare + slot` (a row of zeros to read, or
-// a sink row to write, never the map: a NaN pixel reaches only the points that read it). Without
-// branches per corner, so the channel loops take all four slots in one pass. False when the point
-// fails group_point's pre-test (all four corners out of the map: the point adds nothing).
+// The bilinear reads of a run of points ("lanes"), one array per field, so that planning them
+// vectorises across the points: ~40 scalar operations and two unpredictable branches per point
+// otherwise, as much time as the channel loops that share them (D = 32 channels, four AVX2
+// vectors). Each lane reads four fixed corner slots, (y0, x0), (y0, x0 + 1), (y0 + 1, x0),
+// (y0 + 1, x0 + 1): group_point's in-map corners with their weights and slopes, each at its slot,
+// and an out-of-map corner as weight 0 at pixel `spare + slot` (a row of zeros to read, or a sink
+// row to write, never the map: a NaN pixel reaches only the points that read it). ok is 0 for a
+// point that fails group_point's pre-test (all four corners out of the map: it adds nothing).
+// Slot s of lane j is at s·cap + j.
 template <typename T>
-struct Plan {
-  int64_t pix[4];
-  T w[4], dy[4], dx[4];
+struct Lanes {
+  int64_t cap;
+  std::vector<T> px, py, kx, ky;  // the lane's origin and tap: x = px + (kx + dx)·os, as group_position
+  std::vector<T> pair;            // the lane's offsets (dx, dy) at 2j, 2j + 1, copied in by the caller
+  std::vector<int32_t> pix, ok, live;
+  std::vector<T> w, dy, dx;
+  explicit Lanes(int64_t n)
+      : cap(n), px(n), py(n), kx(n), ky(n), pair(2 * n), pix(4 * n), ok(n), live(n), w(4 * n), dy(4 * n), dx(4 * n) {}
 };
 
+// Plans lanes [0, n) (their offsets copied into ln.pair: reading them in place took gathers, the
+// plan's main cost on Zen 3); the same operations per lane as
+// group_position and group_point, in the same order, whichever iteration of the vector loop (or its
+// remainder) takes a lane. Pixel indices are int32: the callers check that h·w + 4 fits.
+//
+// GCC 12 leaves this loop scalar under its default -ftrapping-math: it keeps a product or a
+// float-to-int conversion whose result a select may discard behind a branch, in case it traps.
+// Nothing here runs with floating-point traps enabled, and the flag changes no value.
+#if defined(__GNUC__) && !defined(__clang__)
+#define DCN_NO_TRAPS __attribute__((optimize("no-trapping-math")))
+#else
+#define DCN_NO_TRAPS
+#endif
+
 template <typename T>
-bool plan_point(T y, T x, int64_t h, int64_t w, int64_t spare, Plan<T>& pl) {
-  if (!(y > T(-1) && x > T(-1) && y < T(h) && x < T(w))) return false;
-  int64_t y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x);  // floor, as group_point
-  y0 -= T(y0) > y;
-  x0 -= T(x0) > x;
-  const T ly = y - T(y0), lx = x - T(x0);
-  const T wy[2] = {T(1) - ly, ly}, wx[2] = {T(1) - lx, lx}, s[2] = {T(-1), T(1)};
-  const bool yin[2] = {y0 >= 0, y0 + 1 < h}, xin[2] = {x0 >= 0, x0 + 1 < w};
-  for (int a = 0; a < 2; ++a)
-    for (int b = 0; b < 2; ++b) {
-      const int k = 2 * a + b;
-      const bool in = yin[a] && xin[b];
-      pl.pix[k] = in ? (y0 + a) * w + x0 + b : spare + k;
-      pl.w[k] = in ? wy[a] * wx[b] : T(0);
-      pl.dy[k] = in ? s[a] * wx[b] : T(0);
-      pl.dx[k] = in ? wy[a] * s[b] : T(0);
-    }
-  return true;
+DCN_NO_TRAPS void plan_lanes(T os, int64_t h, int64_t w, int32_t spare, int64_t n, Lanes<T>& ln) {
+  const int64_t cap = ln.cap;
+  const int32_t h32 = static_cast<int32_t>(h), w32 = static_cast<int32_t>(w);
+  const T hf = T(h), wf = T(w);
+  const T *px = ln.px.data(), *py = ln.py.data(), *kx = ln.kx.data(), *ky = ln.ky.data();
+  const T* pair = ln.pair.data();
+  int32_t *pix = ln.pix.data(), *ok = ln.ok.data();
+  T *wt = ln.w.data(), *sy = ln.dy.data(), *sx = ln.dx.data();
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T x = px[j] + (kx[j] + pair[2 * j]) * os;
+    const T y = py[j] + (ky[j] + pair[2 * j + 1]) * os;
+    const bool in_map = (y > T(-1)) & (x > T(-1)) & (y < hf) & (x < wf);  // & not &&: no branches
+    // floor by truncation, as group_point; a lane that fails the pre-test (NaN, huge) converts 0
+    const T yc = in_map ? y : T(0), xc = in_map ? x : T(0);
+    int32_t y0 = static_cast<int32_t>(yc), x0 = static_cast<int32_t>(xc);
+    y0 -= T(y0) > yc;
+    x0 -= T(x0) > xc;
+    const T ly = yc - T(y0), lx = xc - T(x0), hy = T(1) - ly, hx = T(1) - lx;
+    const bool top = y0 >= 0, bottom = y0 + 1 < h32, left = x0 >= 0, right = x0 + 1 < w32;
+    const int32_t at = y0 * w32 + x0;
+    const bool in0 = top & left, in1 = top & right, in2 = bottom & left, in3 = bottom & right;
+    pix[j] = in0 ? at : spare;
+    pix[cap + j] = in1 ? at + 1 : spare + 1;
+    pix[2 * cap + j] = in2 ? at + w32 : spare + 2;
+    pix[3 * cap + j] = in3 ? at + w32 + 1 : spare + 3;
+    wt[j] = in0 ? hy * hx : T(0);
+    wt[cap + j] = in1 ? hy * lx : T(0);
+    wt[2 * cap + j] = in2 ? ly * hx : T(0);
+    wt[3 * cap + j] = in3 ? ly * lx : T(0);
+    sy[j] = in0 ? -hx : T(0);
+    sy[cap + j] = in1 ? -lx : T(0);
+    sy[2 * cap + j] = in2 ? hx : T(0);
+    sy[3 * cap + j] = in3 ? lx : T(0);
+    sx[j] = in0 ? -hy : T(0);
+    sx[cap + j] = in1 ? hy : T(0);
+    sx[2 * cap + j] = in2 ? -ly : T(0);
+    sx[3 * cap + j] = in3 ? ly : T(0);
+    ok[j] = in_map;
+  }
 }
 
-// The plans of one (position, group)'s points that read the map, in the op's order; returns how
-// many. idx[i] is the point's index k, for its mask and its offset-gradient slots.
+// The lanes of [lo, hi) that read the map, appended to ln.live in order (no branch per lane: the
+// pre-test's outcome is random); returns the new count.
 template <typename T>
-int64_t plan_points(const GroupGeo& g, const TapGrid<T>& grid, const T* off, int64_t ho, int64_t wo, T os,
-                    int64_t spare, Plan<T>* pl, int64_t* idx) {
-  T p0y, p0x;
-  origin(g, ho, wo, os, p0y, p0x);
-  int64_t live = 0;
-  for (int64_t k = 0; k < g.p; ++k) {
-    const T x = p0x + (grid.kx[k] + off[2 * k]) * os;
-    const T y = p0y + (grid.ky[k] + off[2 * k + 1]) * os;
-    if (plan_point(y, x, g.h, g.w, spare, pl[live])) idx[live++] = k;
+int64_t gather_live(Lanes<T>& ln, int64_t lo, int64_t hi, int64_t count) {
+  int32_t* live = ln.live.data();
+  const int32_t* ok = ln.ok.data();
+  for (int64_t j = lo; j < hi; ++j) {
+    live[count] = static_cast<int32_t>(j);
+    count += ok[j];
   }
-  return live;
+  return count;
 }
 
 // GCC vectorises a loop over points across its points (gathering each point's rows) once the channel
@@ -180,6 +235,17 @@ void prefetch_sides(const GroupGeo& g, const T* off, const T* mask, int64_t pos,
 #endif
 }
 
+// Asks for n values from p ahead of use. The forward plans a position's offsets with gathers,
+// which wait for each line (and, being gathers, do not set the hardware prefetcher going).
+template <typename T>
+void prefetch_span(const T* p, int64_t n) {
+#if defined(__GNUC__)
+  const char* b = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < int64_t(n * sizeof(T)); i += 64) __builtin_prefetch(b + i);
+  __builtin_prefetch(b + n * sizeof(T) - 1);
+#endif
+}
+
 // The backward task's copy of one (image, group) of the map: rows of D, then four rows of zeros
 // that the plans' out-of-map corners read (pixel index `pixels + slot`). In (N, H, W, C) a group's
 // rows lie C apart, and with C a multiple of 1024 (dcnv4-bench's 7x7 stage: 32 x 32) every pixel
@@ -195,29 +261,40 @@ void copy_group(const GroupGeo& g, const T* x, int64_t n, int64_t gi, T* xs) {
 // The forward of one (position, group): the sum over the live points kept in registers and stored
 // once. N is D at compile time for the common group widths (the channel loop unrolls into vector
 // registers), 0 for any other (then D channels in chunks of kChunk). An out-of-map corner's pixel
-// is negative (plan_points' spare): it reads `zeros`.
+// is negative (plan_lanes' spare): it reads `zeros`.
 constexpr int64_t kChunk = 64;
 
 template <typename T, int64_t N>
-void forward_group(const Plan<T>* pl, const int64_t* idx, int64_t live, const T* m, const T* xg, int64_t c,
+void forward_group(const Lanes<T>& ln, int64_t count, int64_t first, const T* m, const T* xg, int64_t c,
                    const T* zeros, int64_t d, T* dst) {
   constexpr int64_t cap = N ? N : kChunk;
+  const int64_t lanes = ln.cap;
   for (int64_t lo = 0; lo < d; lo += cap) {
     const int64_t len = N ? N : std::min(cap, d - lo);
+    // acc starts as the first point's terms, not as zeros: GCC made the zeroing a memset (rep stos,
+    // ~30 cycles a group).
     T acc[cap];
-    for (int64_t k = 0; k < cap; ++k) acc[k] = T(0);
-    for (int64_t i = 0; i < live; ++i) {
+    for (int64_t i = 0; i < count; ++i) {
       DCN_SCALAR_LOOP();
-      const Plan<T>& p = pl[i];
-      const T mk = m[idx[i]];
+      const int64_t j = ln.live[i];
+      const T mk = m[j - first];
       const T* r[4];
-      for (int s = 0; s < 4; ++s) r[s] = (p.pix[s] >= 0 ? xg + p.pix[s] * c : zeros) + lo;
+      for (int s = 0; s < 4; ++s) {
+        const int32_t px = ln.pix[s * lanes + j];
+        r[s] = (px >= 0 ? xg + px * c : zeros) + lo;
+      }
       const T *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3];
-      const T w0 = p.w[0] * mk, w1 = p.w[1] * mk, w2 = p.w[2] * mk, w3 = p.w[3] * mk;
+      const T w0 = ln.w[j] * mk, w1 = ln.w[lanes + j] * mk, w2 = ln.w[2 * lanes + j] * mk,
+              w3 = ln.w[3 * lanes + j] * mk;
+      if (i == 0) {
 #pragma omp simd
-      for (int64_t k = 0; k < len; ++k) acc[k] += w0 * r0[k] + w1 * r1[k] + w2 * r2[k] + w3 * r3[k];
+        for (int64_t k = 0; k < len; ++k) acc[k] = w0 * r0[k] + w1 * r1[k] + w2 * r2[k] + w3 * r3[k];
+      } else {
+#pragma omp simd
+        for (int64_t k = 0; k < len; ++k) acc[k] += w0 * r0[k] + w1 * r1[k] + w2 * r2[k] + w3 * r3[k];
+      }
     }
-    for (int64_t k = 0; k < len; ++k) dst[lo + k] = acc[k];
+    for (int64_t k = 0; k < len; ++k) dst[lo + k] = count ? acc[k] : T(0);
   }
 }
 
@@ -227,20 +304,37 @@ void forward_group(const Plan<T>* pl, const int64_t* idx, int64_t live, const T*
 template <typename T>
 void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, bool softmax, T os, T* out) {
   const TapGrid<T> grid(g);
+  const int64_t lanes = g.group * g.p;  // a position's points, all groups: planned together
   auto run = [&](auto width) {
     constexpr int64_t N = decltype(width)::value;
     at::parallel_for(0, g.n * g.q, kPositionsPerTask, [&](int64_t begin, int64_t end) {
       std::vector<T> m(g.p), zeros(g.d, T(0));
-      std::vector<Plan<T>> pl(g.p);
-      std::vector<int64_t> idx(g.p);
+      Lanes<T> ln(lanes);
+      for (int64_t j = 0; j < lanes; ++j) {
+        const int64_t gi = j / g.p, k = j % g.p;
+        ln.kx[j] = grid.kx[k];
+        ln.ky[j] = grid.ky[k];
+      }
       for (int64_t pos = begin; pos < end; ++pos) {
         const int64_t n = pos / g.q, q = pos % g.q;
         const T* xn = x + n * g.h * g.w * g.c;
+        T p0y, p0x;
+        origin(g, q / g.wo, q % g.wo, os, p0y, p0x);
+        std::fill(ln.px.begin(), ln.px.end(), p0x);
+        std::fill(ln.py.begin(), ln.py.end(), p0y);
+        if (pos + 1 < end) {
+          prefetch_span(off + (pos + 1) * g.off_row, g.group * g.off_group);
+          if (mask != off) prefetch_span(mask + (pos + 1) * g.mask_row, g.group * g.mask_group);
+        }
+        for (int64_t gi = 0; gi < g.group; ++gi) {
+          const T* o = off + pos * g.off_row + gi * g.off_group;
+          std::copy(o, o + 2 * g.p, ln.pair.data() + gi * 2 * g.p);
+        }
+        plan_lanes(os, g.h, g.w, -4, lanes, ln);
         for (int64_t gi = 0; gi < g.group; ++gi) {
           load_mask(g, mask, pos, gi, softmax, m.data());
-          const int64_t live = plan_points(g, grid, off + pos * g.off_row + gi * g.off_group, q / g.wo, q % g.wo, os,
-                                           int64_t(-4), pl.data(), idx.data());
-          forward_group<T, N>(pl.data(), idx.data(), live, m.data(), xn + gi * g.d, g.c, zeros.data(), g.d,
+          const int64_t count = gather_live(ln, gi * g.p, (gi + 1) * g.p, 0);
+          forward_group<T, N>(ln, count, gi * g.p, m.data(), xn + gi * g.d, g.c, zeros.data(), g.d,
                               out + pos * g.c + gi * g.d);
         }
       }
@@ -265,28 +359,57 @@ void forward_cpu(const GroupGeo& g, const T* x, const T* off, const T* mask, boo
 // One point's share, over the channels [lo, hi) of the group (the scatter) and, with `dots`, the
 // four corner dot products over all D: N > 0 is D at compile time (then [lo, hi) is all of it and
 // both run in one loop), 0 any D.
+// a[i] = the sum of s[i]'s L lanes, for four accumulators at once: with AVX, float's eight lanes
+// by three horizontal adds and one add (the tree ((0+1)+(2+3)) + ((4+5)+(6+7)) for each), else in
+// order. Which path runs depends on the build only, never on the thread count.
+template <typename T, int64_t L>
+void sum4(const T (&s)[4][L], T a[4]) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && L == 8) {
+    const __m256 h01 = _mm256_hadd_ps(_mm256_loadu_ps(s[0]), _mm256_loadu_ps(s[1]));
+    const __m256 h23 = _mm256_hadd_ps(_mm256_loadu_ps(s[2]), _mm256_loadu_ps(s[3]));
+    const __m256 h = _mm256_hadd_ps(h01, h23);
+    _mm_storeu_ps(a, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    return;
+  }
+#endif
+  for (int i = 0; i < 4; ++i) {
+    T t = s[i][0];
+    for (int64_t l = 1; l < L; ++l) t += s[i][l];
+    a[i] = t;
+  }
+}
+
 template <typename T, int64_t N>
-void backward_point(const T* go, const T* xs, T* gxs, const Plan<T>& p, int64_t d, T mk, int64_t lo, int64_t hi,
-                    bool dots, T a[4]) {
-  const int64_t o0 = p.pix[0] * d, o1 = p.pix[1] * d, o2 = p.pix[2] * d, o3 = p.pix[3] * d;
-  const T w0 = p.w[0] * mk, w1 = p.w[1] * mk, w2 = p.w[2] * mk, w3 = p.w[3] * mk;
+void backward_point(const T* go, const T* xs, T* gxs, const Lanes<T>& ln, int64_t j, int64_t d, T mk, int64_t lo,
+                    int64_t hi, bool dots, T a[4]) {
+  const int64_t lanes = ln.cap;
+  const int64_t o0 = ln.pix[j] * d, o1 = ln.pix[lanes + j] * d, o2 = ln.pix[2 * lanes + j] * d,
+                o3 = ln.pix[3 * lanes + j] * d;
+  const T w0 = ln.w[j] * mk, w1 = ln.w[lanes + j] * mk, w2 = ln.w[2 * lanes + j] * mk, w3 = ln.w[3 * lanes + j] * mk;
   T *g0 = gxs + o0, *g1 = gxs + o1, *g2 = gxs + o2, *g3 = gxs + o3;
   if (N && dots) {
+    // The dot products as four accumulators of one vector register each, summed by sum4's tree
+    // (omp simd's reduction would reduce each one across its register on its own).
+    constexpr int64_t L = 32 / sizeof(T);
     const T *x0 = xs + o0, *x1 = xs + o1, *x2 = xs + o2, *x3 = xs + o3;
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-    for (int64_t k = 0; k < N; ++k) {
-      const T v = go[k];
-      a0 += v * x0[k];
-      a1 += v * x1[k];
-      a2 += v * x2[k];
-      a3 += v * x3[k];
-      g0[k] += w0 * v;
-      g1[k] += w1 * v;
-      g2[k] += w2 * v;
-      g3[k] += w3 * v;
+    T s[4][L] = {};
+    for (int64_t k0 = 0; k0 < N; k0 += L) {
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t k = k0 + l;
+        const T v = go[k];
+        s[0][l] += v * x0[k];
+        s[1][l] += v * x1[k];
+        s[2][l] += v * x2[k];
+        s[3][l] += v * x3[k];
+        g0[k] += w0 * v;
+        g1[k] += w1 * v;
+        g2[k] += w2 * v;
+        g3[k] += w3 * v;
+      }
     }
-    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3;
+    sum4(s, a);
     return;
   }
   if (dots) {
@@ -328,8 +451,12 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
       // with four rows past the map's: zeros in xs, sinks in gxs, for the plans' out-of-map corners.
       const int64_t pixels = g.h * g.w;
       std::vector<T> m(g.p), gm(g.p), xs((pixels + 4) * g.d), gxs((pixels + 4) * g.d);
-      std::vector<Plan<T>> pl(g.p);
-      std::vector<int64_t> idx(g.p);
+      Lanes<T> ln(kBlock * g.p);  // kBlock positions' points, planned together
+      for (int64_t j = 0; j < ln.cap; ++j) {
+        const int64_t b = j / g.p, k = j % g.p;
+        ln.kx[j] = grid.kx[k];
+        ln.ky[j] = grid.ky[k];
+      }
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / (g.group * slices), gi = (t / slices) % g.group, s = t % slices;
         const int64_t lo = s * g.d / slices, hi = (s + 1) * g.d / slices;
@@ -337,35 +464,48 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
         T* gx_out = grad_x + n * pixels * g.c + gi * g.d;
         if (offsets_here) copy_group(g, x, n, gi, xs.data());
         std::fill(gxs.begin(), gxs.end(), T(0));
-        for (int64_t q = 0; q < g.q; ++q) {
-          const int64_t pos = n * g.q + q, ho = q / g.wo, wo = q % g.wo;
-          if (q + 1 < g.q) prefetch_sides(g, off, mask, pos + 1, gi);
-          load_mask(g, mask, pos, gi, softmax, m.data());
-          const T* o = off + pos * g.off_row + gi * g.off_group;
-          const T* go = grad + pos * g.c + gi * g.d;
-          T* goff = grad_off + pos * g.off_row + gi * g.off_group;
-          const int64_t live = plan_points(g, grid, o, ho, wo, os, pixels, pl.data(), idx.data());
-          std::fill(gm.begin(), gm.end(), T(0));  // the gradient buffers start at 0: dead points keep it
-          for (int64_t i = 0; i < live; ++i) {
-            const Plan<T>& p = pl[i];
-            const int64_t k = idx[i];
-            T a[4];
-            backward_point<T, N>(go, xs.data(), gxs.data(), p, g.d, m[k], lo, hi, offsets_here, a);
-            if (!offsets_here) continue;
-            const T sx = p.dx[0] * a[0] + p.dx[1] * a[1] + p.dx[2] * a[2] + p.dx[3] * a[3];
-            const T sy = p.dy[0] * a[0] + p.dy[1] * a[1] + p.dy[2] * a[2] + p.dy[3] * a[3];
-            goff[2 * k] = sx * m[k] * os;
-            goff[2 * k + 1] = sy * m[k] * os;
-            gm[k] = p.w[0] * a[0] + p.w[1] * a[1] + p.w[2] * a[2] + p.w[3] * a[3];
+        for (int64_t q0 = 0; q0 < g.q; q0 += kBlock) {
+          const int64_t block = std::min(kBlock, g.q - q0);
+          for (int64_t b = 0; b < block; ++b) {
+            T p0y, p0x;
+            origin(g, (q0 + b) / g.wo, (q0 + b) % g.wo, os, p0y, p0x);
+            std::fill(ln.px.begin() + b * g.p, ln.px.begin() + (b + 1) * g.p, p0x);
+            std::fill(ln.py.begin() + b * g.p, ln.py.begin() + (b + 1) * g.p, p0y);
+            const T* o = off + (n * g.q + q0 + b) * g.off_row + gi * g.off_group;
+            std::copy(o, o + 2 * g.p, ln.pair.data() + b * 2 * g.p);
           }
-          if (!offsets_here) continue;
-          T* gmask = grad_mask + pos * g.mask_row + gi * g.mask_group + g.mask_shift;
-          if (softmax) {  // through the softmax: s_k (g_k − Σ_j g_j s_j)
-            T dot = 0;
-            for (int64_t k = 0; k < g.p; ++k) dot += gm[k] * m[k];
-            for (int64_t k = 0; k < g.p; ++k) gmask[k] = m[k] * (gm[k] - dot);
-          } else {
-            for (int64_t k = 0; k < g.p; ++k) gmask[k] = gm[k];
+          plan_lanes(os, g.h, g.w, static_cast<int32_t>(pixels), block * g.p, ln);
+          for (int64_t b = 0; b < block; ++b) {
+            const int64_t q = q0 + b, pos = n * g.q + q;
+            if (q + kBlock < g.q) prefetch_sides(g, off, mask, pos + kBlock, gi);
+            load_mask(g, mask, pos, gi, softmax, m.data());
+            const T* go = grad + pos * g.c + gi * g.d;
+            T* goff = grad_off + pos * g.off_row + gi * g.off_group;
+            const int64_t count = gather_live(ln, b * g.p, (b + 1) * g.p, 0);
+            std::fill(gm.begin(), gm.end(), T(0));  // the gradient buffers start at 0: dead points keep it
+            for (int64_t i = 0; i < count; ++i) {
+              const int64_t j = ln.live[i], k = j - b * g.p, l = ln.cap;
+              T a[4];
+              backward_point<T, N>(go, xs.data(), gxs.data(), ln, j, g.d, m[k], lo, hi, offsets_here, a);
+              if (!offsets_here) continue;
+              const T* dx = ln.dx.data() + j;
+              const T* dy = ln.dy.data() + j;
+              const T* w = ln.w.data() + j;
+              const T sx = dx[0] * a[0] + dx[l] * a[1] + dx[2 * l] * a[2] + dx[3 * l] * a[3];
+              const T sy = dy[0] * a[0] + dy[l] * a[1] + dy[2 * l] * a[2] + dy[3 * l] * a[3];
+              goff[2 * k] = sx * m[k] * os;
+              goff[2 * k + 1] = sy * m[k] * os;
+              gm[k] = w[0] * a[0] + w[l] * a[1] + w[2 * l] * a[2] + w[3 * l] * a[3];
+            }
+            if (!offsets_here) continue;
+            T* gmask = grad_mask + pos * g.mask_row + gi * g.mask_group + g.mask_shift;
+            if (softmax) {  // through the softmax: s_k (g_k − Σ_j g_j s_j)
+              T dot = 0;
+              for (int64_t k = 0; k < g.p; ++k) dot += gm[k] * m[k];
+              for (int64_t k = 0; k < g.p; ++k) gmask[k] = m[k] * (gm[k] - dot);
+            } else {
+              for (int64_t k = 0; k < g.p; ++k) gmask[k] = gm[k];
+            }
           }
         }
         for (int64_t p = 0; p < pixels; ++p)
