@@ -8,12 +8,10 @@ import shutil
 import subprocess
 import sys
 
-import torch
-
-from dcnbench.backends.ext import LIBRARY as real
 from dcnbench.backends.ext import build
 from dcnbench.backends.ext.library import OpLibrary
 from dcnbench.backends.ext.overflow import CPU_CHECKS
+from tests.planted_copies import assert_matches_ext_below_2_31
 
 # (file in csrc/cpu, the line as it is, how many times, the line with the index in an int). The cast is
 # how an int index behaves past 2^31 - 1 (it wraps to a negative offset); int arithmetic instead
@@ -61,23 +59,4 @@ def test_every_cpu_index_overflow_check_fails_on_a_copy_with_32_bit_indices(tmp_
         # image (the comparison with the oracle fails, naming the check); anything else is the harness's.
         assert code < 0 or (code == 1 and re.search(r"past 2\^31 by the \w+: ", said)), (check, said)
     # Below 2^31 the planted indices are right: the copy matches ext on small inputs (a bug only past 2^31).
-    planted = OpLibrary(lambda: build.native_copy(NAME, csrc))
-    close = dict(rtol=1e-5, atol=1e-6)  # the copy is built without -march=native: FMA contraction differs
-    gen = torch.Generator().manual_seed(5)
-    x, offset, weight = torch.randn(2, 3, 9, 8, generator=gen), torch.randn(2, 18, 9, 8, generator=gen), \
-        torch.randn(4, 3, 3, 3, generator=gen)
-    assert torch.allclose(planted.deform_conv2d(x, offset, weight, padding=1), real.deform_conv2d(x, offset, weight, padding=1),
-                          **close)
-    x, off, mask = torch.randn(2, 6, 5, 8, generator=gen), torch.rand(2, 6, 5, 36, generator=gen), \
-        torch.rand(2, 6, 5, 18, generator=gen)
-    args = (3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 1.0, 64, 0)
-    assert torch.allclose(planted.dcnv3(x, off, mask, *args), real.dcnv3(x, off, mask, *args), **close)
-    value, loc, attn = torch.randn(3, 6 + 20, 2, 5, generator=gen), torch.rand(3, 7, 2, 2, 3, 2, generator=gen), \
-        torch.rand(3, 7, 2, 2, 3, generator=gen)
-    msda = (value, torch.tensor([[2, 3], [4, 5]]), torch.tensor([0, 6]), loc, attn, 64)
-    assert torch.allclose(planted.ms_deform_attn(*msda), real.ms_deform_attn(*msda), **close)
-    x, rois = torch.randn(2, 9, 8, 7, generator=gen), torch.tensor([[1.0, 0.5, 1.0, 6.0, 5.5], [0.0, 2.0, 0.0, 4.0, 7.0]])
-    offset = 0.2 * torch.rand(2, 2, 3, 3, generator=gen) - 0.1
-    for op, args in (("deform_roi_pool", (x, rois, offset, (3, 3), 1.0, 2, 0.1)),
-                     ("deform_psroi_pool", (x, rois, offset, 1.0, 1, 3, 3, 3, 2, 0.1, False))):
-        assert torch.allclose(getattr(planted, op)(*args), getattr(real, op)(*args), **close), op
+    assert_matches_ext_below_2_31(OpLibrary(lambda: build.native_copy(NAME, csrc)), dcnv3=True)

@@ -19,6 +19,7 @@ from dcnbench.backends.ext.library import OpLibrary
 from dcnbench.errors import UsageError
 from dcnbench.checking.verify import default_suite, run_verify, verify_case
 from tests.conftest import invoke
+from tests.planted_copies import assert_matches_ext_below_2_31
 
 # Two settings in the words: the grid capped at 1 block with blocks and threads shuffled,
 # and an odd number of blocks spread over several OS threads (threads of a block split too).
@@ -410,21 +411,6 @@ def test_an_int32_index_is_stopped_at_its_line(tmp_path):
         assert re.search(rf"{re.escape(line)}:\d+: runtime error: signed integer overflow", found.group(1)), \
             (check, found.group(1)[-2000:])
     # Below 2^31 the planted indices are right: the copy matches ext's CPU kernels (a bug only past 2^31).
-    from dcnbench.backends.ext import LIBRARY
     from dcnbench.backends.ext.overflow import copy_target
 
-    planted_library = OpLibrary(lambda: copy_target(csrc, "dcnbench_ext_emu_int32"))
-    gen = torch.Generator().manual_seed(3)
-    value, loc, attn = torch.randn(3, 6 + 20, 2, 5, generator=gen), torch.rand(3, 7, 2, 2, 3, 2, generator=gen), \
-        torch.rand(3, 7, 2, 2, 3, generator=gen)
-    msda = (value, torch.tensor([[2, 3], [4, 5]]), torch.tensor([0, 6]), loc, attn, 64)
-    assert torch.allclose(planted_library.ms_deform_attn(*msda), LIBRARY.ms_deform_attn(*msda), rtol=1e-5, atol=1e-6)
-    conv = (torch.randn(2, 3, 9, 8, generator=gen), torch.randn(2, 18, 9, 8, generator=gen),
-            torch.randn(4, 3, 3, 3, generator=gen))
-    got = planted_library.deform_conv2d(conv[0], conv[1], conv[2], padding=1)
-    assert torch.allclose(got, LIBRARY.deform_conv2d(conv[0], conv[1], conv[2], padding=1), rtol=1e-4, atol=1e-5)
-    x, rois = torch.randn(2, 9, 8, 7, generator=gen), torch.tensor([[1.0, 0.5, 1.0, 6.0, 5.5], [0.0, 2.0, 0.0, 4.0, 7.0]])
-    offset = 0.2 * torch.rand(2, 2, 3, 3, generator=gen) - 0.1
-    for op, args in (("deform_roi_pool", (x, rois, offset, (3, 3), 1.0, 2, 0.1)),
-                     ("deform_psroi_pool", (x, rois, offset, 1.0, 1, 3, 3, 3, 2, 0.1, False))):
-        assert torch.allclose(getattr(planted_library, op)(*args), getattr(LIBRARY, op)(*args), rtol=1e-5, atol=1e-6), op
+    assert_matches_ext_below_2_31(OpLibrary(lambda: copy_target(csrc, "dcnbench_ext_emu_int32")), conv_rtol=1e-4)

@@ -70,7 +70,7 @@ _GEOMETRIES: dict[str, tuple[int, ConvGeometry, dict]] = {
 # batch runs as 14 + 1. Large, so one dtype each (the reference is float64 either way): float32,
 # except where float32 itself cannot meet verify's fixed tolerance (_LARGE_FLOAT64); and the random
 # cotangent alone (ext makes the cotangent contiguous before it chunks the batch, so a layout cannot
-# meet the chunk; every smaller case runs the layouts, which cost 40 % of these cases' rows).
+# meet the chunk; every smaller case runs the layouts, which cost 45 % of these cases' rows).
 _LARGE_OPTIONS = {"offset_scale": 2.0, "cotangent_layouts": False}
 _LARGE: dict[str, tuple[int, ConvGeometry, dict]] = {
     "batch15-past-column-chunk": (30000, _geo(n=15, c=64, h=32, w=32, o=8), _LARGE_OPTIONS),
