@@ -2,6 +2,7 @@
 the outputs that read it, results do not depend on the thread count, arguments are checked before
 any kernel runs; and `speed` times them next to the oracle and the reference rows."""
 
+import dataclasses
 import json
 
 import pytest
@@ -77,6 +78,58 @@ def test_results_are_bitwise_the_same_on_one_and_two_threads(op):
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, two, again))
+
+
+def _by_group(op, geo, t, groups, threads):
+    """ext's output and gradients of the groups [lo, hi) of each slice in `groups`, each slice run as
+    a call of its own, joined along the channels (DCNv4: along each group's offset and mask lanes)."""
+    p, d = geo.points, geo.group_channels
+    outs, grads = [], []
+    for lo, hi in groups:
+        part = dataclasses.replace(geo, group=hi - lo)
+        inputs = {"input": t["input"][..., lo * d:hi * d], "offset": t["offset"][..., lo * 2 * p:hi * 2 * p],
+                  "mask": t["mask"][..., lo * p:hi * p]}
+        if op == "dcnv4":
+            inputs = {"input": inputs["input"], "offset_mask": pack(inputs["offset"], inputs["mask"], hi - lo)}
+            case = Dcnv4Case(name="groups", geometry=Dcnv4Geometry(**vars(part)))
+        else:
+            case = Dcnv3Case(name="groups", geometry=part)
+        leaves = {k: v.contiguous().requires_grad_(True) for k, v in inputs.items()}
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            out = case.call(getattr(ext, op), leaves)
+            out.backward(torch.ones_like(out).cos())
+        finally:
+            torch.set_num_threads(before)
+        outs.append(out.detach())
+        # per group: the input gradient's channels, then (DCNv4) the group's 3P lanes or (DCNv3) 2P offset and P mask
+        for g in range(hi - lo):
+            row = [leaves["input"].grad[..., g * d:(g + 1) * d]]
+            if op == "dcnv4":
+                row.append(leaves["offset_mask"].grad[..., g * 3 * p:(g + 1) * 3 * p])
+            else:
+                row += [leaves["offset"].grad[..., g * 2 * p:(g + 1) * 2 * p], leaves["mask"].grad[..., g * p:(g + 1) * p]]
+            grads.append(row)
+    return torch.cat(outs, -1), grads
+
+
+@pytest.mark.any_cpu
+@pytest.mark.parametrize("op", ["dcnv3", "dcnv4"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_each_group_comes_out_the_same_whatever_groups_are_beside_it(op, dtype):
+    # 16 groups of 32 channels make rows of 2 KiB (float32) or 4 KiB (float64): the kernels then keep
+    # each image group-major (dcnv34.cpp's pack_images). Four groups per call make rows of 512 B or 1 KiB,
+    # read in place. Every group must come out bit for bit the same either way, on one thread and on two
+    # (their task ranges split an image: the forward's at a position, the backward's at a group).
+    geo = group_geometry(n=3, h=5, w=6, g=16, d=32, stride=(2, 1), os=0.75)
+    t = Dcnv3Case(name="groups", geometry=geo, dtype=dtype, offset_scale=2.0).inputs()
+    for threads in (1, 2):
+        whole, whole_grads = _by_group(op, geo, t, [(0, 16)], threads)
+        parts, parts_grads = _by_group(op, geo, t, [(0, 4), (4, 8), (8, 12), (12, 16)], threads)
+        assert torch.equal(whole, parts), (threads, (whole - parts).abs().max())
+        for g, (a, b) in enumerate(zip(whole_grads, parts_grads)):
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), (threads, g)
 
 
 def test_arguments_are_checked_before_any_kernel_runs():
