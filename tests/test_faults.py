@@ -149,11 +149,18 @@ def _children(pid: int) -> list[str]:
     return [ln for ln in out.splitlines() if ln.split()[1] == str(pid)]
 
 
+def _sigint_default():
+    """The CLI's SIGINT as a terminal's Ctrl-C finds it. A suite started in the background (`nohup`,
+    `make test &` in a script) passes SIGINT on ignored, and Python then installs no handler: the
+    CLI would never see the signal these tests send (two runs of this suite failed that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_mid_run_leaves_a_valid_partial_file_and_no_process(tmp_path):
     out = tmp_path / "v.json"
     proc = subprocess.Popen([EXE, "verify", "--backend", "pytorch", "--backend", "ext", "--json", str(out),
                              "--csv", str(tmp_path / "v.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                            cwd=ROOT, preexec_fn=_sigint_default)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # interrupt once some results are on disk
         time.sleep(1)
@@ -192,7 +199,8 @@ sys.meta_path.insert(0, _InterruptAt())
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, module):
     (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_AT_IMPORT.format(module=module))
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([EXE, "verify", "--list"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    proc = subprocess.run([EXE, "verify", "--list"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+                          preexec_fn=_sigint_default)
     assert proc.returncode == 130 and proc.stderr.strip() == "interrupted", (proc.returncode, proc.stderr)
     assert not proc.stdout  # nothing was listed
 
