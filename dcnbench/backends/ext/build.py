@@ -30,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,22 @@ def _discard(directory: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _publish(final: Path, make: Callable[[Path], None]) -> None:
+    """`final` made by make(work) in a temporary folder beside it, then renamed into place: a reader
+    never sees a half-made folder, and an interrupted one leaves none. The caller holds _locked(final),
+    so other temporary folders of `final` are an interrupted process's: removed first."""
+    for stale in final.parent.glob(f".{final.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    work.mkdir(parents=True)
+    try:
+        make(work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    work.rename(final)
+
+
 def _record(directory: Path, target: Target) -> None:
     built = directory / target.filename
     with built.open("rb") as f:
@@ -308,20 +325,15 @@ def ensure(target: Target, base: Path | None = None, verbose: bool = False, quie
         problem = problems(target.cuda)
         if problem:
             raise problem
-        for stale in final.parent.glob(f".{final.name}.tmp*"):  # left by an interrupted build
-            shutil.rmtree(stale, ignore_errors=True)
-        work = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        work.mkdir(parents=True)
         if not quiet:
             print(f"dcnbench: building {target.description} in {final}; this takes a minute or two, once",
                   file=sys.stderr, flush=True)
-        try:
+
+        def make(work: Path) -> None:
             _compile(target, work, verbose)
             _record(work, target)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        work.rename(final)
+
+        _publish(final, make)
     if not target.executable:  # cpp_extension.load loaded it (from the folder now renamed: the mapping stays)
         _loaded[target.name] = final / target.filename
     return final / target.filename
@@ -409,6 +421,20 @@ def pch_dir(target: Target) -> Path:
     return cache_base().absolute() / f"pch-torch-{torch.__version__}-{h.hexdigest()[:12]}"
 
 
+def _make_pch(target: Target, includes: list[str], work: Path) -> None:
+    from torch.utils import cpp_extension
+
+    (work / PCH_FILE).write_text("".join(f"#include <{h}>\n" for h in PCH_HEADERS))
+    gch = work / f"{PCH_FILE}.gch"
+    cmd = [cpp_extension.get_cxx_compiler(), *pch_flags(target), *[f"-I{i}" for i in includes],
+           "-x", "c++-header", str(work / PCH_FILE), "-o", str(gch)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0 or not gch.is_file():
+        raise OSError(_first_error(out.stdout + out.stderr) or f"exit status {out.returncode}")
+    with gch.open("rb") as f:
+        os.fsync(f.fileno())
+
+
 def precompiled_header(target: Target, includes: list[str], verbose: bool = False) -> Path | None:
     """The header to -include (its .gch beside it), made first when the cache has none; None when
     it cannot be made, and the build goes on without it."""
@@ -421,24 +447,7 @@ def precompiled_header(target: Target, includes: list[str], verbose: bool = Fals
             if (final / f"{PCH_FILE}.gch").is_file():  # made by another process meanwhile
                 return header
             _discard(final)
-            work = final.with_name(f".{final.name}.tmp{os.getpid()}")
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            try:
-                (work / PCH_FILE).write_text("".join(f"#include <{h}>\n" for h in PCH_HEADERS))
-                from torch.utils import cpp_extension
-
-                cmd = [cpp_extension.get_cxx_compiler(), *pch_flags(target), *[f"-I{i}" for i in includes],
-                       "-x", "c++-header", str(work / PCH_FILE), "-o", str(work / f"{PCH_FILE}.gch")]
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-                if out.returncode != 0 or not (work / f"{PCH_FILE}.gch").is_file():
-                    raise OSError(_first_error(out.stdout + out.stderr) or f"exit status {out.returncode}")
-                with (work / f"{PCH_FILE}.gch").open("rb") as f:
-                    os.fsync(f.fileno())
-                work.rename(final)
-            except BaseException:
-                shutil.rmtree(work, ignore_errors=True)
-                raise
+            _publish(final, lambda work: _make_pch(target, includes, work))
     except (OSError, subprocess.SubprocessError) as exc:
         if verbose:
             print(f"dcnbench: compiling without precompiled torch headers ({exc})", file=sys.stderr, flush=True)

@@ -514,7 +514,6 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
         const int64_t n = t / (g.group * slices), gi = (t / slices) % g.group, s = t % slices;
         const int64_t lo = s * g.d / slices, hi = (s + 1) * g.d / slices;
         const bool offsets_here = s == 0;
-        T* gx_out = grad_x + n * pixels * g.c + gi * g.d;
         if (packed && n != have) {
           pack_image(x + n * pixels * g.c, pixels, g.group, g.d, pixels + 4, xp.data());
           pack_image(grad + n * g.q * g.c, g.q, g.group, g.d, g.q, gp.data());
@@ -570,6 +569,7 @@ void backward_cpu(const GroupGeo& g, const T* grad, const T* x, const T* off, co
           }
         }
         if (!packed) {
+          T* gx_out = grad_x + n * pixels * g.c + gi * g.d;
           for (int64_t p = 0; p < pixels; ++p)
             std::copy(gxs.data() + p * g.d + lo, gxs.data() + p * g.d + hi, gx_out + p * g.c + lo);
         } else if (t + 1 == end || (t + 1) / g.group != n) {
