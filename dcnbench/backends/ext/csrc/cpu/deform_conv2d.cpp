@@ -337,18 +337,22 @@ at::Tensor onednn_gemm(const at::Tensor& x, const at::Tensor& packed) {
 // GEMM reads them as they are (the transposed product, straight into the output, packs them first:
 // measured slower).
 template <typename T>
-void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, const at::Tensor& wt, const T* bias,
+void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, const at::Tensor& wr, const T* bias,
                    T* out) {
   const int64_t tile = tile_of(g, sizeof(T)), tiles = (g.l + tile - 1) / tile, row = g.c * g.k;
   const int64_t kcg = g.k * g.cg, og_out = g.o / g.groups;
-  std::vector<at::Tensor> packed;  // per group, when oneDNN does the GEMM
+  std::vector<at::Tensor> packed;  // per group, when oneDNN does the GEMM: packed from the rows as they are
   for (int64_t gi = 0; gi < g.groups; ++gi) {
-    at::Tensor p = onednn_weight(wt[gi].t(), tile);
+    at::Tensor p = onednn_weight(wr[gi], tile);
     if (!p.defined()) break;
     packed.push_back(p);
   }
+  if (int64_t(packed.size()) != g.groups) packed.clear();
+  // (groups, K*Cg, O/groups) for MKL, made only where it runs: each copy of resnet101-conv5's weight
+  // (9.4 MB) costs its page faults again on every call.
+  const at::Tensor wt = packed.empty() ? wr.transpose(1, 2).contiguous() : at::Tensor();
   at::parallel_for(0, g.n * tiles, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor cols = at::empty({tile, row}, wt.options()), acc = at::empty({tile, og_out}, wt.options());
+    at::Tensor cols = at::empty({tile, row}, wr.options()), acc = at::empty({tile, og_out}, wr.options());
     Plan<T> plan(tile);
     const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
     for (int64_t t = begin; t < end; ++t) {
@@ -391,10 +395,10 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
   }
   at::Tensor out = at::empty({g.n, g.o, g.ho, g.wo}, input_.options());  // every element is written once
   const at::Tensor x = input_.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor wt = weight_rows(weight, g).transpose(1, 2).contiguous();  // (groups, K*Cg, O/groups)
+  const at::Tensor wr = weight_rows(weight, g);  // (groups, O/groups, K*Cg)
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_conv2d_forward_cpu", [&] {
     forward_tiles<scalar_t>(g, x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                            mask.defined() ? mask.data_ptr<scalar_t>() : nullptr, wt,
+                            mask.defined() ? mask.data_ptr<scalar_t>() : nullptr, wr,
                             bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>());
   });
   return out;
