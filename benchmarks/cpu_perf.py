@@ -33,9 +33,12 @@ RUNS = {  # preset -> (extra arguments, directions)
     "rfcn": (["--backend", "ext", "--backend", "roi_align"], ("fwd", "fwdbwd")),  # both RoI pooling ops
 }
 THREADS = (1, 2)
-# ext's phases on dcn-56, by the symbols perf samples (the kernels keep each phase in its own function).
-PHASES = (("sampling plan", ("Plan<",)), ("gather (im2col)", ("gather<",)), ("input-gradient scatter", ("col2im<",)),
-          ("offset/mask gradients", ("offset_mask_grad",)), ("GEMM (MKL)", ("mkl_blas", "sgemm")),
+# ext's phases on dcn-56, by the symbols perf samples (the kernels keep each phase in its own function),
+# first match wins: the offset/mask gradients' task lambda names Plan<float> in its type, and the plan
+# is inlined into the gather.
+PHASES = (("offset/mask gradients", ("offset_mask_grad",)), ("input-gradient scatter", ("col2im<",)),
+          ("sampling plan + gather (im2col)", ("gather<", "im2col<", "Plan<")),
+          ("GEMM (MKL; oneDNN's JIT code)", ("mkl_blas", "sgemm", "[JIT]")),
           ("layout copies (NCHW <-> NHWC)", ("VectorizedLoop2d", "copy_kernel")))
 
 
@@ -109,7 +112,7 @@ def profile(out: Path) -> str:
     data = out / "perf.data"
     subprocess.run(["perf", "record", "-e", "cpu-clock", "-o", str(data), sys.executable, "-c", script],
                    capture_output=True, env=env())
-    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym", "--stdio"],
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio"],
                             capture_output=True, text=True).stdout
     data.unlink(missing_ok=True)
     shares = {name: 0.0 for name, _ in PHASES}

@@ -89,3 +89,20 @@ def test_speed_shows_the_percent_of_the_bound(tmp_path, monkeypatch):
     flops, nbytes = ConvGeometry(1, 4, 8, 8, 4, 3, 3, padding=(1, 1)).work("fwd", 4)
     shown = 100 * MACHINE.bound_ms(flops, nbytes) / rows["pytorch"]["median_ms"]
     assert f"{shown:.0f}%" in r.stdout
+
+
+def test_the_peak_is_the_faster_of_torchs_two_gemms(monkeypatch):
+    # MKL's GEMM made 10 ms slower: the peak must come from oneDNN's (AMD CPUs with AVX-512 run MKL's
+    # AVX2 path at half oneDNN's rate, and a bound from MKL alone put conv2d at 190 % of it).
+    import time
+
+    import torch
+
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(roofline, "STREAM_BYTES", 1 << 20)
+    monkeypatch.setattr(roofline, "GEMM_N", 64)
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: time.sleep(0.01) or real_mm(*a, **k))
+    slow_mkl_gflop_s = 2 * 64 ** 3 / 0.01 / 1e9
+    assert roofline.probe(1, runs=2).peak_gflop_s > 10 * slow_mkl_gflop_s
