@@ -352,7 +352,8 @@ void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, con
   // (9.4 MB) costs its page faults again on every call.
   const at::Tensor wt = packed.empty() ? wr.transpose(1, 2).contiguous() : at::Tensor();
   at::parallel_for(0, g.n * tiles, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor cols = at::empty({tile, row}, wr.options()), acc = at::empty({tile, og_out}, wr.options());
+    at::Tensor cols = at::empty({tile, row}, wr.options());
+    at::Tensor acc = packed.empty() ? at::empty({tile, og_out}, wr.options()) : at::Tensor();  // MKL's output
     Plan<T> plan(tile);
     const std::vector<T> zeros(g.c, T(0));  // the row a corner outside the map reads
     for (int64_t t = begin; t < end; ++t) {
@@ -360,8 +361,9 @@ void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, con
       gather(g, x, offset, mask, n, l0, lt, plan, zeros.data(), cols.data_ptr<T>(), row);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         const at::Tensor rows = cols.narrow(0, 0, lt).narrow(1, gi * kcg, kcg);
-        at::Tensor a = acc.narrow(0, 0, lt);
+        at::Tensor a;
         if (packed.empty()) {
+          a = acc.narrow(0, 0, lt);
           at::mm_out(a, rows, wt[gi]);
         } else {
           a = onednn_gemm(rows, packed[gi]);
