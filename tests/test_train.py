@@ -289,6 +289,18 @@ def test_zero_offsets_sample_the_regular_receptive_field():
     assert offsets.spread(points) == pytest.approx(12 ** 0.5)
 
 
+def test_a_deformable_scale_net_from_scratch_draws_its_deformable_weights_from_the_seed():
+    # Not left as torch.empty's memory: the same seed gives the same finite weights, another seed others.
+    def weights(seed):
+        net = model.build_scale_net(model.ScaleNetConfig(deformable=True, width=4), op=parity_oracle(), seed=seed,
+                                    dtype=torch.float64)
+        return torch.cat([t.detach().flatten() for layer in net.deformable_layers() for t in (layer.weight, layer.bias)])
+
+    first, again, other = weights(0), [weights(0) for _ in range(3)], weights(1)
+    assert torch.isfinite(first).all() and all(torch.equal(first, w) for w in again)
+    assert not torch.equal(first, other)
+
+
 @pytest.mark.parametrize("layer, pixels", [(0, 1.0), (1, 2.0), (2, 2.0)])
 def test_an_offset_moves_the_sampling_points_by_the_strides_below_it(layer, pixels):
     """One pixel of offset (Δy = 1 at every tap) in deformable layer k moves every point by the

@@ -40,6 +40,7 @@ offsets move (a DCNv2 net doubles the convolution weights instead, since its mas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -218,6 +219,13 @@ def build_scale_net(config: ScaleNetConfig, *, op: Callable | None, seed: int, d
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ScaleNet(config, op)
+        # DeformConv's weight and bias are torch.empty (build() loads them): drawn here as nn.Conv2d
+        # draws its own, after every other module's, so those keep the values they always had.
+        # Left empty, they were whatever memory held, NaN at times (test_train caught it, 2026-12-08).
+        for layer in net.deformable_layers():
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(layer.weight[0].numel())
+            nn.init.uniform_(layer.bias, -bound, bound)
     for layer in net.deformable_layers():
         nn.init.zeros_(layer.offset.weight)
         nn.init.zeros_(layer.offset.bias)  # DCNv2's masks at sigmoid(0) = 0.5, as MSRA's
