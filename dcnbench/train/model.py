@@ -40,7 +40,6 @@ offsets move (a DCNv2 net doubles the convolution weights instead, since its mas
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +74,12 @@ class DeformConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3, dtype=torch.float64))
         self.bias = nn.Parameter(torch.empty(c_out, dtype=torch.float64))
         self.offset = nn.Conv2d(c_in, (3 if dcn == "v2" else 2) * TAPS, 3, stride=stride, padding=1, dtype=torch.float64)
+        self.reset_parameters()
+
+    # torch's default initialisation of a convolution's weight and bias (it reads only those two), so a
+    # net built from scratch starts from the seed like its plain layers; build() and
+    # build_scale_net(start=...) load other weights over it.
+    reset_parameters = nn.Conv2d.reset_parameters
 
     def sampling(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The offsets (N, 18, H, W) and the mask (N, 9, H, W) or None that this layer uses on x."""
@@ -219,13 +224,6 @@ def build_scale_net(config: ScaleNetConfig, *, op: Callable | None, seed: int, d
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ScaleNet(config, op)
-        # DeformConv's weight and bias are torch.empty (build() loads them): drawn here as nn.Conv2d
-        # draws its own, after every other module's, so those keep the values they always had.
-        # Left empty, they were whatever memory held, NaN at times (test_train caught it, 2026-12-08).
-        for layer in net.deformable_layers():
-            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
-            bound = 1 / math.sqrt(layer.weight[0].numel())
-            nn.init.uniform_(layer.bias, -bound, bound)
     for layer in net.deformable_layers():
         nn.init.zeros_(layer.offset.weight)
         nn.init.zeros_(layer.offset.bias)  # DCNv2's masks at sigmoid(0) = 0.5, as MSRA's

@@ -313,9 +313,8 @@ const OneDnn* onednn() {
   return ops ? &*ops : nullptr;
 }
 
-// (O', K) rows of weight packed for oneDNN's GEMM of `rows` rows by them; undefined without oneDNN.
+// (O', K) rows of weight packed for oneDNN's GEMM of `rows` rows by them.
 at::Tensor onednn_weight(const at::Tensor& w, int64_t rows) {
-  if (!onednn() || w.scalar_type() != at::kFloat || w.numel() == 0) return at::Tensor();
   torch::jit::Stack stack{w.contiguous(), rows};
   onednn()->pack.callBoxed(&stack);
   return stack[0].toTensor();
@@ -342,12 +341,8 @@ void forward_tiles(const Geo& g, const T* x, const T* offset, const T* mask, con
   const int64_t tile = tile_of(g, sizeof(T)), tiles = (g.l + tile - 1) / tile, row = g.c * g.k;
   const int64_t kcg = g.k * g.cg, og_out = g.o / g.groups;
   std::vector<at::Tensor> packed;  // per group, when oneDNN does the GEMM: packed from the rows as they are
-  for (int64_t gi = 0; gi < g.groups; ++gi) {
-    at::Tensor p = onednn_weight(wr[gi], tile);
-    if (!p.defined()) break;
-    packed.push_back(p);
-  }
-  if (int64_t(packed.size()) != g.groups) packed.clear();
+  if (onednn() && wr.scalar_type() == at::kFloat && wr.numel() > 0)
+    for (int64_t gi = 0; gi < g.groups; ++gi) packed.push_back(onednn_weight(wr[gi], tile));
   // (groups, K*Cg, O/groups) for MKL, made only where it runs: each copy of resnet101-conv5's weight
   // (9.4 MB) costs its page faults again on every call.
   const at::Tensor wt = packed.empty() ? wr.transpose(1, 2).contiguous() : at::Tensor();
